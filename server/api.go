@@ -1,0 +1,237 @@
+package server
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/server/registry"
+)
+
+// MaxBodyBytes bounds API request bodies; larger ones get 413.
+const MaxBodyBytes = 64 << 10
+
+// RegRequest is the body of POST /v1/reg.
+type RegRequest struct {
+	PublicKey string `json:"public_key"`
+}
+
+// RegResponse is the answer to POST and GET /v1/reg: everything a client
+// needs to build its configuration.
+type RegResponse struct {
+	ID        string    `json:"id"`
+	ClientID  string    `json:"client_id"` // base64 of the 3 reserved bytes
+	Reserved  [3]int    `json:"reserved"`  // the same bytes, for third-party clients
+	PublicKey string    `json:"public_key"`
+	Addresses Addresses `json:"addresses"`
+	Server    PeerInfo  `json:"server"`
+	MTU       int       `json:"mtu"`
+	DNS       []string  `json:"dns"`
+	Created   time.Time `json:"created"`
+}
+
+// Addresses are a client's inner addresses.
+type Addresses struct {
+	V4 string `json:"v4"`
+	V6 string `json:"v6"`
+}
+
+// PeerInfo is the server side of the tunnel.
+type PeerInfo struct {
+	PublicKey string   `json:"public_key"`
+	Endpoints []string `json:"endpoints"`
+}
+
+// Handler serves the registration and status API.
+//
+//	POST   /v1/reg        {"public_key": "<base64>"} → 200 RegResponse
+//	GET    /v1/reg/{id}   → 200 RegResponse
+//	DELETE /v1/reg/{id}   → 204
+//	GET    /v1/status     → 200 Status
+//
+// Every error is a 4xx or 5xx with a JSON body {"error": "..."}; a failed
+// request changes nothing.
+func (n *Node) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		path := strings.TrimSuffix(r.URL.Path, "/")
+		switch {
+		case path == "/v1/reg":
+			if r.Method != http.MethodPost {
+				methodNotAllowed(w, "POST")
+				return
+			}
+			n.handleCreate(w, r)
+		case strings.HasPrefix(path, "/v1/reg/"):
+			id := strings.TrimPrefix(path, "/v1/reg/")
+			switch r.Method {
+			case http.MethodGet, http.MethodHead:
+				n.handleGet(w, r, id)
+			case http.MethodDelete:
+				n.handleDelete(w, r, id)
+			default:
+				methodNotAllowed(w, "GET, DELETE")
+			}
+		case path == "/v1/status":
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				methodNotAllowed(w, "GET")
+				return
+			}
+			writeJSON(w, http.StatusOK, n.Status())
+		default:
+			writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+		}
+	})
+}
+
+func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	var req RegRequest
+	if err := decodeJSON(r.Body, &req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	pub, err := ParsePublicKey(req.PublicKey)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	c, err := n.Register(r.Context(), pub)
+	switch {
+	case errors.Is(err, registry.ErrExists):
+		writeError(w, http.StatusConflict, "public key already registered")
+		return
+	case errors.Is(err, registry.ErrExhausted):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	case err != nil:
+		n.log.Error("registration failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "registration failed")
+		return
+	}
+	writeJSON(w, http.StatusOK, n.response(c))
+}
+
+func (n *Node) handleGet(w http.ResponseWriter, r *http.Request, id string) {
+	c, err := n.Get(r.Context(), id)
+	if n.lookupError(w, err) {
+		return
+	}
+	writeJSON(w, http.StatusOK, n.response(c))
+}
+
+func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request, id string) {
+	_, err := n.Unregister(r.Context(), id)
+	if n.lookupError(w, err) {
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (n *Node) lookupError(w http.ResponseWriter, err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, registry.ErrNotFound):
+		writeError(w, http.StatusNotFound, "no such registration")
+	default:
+		n.log.Error("registry lookup failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "registry error")
+	}
+	return true
+}
+
+func (n *Node) response(c registry.Client) RegResponse {
+	rb := c.ClientID.Bytes()
+	resp := RegResponse{
+		ID:        c.ID,
+		ClientID:  c.ClientID.String(),
+		Reserved:  [3]int{int(rb[0]), int(rb[1]), int(rb[2])},
+		PublicKey: c.PublicKey.String(),
+		Addresses: Addresses{V4: c.V4.String() + "/32", V6: c.V6.String() + "/128"},
+		Server:    PeerInfo{PublicKey: n.PublicKey().String(), Endpoints: []string{}},
+		MTU:       n.cfg.MTU,
+		DNS:       []string{},
+		Created:   c.Created,
+	}
+	for _, e := range n.cfg.Endpoints {
+		resp.Server.Endpoints = append(resp.Server.Endpoints, e.String())
+	}
+	for _, d := range n.cfg.DNS {
+		resp.DNS = append(resp.DNS, d.String())
+	}
+	return resp
+}
+
+// ErrBadKey reports a public key that is not usable for WireGuard.
+var ErrBadKey = errors.New("bad public key")
+
+// ParsePublicKey accepts the standard base64 of a 32-byte Curve25519 public
+// key, as `wg pubkey` prints it.
+func ParsePublicKey(s string) (wgtypes.Key, error) {
+	if s == "" {
+		return wgtypes.Key{}, fmt.Errorf("%w: public_key is missing", ErrBadKey)
+	}
+	raw, err := base64.StdEncoding.DecodeString(s)
+	if err != nil || len(raw) != wgtypes.KeyLen {
+		return wgtypes.Key{}, fmt.Errorf("%w: public_key must be the base64 of 32 bytes", ErrBadKey)
+	}
+	k := wgtypes.Key(raw)
+	if k == (wgtypes.Key{}) {
+		return wgtypes.Key{}, fmt.Errorf("%w: public_key is all zeros", ErrBadKey)
+	}
+	return k, nil
+}
+
+// decodeJSON reads exactly one JSON object. Unknown fields are allowed (so
+// clients may send more than we read); trailing data is not.
+func decodeJSON(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return err
+		}
+		if errors.Is(err, io.EOF) {
+			return errors.New("empty body: want a JSON object")
+		}
+		return fmt.Errorf("invalid JSON: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return err
+		}
+		return errors.New("invalid JSON: data after the object")
+	}
+	return nil
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, http.StatusMethodNotAllowed, "method not allowed; use "+allow)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

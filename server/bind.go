@@ -1,0 +1,138 @@
+package server
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/wedge-edge/wedge/server/clientid"
+)
+
+// Bind wraps the node's conn.Bind. On every received message it reads the
+// ClientID a WARP-style client stamped into bytes 1..3 and zeroes them before
+// wireguard-go sees the message (wireguard-go drops messages whose first four
+// bytes are not exactly the type). Standard clients send zeros and pass
+// through unchanged. Receiving allocates nothing.
+//
+// The ClientID seen is remembered per source address in a fixed-size table
+// (see Seen), from which the node attributes it to the peer at that endpoint:
+// a bounded table, so a flood of stamped packets from many addresses costs no
+// memory, only evictions.
+type Bind struct {
+	conn.Bind
+
+	stamped   atomic.Uint64 // messages that carried a ClientID
+	unstamped atomic.Uint64 // messages with zero reserved bytes
+
+	mu   sync.Mutex // guards seen
+	seen [seenSlots]seenEntry
+}
+
+var _ conn.Bind = (*Bind)(nil)
+
+const seenSlots = 1 << 14
+
+type seenEntry struct {
+	ep netip.AddrPort
+	id clientid.ID
+}
+
+// NewBind wraps inner.
+func NewBind(inner conn.Bind) *Bind { return &Bind{Bind: inner} }
+
+// Open opens the inner Bind and wraps its receive functions.
+func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := b.Bind.Open(port)
+	if err != nil {
+		return nil, 0, err
+	}
+	wrapped := make([]conn.ReceiveFunc, len(fns))
+	for i, fn := range fns {
+		wrapped[i] = b.wrap(fn)
+	}
+	return wrapped, actual, nil
+}
+
+func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
+	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		n, err := fn(packets, sizes, eps)
+		var stamped, unstamped uint64
+		locked := false
+		for i := range n {
+			id := clientid.Zero(packets[i][:sizes[i]])
+			if id == 0 {
+				unstamped++
+				continue
+			}
+			stamped++
+			ap, ok := endpointAddrPort(eps[i])
+			if !ok {
+				continue
+			}
+			if !locked {
+				b.mu.Lock()
+				locked = true
+			}
+			e := &b.seen[slot(ap)]
+			if e.ep != ap || e.id != id {
+				*e = seenEntry{ep: ap, id: id}
+			}
+		}
+		if locked {
+			b.mu.Unlock()
+		}
+		if stamped > 0 {
+			b.stamped.Add(stamped)
+		}
+		if unstamped > 0 {
+			b.unstamped.Add(unstamped)
+		}
+		return n, err
+	}
+}
+
+// Seen returns the ClientID last stamped by the client at ep, or 0.
+func (b *Bind) Seen(ep netip.AddrPort) clientid.ID {
+	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e := b.seen[slot(ep)]; e.ep == ep {
+		return e.id
+	}
+	return 0
+}
+
+// Counts returns how many received messages were stamped and unstamped.
+func (b *Bind) Counts() (stamped, unstamped uint64) {
+	return b.stamped.Load(), b.unstamped.Load()
+}
+
+func endpointAddrPort(ep conn.Endpoint) (netip.AddrPort, bool) {
+	switch e := ep.(type) {
+	case *conn.StdNetEndpoint:
+		return netip.AddrPortFrom(e.Addr().Unmap(), e.Port()), true
+	case nil:
+		return netip.AddrPort{}, false
+	}
+	// Other Binds (tests' in-memory ones): parse the string form. Only the
+	// standard Bind is on the hot path.
+	ap, err := netip.ParseAddrPort(ep.DstToString())
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+}
+
+// slot hashes ep (FNV-1a over the 16-byte address and the port).
+func slot(ep netip.AddrPort) uint32 {
+	a := ep.Addr().As16()
+	h := uint32(2166136261)
+	for _, c := range a {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	h = (h ^ uint32(ep.Port()>>8)) * 16777619
+	h = (h ^ uint32(ep.Port()&0xff)) * 16777619
+	return h % seenSlots
+}

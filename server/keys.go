@@ -1,0 +1,73 @@
+package server
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// LoadOrCreateKey reads the base64 WireGuard private key in path, creating
+// it (mode 0600, written to a temporary file, fsynced and renamed, so a crash
+// never leaves a half-written key) when the file does not exist.
+func LoadOrCreateKey(path string) (wgtypes.Key, error) {
+	raw, err := os.ReadFile(path)
+	if err == nil {
+		k, err := wgtypes.ParseKey(strings.TrimSpace(string(raw)))
+		if err != nil {
+			return wgtypes.Key{}, fmt.Errorf("server: key file %s: %w", path, err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return wgtypes.Key{}, fmt.Errorf("server: read key: %w", err)
+	}
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return wgtypes.Key{}, err
+	}
+	if err := writeFileAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("server: write key: %w", err)
+	}
+	return k, nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func hexKey(k wgtypes.Key) string { return hex.EncodeToString(k[:]) }

@@ -1,0 +1,348 @@
+// Package server runs a wedge node's WireGuard side: the wireguard-go device
+// (used as a library) over a Bind that understands ClientIDs, the registry of
+// clients applied to that device live, the UAPI socket `wg` talks to, and the
+// registration API. The device's tun.Device is supplied by the caller (the
+// gVisor netstack in wedged); this package never imports gVisor.
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/server/registry"
+)
+
+// Config is what a Node needs. Store, TUN and Logger are required.
+type Config struct {
+	// Name names the device and its UAPI socket (/var/run/wireguard/NAME.sock).
+	Name       string
+	ListenPort uint16
+	PrivateKey wgtypes.Key
+	// Endpoints are advertised to clients at registration.
+	Endpoints []netip.AddrPort
+	// MTU and DNS are advertised to clients at registration.
+	MTU int
+	DNS []netip.Addr
+	// Pools are the inner address pools (for the registration response's
+	// prefix lengths only; the Store allocates).
+	Store  registry.Store
+	TUN    tun.Device
+	Bind   conn.Bind // nil: wireguard-go's default (sticky source address)
+	Logger *slog.Logger
+	// UAPI opens the UAPI socket so `wg show NAME` works.
+	UAPI bool
+	// Stats adds sections to the status report (netstack, egress...).
+	Stats map[string]func() any
+}
+
+// Node is a running WireGuard side of a wedge node.
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	bind *Bind
+	dev  *device.Device
+	uapi net.Listener
+
+	mu      sync.Mutex // guards clients and seen
+	clients map[wgtypes.Key]registry.Client
+	seen    map[wgtypes.Key]clientid.ID // ClientID last seen per peer
+
+	mismatches atomic.Uint64
+	done       chan struct{}
+	wg         sync.WaitGroup
+}
+
+// New builds the device and loads every registered client into it. The
+// device is up and listening when New returns.
+func New(ctx context.Context, cfg Config) (*Node, error) {
+	switch {
+	case cfg.Store == nil:
+		return nil, errors.New("server: nil Store")
+	case cfg.TUN == nil:
+		return nil, errors.New("server: nil TUN")
+	case cfg.Logger == nil:
+		return nil, errors.New("server: nil Logger")
+	case cfg.Name == "":
+		return nil, errors.New("server: empty device name")
+	}
+	inner := cfg.Bind
+	if inner == nil {
+		inner = conn.NewDefaultBind()
+	}
+	n := &Node{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		bind:    NewBind(inner),
+		clients: map[wgtypes.Key]registry.Client{},
+		seen:    map[wgtypes.Key]clientid.ID{},
+		done:    make(chan struct{}),
+	}
+	n.dev = device.NewDevice(cfg.TUN, n.bind, deviceLogger(cfg.Logger))
+	sk := cfg.PrivateKey
+	if err := n.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hexKey(sk), cfg.ListenPort)); err != nil {
+		n.dev.Close()
+		return nil, fmt.Errorf("server: configure device: %w", err)
+	}
+	all, err := cfg.Store.List(ctx)
+	if err != nil {
+		n.dev.Close()
+		return nil, fmt.Errorf("server: load clients: %w", err)
+	}
+	var b strings.Builder
+	for _, c := range all {
+		writePeer(&b, c)
+		n.clients[c.PublicKey] = c
+	}
+	if err := n.dev.IpcSet(b.String()); err != nil {
+		n.dev.Close()
+		return nil, fmt.Errorf("server: load %d clients into the device: %w", len(all), err)
+	}
+	if err := n.dev.Up(); err != nil {
+		n.dev.Close()
+		return nil, fmt.Errorf("server: device up (is UDP port %d free?): %w", cfg.ListenPort, err)
+	}
+	if cfg.UAPI {
+		if err := n.openUAPI(); err != nil {
+			n.dev.Close()
+			return nil, err
+		}
+	}
+	n.wg.Add(1)
+	go n.watchClientIDs()
+	n.log.Info("wireguard device up", "name", cfg.Name, "port", cfg.ListenPort, "clients", len(all), "public_key", sk.PublicKey().String())
+	return n, nil
+}
+
+func (n *Node) openUAPI() error {
+	f, err := ipc.UAPIOpen(n.cfg.Name)
+	if err != nil {
+		return fmt.Errorf("server: UAPI socket for %s: %w", n.cfg.Name, err)
+	}
+	l, err := ipc.UAPIListen(n.cfg.Name, f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("server: UAPI listen for %s: %w", n.cfg.Name, err)
+	}
+	n.uapi = l
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go n.dev.IpcHandle(c)
+		}
+	}()
+	return nil
+}
+
+func writePeer(b *strings.Builder, c registry.Client) {
+	fmt.Fprintf(b, "public_key=%s\nreplace_allowed_ips=true\nallowed_ip=%s/32\nallowed_ip=%s/128\n",
+		hexKey(c.PublicKey), c.V4, c.V6)
+}
+
+// Register creates a registration and adds the peer to the running device.
+// If the device refuses the peer, the registration is undone.
+func (n *Node) Register(ctx context.Context, pub wgtypes.Key) (registry.Client, error) {
+	c, err := n.cfg.Store.Create(ctx, pub)
+	if err != nil {
+		return registry.Client{}, err
+	}
+	var b strings.Builder
+	writePeer(&b, c)
+	if err := n.dev.IpcSet(b.String()); err != nil {
+		if _, derr := n.cfg.Store.Delete(context.WithoutCancel(ctx), c.ID); derr != nil {
+			n.log.Error("undo registration after device error", "id", c.ID, "err", derr)
+		}
+		return registry.Client{}, fmt.Errorf("server: add peer: %w", err)
+	}
+	n.mu.Lock()
+	n.clients[c.PublicKey] = c
+	n.mu.Unlock()
+	n.log.Info("client registered", "id", c.ID, "client_id", c.ClientID.String(), "v4", c.V4, "v6", c.V6)
+	return c, nil
+}
+
+// Unregister deletes a registration and removes the peer from the device at
+// once: its session ends with the call.
+func (n *Node) Unregister(ctx context.Context, id string) (registry.Client, error) {
+	c, err := n.cfg.Store.Delete(ctx, id)
+	if err != nil {
+		return registry.Client{}, err
+	}
+	n.dev.RemovePeer(device.NoisePublicKey(c.PublicKey))
+	n.mu.Lock()
+	delete(n.clients, c.PublicKey)
+	delete(n.seen, c.PublicKey)
+	n.mu.Unlock()
+	n.log.Info("client deleted", "id", c.ID)
+	return c, nil
+}
+
+// Get returns a registration.
+func (n *Node) Get(ctx context.Context, id string) (registry.Client, error) {
+	return n.cfg.Store.Get(ctx, id)
+}
+
+// PublicKey is the service public key clients peer with.
+func (n *Node) PublicKey() wgtypes.Key { return n.cfg.PrivateKey.PublicKey() }
+
+// Close stops the device, the UAPI socket and background work.
+func (n *Node) Close() {
+	select {
+	case <-n.done:
+		return
+	default:
+	}
+	close(n.done)
+	if n.uapi != nil {
+		n.uapi.Close()
+	}
+	n.dev.Close()
+	n.wg.Wait()
+}
+
+// Wait returns a channel closed when the device stops.
+func (n *Node) Wait() <-chan struct{} { return n.dev.Wait() }
+
+// watchClientIDs joins what Bind saw (ClientID per source address) with the
+// device's peers (endpoint per authenticated peer), so each peer's ClientID is
+// known and a ClientID that differs from the registered one is counted. It
+// runs every 2 s rather than per packet: the hot path stays untouched.
+func (n *Node) watchClientIDs() {
+	defer n.wg.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-t.C:
+			n.checkClientIDs()
+		}
+	}
+}
+
+func (n *Node) checkClientIDs() {
+	peers, err := n.peers()
+	if err != nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, p := range peers {
+		if !p.Endpoint.IsValid() {
+			continue
+		}
+		id := n.bind.Seen(p.Endpoint)
+		if id == 0 || id == n.seen[p.PublicKey] {
+			continue
+		}
+		n.seen[p.PublicKey] = id
+		if c, ok := n.clients[p.PublicKey]; ok && c.ClientID != id {
+			n.mismatches.Add(1)
+			n.log.Warn("client stamps a ClientID other than its registered one",
+				"id", c.ID, "registered", c.ClientID.String(), "seen", id.String(), "endpoint", p.Endpoint)
+		}
+	}
+}
+
+// peerState is one peer as the device reports it over UAPI.
+type peerState struct {
+	PublicKey     wgtypes.Key
+	Endpoint      netip.AddrPort
+	LastHandshake time.Time
+	RxBytes       uint64
+	TxBytes       uint64
+}
+
+// peers reads the device's peers through its UAPI get operation.
+func (n *Node) peers() ([]peerState, error) {
+	var b strings.Builder
+	if err := n.dev.IpcGetOperation(&b); err != nil {
+		return nil, err
+	}
+	return parsePeers(b.String())
+}
+
+func parsePeers(uapi string) ([]peerState, error) {
+	var out []peerState
+	var sec, nsec int64
+	flush := func() {
+		if len(out) > 0 && sec != 0 {
+			out[len(out)-1].LastHandshake = time.Unix(sec, nsec)
+		}
+		sec, nsec = 0, 0
+	}
+	sc := bufio.NewScanner(strings.NewReader(uapi))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		if k == "public_key" {
+			flush()
+			raw, err := hex.DecodeString(v)
+			if err != nil || len(raw) != wgtypes.KeyLen {
+				return nil, fmt.Errorf("server: bad public_key in UAPI output")
+			}
+			out = append(out, peerState{PublicKey: wgtypes.Key(raw)})
+			continue
+		}
+		if len(out) == 0 {
+			continue
+		}
+		p := &out[len(out)-1]
+		switch k {
+		case "endpoint":
+			if ap, err := netip.ParseAddrPort(v); err == nil {
+				p.Endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			}
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			p.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case "tx_bytes":
+			p.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	flush()
+	return out, sc.Err()
+}
+
+// deviceLogger adapts slog to wireguard-go's logger; its verbose lines are
+// per handshake, so they go to debug.
+func deviceLogger(l *slog.Logger) *device.Logger {
+	return &device.Logger{
+		Verbosef: func(format string, args ...any) {
+			if l.Enabled(context.Background(), slog.LevelDebug) {
+				l.Debug(fmt.Sprintf(format, args...), "component", "wireguard")
+			}
+		},
+		Errorf: func(format string, args ...any) {
+			l.Error(fmt.Sprintf(format, args...), "component", "wireguard")
+		},
+	}
+}

@@ -1,0 +1,118 @@
+// Package registry holds the registered clients: public key, ClientID and
+// inner addresses. Store is the contract every backend implements; Bolt is the
+// embedded default that needs no external service.
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/server/clientid"
+)
+
+// Client is one registration.
+type Client struct {
+	ID        string
+	PublicKey wgtypes.Key
+	ClientID  clientid.ID
+	V4        netip.Addr
+	V6        netip.Addr
+	Created   time.Time
+}
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound  = errors.New("registry: no such registration")
+	ErrExists    = errors.New("registry: public key already registered")
+	ErrExhausted = errors.New("registry: address or ClientID pool exhausted")
+)
+
+// Store is a registry backend. Implementations are safe for concurrent use.
+// Create allocates a unique non-zero ClientID and unique inner addresses in
+// one atomic step and returns only once the registration is durable.
+type Store interface {
+	Create(ctx context.Context, pub wgtypes.Key) (Client, error)
+	Get(ctx context.Context, id string) (Client, error)
+	// Delete removes the registration and returns what it held.
+	Delete(ctx context.Context, id string) (Client, error)
+	List(ctx context.Context) ([]Client, error)
+	Close() error
+}
+
+// Pools are the inner address ranges clients are numbered from. The first
+// host address of each pool is the node's own inner address (the clients'
+// gateway and DNS server) and is never handed out.
+type Pools struct {
+	V4 netip.Prefix
+	V6 netip.Prefix
+}
+
+// DefaultPools: 100.96.0.0/12 is inside CGNAT space (never routed on the
+// internet, rarely used on LANs next to 10/8 and 192.168/16); the v6 pool is
+// a ULA whose global ID spells "Wedge" in ASCII.
+var DefaultPools = Pools{
+	V4: netip.MustParsePrefix("100.96.0.0/12"),
+	V6: netip.MustParsePrefix("fd57:6564:6765::/64"),
+}
+
+// Validate checks the pools are usable.
+func (p Pools) Validate() error {
+	if !p.V4.IsValid() || !p.V4.Addr().Is4() || p.V4.Bits() > 30 {
+		return fmt.Errorf("registry: v4 pool %v must be an IPv4 prefix of /30 or larger", p.V4)
+	}
+	if !p.V6.IsValid() || !p.V6.Addr().Is6() || p.V6.Addr().Is4In6() || p.V6.Bits() > 126 {
+		return fmt.Errorf("registry: v6 pool %v must be an IPv6 prefix of /126 or larger", p.V6)
+	}
+	return nil
+}
+
+// Gateways returns the node's own inner addresses, one per family.
+func (p Pools) Gateways() (v4, v6 netip.Addr) {
+	return p.V4.Masked().Addr().Next(), p.V6.Masked().Addr().Next()
+}
+
+// usable reports whether a may be handed to a client from pool p: inside,
+// not the network address, not the gateway, not the v4 broadcast address.
+func usable(p netip.Prefix, a netip.Addr) bool {
+	p = p.Masked()
+	if !p.Contains(a) || a == p.Addr() || a == p.Addr().Next() {
+		return false
+	}
+	if a.Is4() {
+		b := a.As4()
+		bits := p.Bits()
+		host := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+		mask := uint32(1)<<(32-bits) - 1
+		if host&mask == mask {
+			return false
+		}
+	}
+	return true
+}
+
+func newID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux ≥ 3.17
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func randomClientID() clientid.ID {
+	var b [3]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			panic(err)
+		}
+		if id := clientid.FromBytes(b); id != 0 {
+			return id
+		}
+	}
+}

@@ -1,0 +1,252 @@
+package registry
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+func newKey(t testing.TB) wgtypes.Key {
+	t.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey()
+}
+
+func openBolt(t *testing.T, pools Pools) Store {
+	t.Helper()
+	s, err := OpenBolt(filepath.Join(t.TempDir(), "reg.db"), pools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// testStore is the contract every Store backend must meet.
+func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
+	ctx := context.Background()
+	t.Run("CreateGetDelete", func(t *testing.T) {
+		s := open(t, DefaultPools)
+		pub := newKey(t)
+		c, err := s.Create(ctx, pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.ClientID == 0 || c.ID == "" || c.PublicKey != pub {
+			t.Fatalf("bad client %+v", c)
+		}
+		gw4, gw6 := DefaultPools.Gateways()
+		if !DefaultPools.V4.Contains(c.V4) || c.V4 == gw4 || !DefaultPools.V6.Contains(c.V6) || c.V6 == gw6 {
+			t.Fatalf("addresses %v %v outside pools or equal to the gateway", c.V4, c.V6)
+		}
+		got, err := s.Get(ctx, c.ID)
+		if err != nil || got != c {
+			t.Fatalf("Get = %+v, %v; want %+v", got, err, c)
+		}
+		if _, err := s.Create(ctx, pub); !errors.Is(err, ErrExists) {
+			t.Fatalf("duplicate Create: got %v, want ErrExists", err)
+		}
+		del, err := s.Delete(ctx, c.ID)
+		if err != nil || del != c {
+			t.Fatalf("Delete = %+v, %v", del, err)
+		}
+		if _, err := s.Get(ctx, c.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Get after Delete: got %v, want ErrNotFound", err)
+		}
+		if _, err := s.Delete(ctx, c.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("second Delete: got %v, want ErrNotFound", err)
+		}
+		// The key is free again.
+		if _, err := s.Create(ctx, pub); err != nil {
+			t.Fatalf("Create after Delete: %v", err)
+		}
+	})
+	t.Run("ConcurrentUnique", func(t *testing.T) {
+		s := open(t, DefaultPools)
+		const n = 200
+		var wg sync.WaitGroup
+		res := make([]Client, n)
+		errs := make([]error, n)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res[i], errs[i] = s.Create(ctx, newKey(t))
+			}()
+		}
+		wg.Wait()
+		cids, addrs, ids := map[uint32]bool{}, map[netip.Addr]bool{}, map[string]bool{}
+		for i, c := range res {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
+			if cids[uint32(c.ClientID)] || addrs[c.V4] || addrs[c.V6] || ids[c.ID] {
+				t.Fatalf("duplicate allocation in %+v", c)
+			}
+			cids[uint32(c.ClientID)], addrs[c.V4], addrs[c.V6], ids[c.ID] = true, true, true, true
+		}
+		all, err := s.List(ctx)
+		if err != nil || len(all) != n {
+			t.Fatalf("List: %d clients, %v; want %d", len(all), err, n)
+		}
+	})
+	t.Run("SmallPoolExhausts", func(t *testing.T) {
+		// /29: 8 addresses minus network, gateway and broadcast = 5.
+		p := Pools{V4: netip.MustParsePrefix("192.0.2.0/29"), V6: netip.MustParsePrefix("2001:db8::/64")}
+		s := open(t, p)
+		seen := map[netip.Addr]bool{}
+		for range 5 {
+			c, err := s.Create(ctx, newKey(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !usable(p.V4, c.V4) || seen[c.V4] {
+				t.Fatalf("bad or repeated address %v", c.V4)
+			}
+			seen[c.V4] = true
+		}
+		if _, err := s.Create(ctx, newKey(t)); !errors.Is(err, ErrExhausted) {
+			t.Fatalf("6th Create in a /29: got %v, want ErrExhausted", err)
+		}
+		all, _ := s.List(ctx)
+		if len(all) != 5 {
+			t.Fatalf("a failed Create changed the store: %d clients", len(all))
+		}
+		if _, err := s.Delete(ctx, all[2].ID); err != nil {
+			t.Fatal(err)
+		}
+		c, err := s.Create(ctx, newKey(t))
+		if err != nil || c.V4 != all[2].V4 {
+			t.Fatalf("after a delete, Create = %v, %v; want the freed %v", c.V4, err, all[2].V4)
+		}
+	})
+}
+
+func TestBolt(t *testing.T) { testStore(t, openBolt) }
+
+func TestBoltReopenAndLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "reg.db")
+	s, err := OpenBolt(path, DefaultPools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Create(context.Background(), newKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenBolt(path, DefaultPools); err == nil {
+		t.Fatal("a second OpenBolt of a locked file succeeded")
+	}
+	s.Close()
+	s2, err := OpenBolt(path, DefaultPools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if got, err := s2.Get(context.Background(), c.ID); err != nil || got != c {
+		t.Fatalf("after reopen Get = %+v, %v; want %+v", got, err, c)
+	}
+}
+
+func TestPoolsValidate(t *testing.T) {
+	for _, p := range []Pools{
+		{},
+		{V4: netip.MustParsePrefix("2001:db8::/64"), V6: DefaultPools.V6},
+		{V4: DefaultPools.V4, V6: netip.MustParsePrefix("10.0.0.0/8")},
+		{V4: netip.MustParsePrefix("10.0.0.0/31"), V6: DefaultPools.V6},
+	} {
+		if err := p.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil, want error", p)
+		}
+	}
+	if err := DefaultPools.Validate(); err != nil {
+		t.Errorf("DefaultPools: %v", err)
+	}
+}
+
+// TestBoltKill9 registers clients in a child process as fast as it can, kills
+// it with SIGKILL at an arbitrary moment, and checks that every registration
+// the child saw acknowledged is there and that the file opens cleanly.
+func TestBoltKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short mode")
+	}
+	path := filepath.Join(t.TempDir(), "reg.db")
+	for round := range 3 {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestBoltKill9Child$")
+		cmd.Env = append(os.Environ(), "WEDGE_KILL9_DB="+path)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var acked []string
+		sc := bufio.NewScanner(out)
+		deadline := time.Now().Add(time.Duration(150+100*round) * time.Millisecond)
+		for sc.Scan() {
+			acked = append(acked, sc.Text())
+			if time.Now().After(deadline) {
+				cmd.Process.Signal(syscall.SIGKILL)
+				break
+			}
+		}
+		// Lines the child printed before it died were acknowledged too.
+		for sc.Scan() {
+			acked = append(acked, sc.Text())
+		}
+		cmd.Wait()
+		if len(acked) == 0 {
+			t.Fatal("child acknowledged nothing")
+		}
+		s, err := OpenBolt(path, DefaultPools)
+		if err != nil {
+			t.Fatalf("round %d: reopen after kill -9: %v", round, err)
+		}
+		for _, id := range acked {
+			if _, err := s.Get(context.Background(), id); err != nil {
+				t.Fatalf("round %d: acknowledged registration %s lost: %v", round, id, err)
+			}
+		}
+		all, err := s.List(context.Background())
+		if err != nil {
+			t.Fatalf("round %d: List: %v", round, err)
+		}
+		t.Logf("round %d: %d acknowledged, %d stored", round, len(acked), len(all))
+		s.Close()
+	}
+}
+
+func TestBoltKill9Child(t *testing.T) {
+	path := os.Getenv("WEDGE_KILL9_DB")
+	if path == "" {
+		t.Skip("helper process for TestBoltKill9")
+	}
+	s, err := OpenBolt(path, DefaultPools)
+	if err != nil {
+		fmt.Println("open:", err)
+		os.Exit(1)
+	}
+	for {
+		c, err := s.Create(context.Background(), newKey(t))
+		if err != nil {
+			os.Exit(1)
+		}
+		fmt.Println(c.ID)
+	}
+}

@@ -1,0 +1,87 @@
+package server
+
+import (
+	"sort"
+	"time"
+)
+
+// Status is the node's report for GET /v1/status and `wedge status`.
+type Status struct {
+	Name       string         `json:"name"`
+	PublicKey  string         `json:"public_key"`
+	ListenPort uint16         `json:"listen_port"`
+	Endpoints  []string       `json:"endpoints"`
+	Clients    int            `json:"clients"`
+	Bind       BindStatus     `json:"bind"`
+	Peers      []PeerStatus   `json:"peers"`
+	Sections   map[string]any `json:"sections,omitempty"`
+}
+
+// BindStatus counts what the Bind saw.
+type BindStatus struct {
+	Stamped    uint64 `json:"stamped"`
+	Unstamped  uint64 `json:"unstamped"`
+	Mismatches uint64 `json:"client_id_mismatches"`
+}
+
+// PeerStatus is one client with a session (it has handshaken since the
+// device came up).
+type PeerStatus struct {
+	ID            string    `json:"id"`
+	PublicKey     string    `json:"public_key"`
+	ClientID      string    `json:"client_id"`
+	ClientIDSeen  string    `json:"client_id_seen,omitempty"`
+	Endpoint      string    `json:"endpoint"`
+	LastHandshake time.Time `json:"last_handshake"`
+	RxBytes       uint64    `json:"rx_bytes"`
+	TxBytes       uint64    `json:"tx_bytes"`
+}
+
+// Status reports the node's state.
+func (n *Node) Status() Status {
+	s := Status{
+		Name:       n.cfg.Name,
+		PublicKey:  n.PublicKey().String(),
+		ListenPort: n.cfg.ListenPort,
+		Endpoints:  []string{},
+		Peers:      []PeerStatus{},
+	}
+	for _, e := range n.cfg.Endpoints {
+		s.Endpoints = append(s.Endpoints, e.String())
+	}
+	s.Bind.Stamped, s.Bind.Unstamped = n.bind.Counts()
+	s.Bind.Mismatches = n.mismatches.Load()
+	peers, _ := n.peers()
+	n.mu.Lock()
+	s.Clients = len(n.clients)
+	for _, p := range peers {
+		if p.LastHandshake.IsZero() {
+			continue
+		}
+		ps := PeerStatus{
+			PublicKey:     p.PublicKey.String(),
+			LastHandshake: p.LastHandshake.UTC(),
+			RxBytes:       p.RxBytes,
+			TxBytes:       p.TxBytes,
+		}
+		if p.Endpoint.IsValid() {
+			ps.Endpoint = p.Endpoint.String()
+		}
+		if c, ok := n.clients[p.PublicKey]; ok {
+			ps.ID, ps.ClientID = c.ID, c.ClientID.String()
+		}
+		if id := n.seen[p.PublicKey]; id != 0 {
+			ps.ClientIDSeen = id.String()
+		}
+		s.Peers = append(s.Peers, ps)
+	}
+	n.mu.Unlock()
+	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].LastHandshake.After(s.Peers[j].LastHandshake) })
+	if len(n.cfg.Stats) > 0 {
+		s.Sections = map[string]any{}
+		for name, f := range n.cfg.Stats {
+			s.Sections[name] = f()
+		}
+	}
+	return s
+}
