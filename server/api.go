@@ -166,7 +166,7 @@ func (n *Node) response(c registry.Client) RegResponse {
 		Created:   c.Created,
 	}
 	for _, e := range n.cfg.Endpoints {
-		resp.Server.Endpoints = append(resp.Server.Endpoints, e.String())
+		resp.Server.Endpoints = append(resp.Server.Endpoints, e)
 	}
 	for _, d := range n.cfg.DNS {
 		resp.DNS = append(resp.DNS, d.String())

@@ -30,7 +30,7 @@ func newTestNode(t testing.TB) (*Node, registry.Store) {
 	n, err := New(context.Background(), Config{
 		Name:       "wedgetest",
 		PrivateKey: sk,
-		Endpoints:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820"), netip.MustParseAddrPort("[2001:db8::1]:51820")},
+		Endpoints:  []string{"192.0.2.1:51820", "[2001:db8::1]:51820"},
 		MTU:        1420,
 		DNS:        []netip.Addr{netip.MustParseAddr("100.96.0.1")},
 		Store:      st,

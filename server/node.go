@@ -37,7 +37,7 @@ type Config struct {
 	ListenPort uint16
 	PrivateKey wgtypes.Key
 	// Endpoints are advertised to clients at registration.
-	Endpoints []netip.AddrPort
+	Endpoints []string
 	// MTU and DNS are advertised to clients at registration.
 	MTU int
 	DNS []netip.Addr

@@ -47,7 +47,7 @@ func (n *Node) Status() Status {
 		Peers:      []PeerStatus{},
 	}
 	for _, e := range n.cfg.Endpoints {
-		s.Endpoints = append(s.Endpoints, e.String())
+		s.Endpoints = append(s.Endpoints, e)
 	}
 	s.Bind.Stamped, s.Bind.Unstamped = n.bind.Counts()
 	s.Bind.Mismatches = n.mismatches.Load()

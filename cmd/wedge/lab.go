@@ -1,0 +1,7 @@
+package main
+
+import "fmt"
+
+func lab(args []string) error {
+	return fmt.Errorf("lab: not wired yet")
+}

@@ -1,0 +1,49 @@
+// Command wedge is the wedge CLI: register a client, read a node's status,
+// and run the lab benchmark.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+)
+
+const usage = `Usage: wedge <command> [flags]
+
+Commands:
+  register   make a key pair, register it with a node, write a wg-quick config
+  status     show a node's state (clients, sessions, counters)
+  lab        build the network-namespace lab and measure (wedge lab bench)
+
+Run "wedge <command> --help" for a command's flags.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "register":
+		err = register(args)
+	case "status":
+		err = status(args)
+	case "lab":
+		err = lab(args)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "wedge: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "wedge:", err)
+		os.Exit(1)
+	}
+}

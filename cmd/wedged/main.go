@@ -1,0 +1,325 @@
+// Command wedged runs one wedge node: a userspace WireGuard server whose
+// tunnel ends in a gVisor netstack that terminates every inner flow and
+// re-originates it from the node's egress addresses.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wedge-edge/wedge/egress"
+	"github.com/wedge-edge/wedge/netstack"
+	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/server/flagfile"
+	"github.com/wedge-edge/wedge/server/registry"
+)
+
+var _ netstack.Dialer = (*egress.Dialer)(nil)
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
+
+type config struct {
+	configFile  string
+	state       string
+	listen      uint
+	api         string
+	endpoints   multi
+	egress      multi
+	egressPorts string
+	allow       multi
+	dnsUpstream string
+	name        string
+	mtu         int
+	poolV4      string
+	poolV6      string
+	maxFlows    int
+	maxPerCli   int
+	logLevel    string
+}
+
+func flags(args []string) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("wedged", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: wedged [flags]
+
+Runs a wedge node: WireGuard on UDP --listen, the registration API on --api,
+every inner flow terminated and re-originated from the --egress addresses.
+With no flags it keeps its state in /var/lib/wedge and needs root.
+
+Flags (a --config file may set the same keys, one "key = value" per line;
+the command line wins):
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.configFile, "config", "", "read settings from `FILE` (key = value lines, keys are these flag names)")
+	fs.StringVar(&c.state, "state", "/var/lib/wedge", "`DIR` for the embedded store and the service key")
+	fs.UintVar(&c.listen, "listen", 51820, "WireGuard UDP `PORT`, on all addresses, IPv4 and IPv6")
+	fs.StringVar(&c.api, "api", "127.0.0.1:8080", "registration and status HTTP API `ADDR`ess (keep it private: it registers anyone who reaches it)")
+	fs.Var(&c.endpoints, "endpoint", "`HOST:PORT` advertised to clients (repeatable, v4 and v6; default: the host's first global IPv4 and IPv6 address with --listen)")
+	fs.Var(&c.egress, "egress", "egress source `IP` for re-originated flows (repeatable, one per family is used; default: the host's own, chosen by route)")
+	fs.StringVar(&c.egressPorts, "egress-ports", "", "this node's source-port slice `LO-HI` (default: the kernel's ephemeral range; must lie inside net.ipv4.ip_local_port_range)")
+	fs.Var(&c.allow, "allow", "open destination `CIDR` the egress ACL denies by default (repeatable; loopback and the node's own addresses stay denied)")
+	fs.StringVar(&c.dnsUpstream, "dns-upstream", "", "resolver `ADDR` (ip or ip:port) for DNS sent to the tunnel's DNS address (default: first nameserver in /etc/resolv.conf)")
+	fs.StringVar(&c.name, "name", "wedge0", "device `NAME`: `wg show NAME` reads /var/run/wireguard/NAME.sock")
+	fs.IntVar(&c.mtu, "mtu", 1420, "tunnel `MTU` advertised to clients (1280..1420 for an Internet path)")
+	fs.StringVar(&c.poolV4, "pool-v4", registry.DefaultPools.V4.String(), "inner IPv4 `PREFIX` clients are numbered from (first host is the node's own)")
+	fs.StringVar(&c.poolV6, "pool-v6", registry.DefaultPools.V6.String(), "inner IPv6 `PREFIX` clients are numbered from (first host is the node's own)")
+	fs.IntVar(&c.maxFlows, "max-flows", 0, "cap on open TCP+UDP flows on this node (0: netstack default)")
+	fs.IntVar(&c.maxPerCli, "max-flows-per-client", 0, "cap on open TCP+UDP flows per client (0: netstack default)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q (see --help)", fs.Args())
+	}
+	if c.configFile != "" {
+		f, err := os.Open(c.configFile)
+		if err != nil {
+			return nil, err
+		}
+		settings, err := flagfile.Parse(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", c.configFile, err)
+		}
+		if err := flagfile.Apply(fs, settings, c.configFile); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func main() {
+	c, err := flags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "wedged:", err)
+		os.Exit(2)
+	}
+	if err := run(c); err != nil {
+		fmt.Fprintln(os.Stderr, "wedged:", err)
+		os.Exit(1)
+	}
+}
+
+func run(c *config) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if c.listen == 0 || c.listen > 65535 {
+		return fmt.Errorf("--listen %d: want a port in 1..65535", c.listen)
+	}
+	if c.mtu < 1280 || c.mtu > 9000 {
+		return fmt.Errorf("--mtu %d: want 1280..9000", c.mtu)
+	}
+	pools, err := parsePools(c.poolV4, c.poolV6)
+	if err != nil {
+		return err
+	}
+	endpoints, err := parseEndpoints(c.endpoints, uint16(c.listen))
+	if err != nil {
+		return err
+	}
+	if len(endpoints) == 0 {
+		log.Warn("no --endpoint given and no global address found: clients will need an Endpoint line added by hand")
+	}
+	sources, err := parseAddrs("--egress", c.egress)
+	if err != nil {
+		return err
+	}
+	allow, err := egress.ParsePrefixes(c.allow...)
+	if err != nil {
+		return fmt.Errorf("--allow: %w", err)
+	}
+	var lo, hi uint16
+	if c.egressPorts != "" {
+		if lo, hi, err = egress.ParsePortRange(c.egressPorts); err != nil {
+			return fmt.Errorf("--egress-ports: %w", err)
+		}
+	}
+	dnsUp, err := parseDNS(c.dnsUpstream)
+	if err != nil {
+		return err
+	}
+	apiAddr, err := netip.ParseAddrPort(c.api)
+	if err != nil {
+		return fmt.Errorf("--api %q: want ip:port: %w", c.api, err)
+	}
+
+	if err := os.MkdirAll(c.state, 0o700); err != nil {
+		return fmt.Errorf("--state: %w", err)
+	}
+	key, err := server.LoadOrCreateKey(filepath.Join(c.state, "private.key"))
+	if err != nil {
+		return err
+	}
+	store, err := registry.OpenBolt(filepath.Join(c.state, "registry.db"), pools)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	// The node's own addresses the ACL must deny even if they are on no
+	// interface: the advertised endpoints and the API.
+	own := []netip.Addr{apiAddr.Addr()}
+	for _, e := range endpoints {
+		if ap, err := netip.ParseAddrPort(e); err == nil {
+			own = append(own, ap.Addr())
+		}
+	}
+	dialer, err := egress.New(egress.Config{
+		Sources: sources, PortLo: lo, PortHi: hi, Allow: allow, Own: own, Logger: log.With("component", "egress"),
+	})
+	if err != nil {
+		return err
+	}
+	gw4, gw6 := pools.Gateways()
+	var dns []netip.Addr
+	if dnsUp.IsValid() {
+		dns = []netip.Addr{gw4, gw6}
+	}
+	stack, err := netstack.New(netstack.Config{
+		MTU:         c.mtu,
+		Dialer:      dialer,
+		Logger:      log.With("component", "netstack"),
+		Local:       []netip.Addr{gw4, gw6},
+		DNSUpstream: dnsUp,
+		Limits:      netstack.Limits{MaxFlows: c.maxFlows, MaxFlowsPerClient: c.maxPerCli},
+		IsDenied:    func(err error) bool { return errors.Is(err, egress.ErrDenied) },
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	node, err := server.New(ctx, server.Config{
+		Name:       c.name,
+		ListenPort: uint16(c.listen),
+		PrivateKey: key,
+		Endpoints:  endpoints,
+		MTU:        c.mtu,
+		DNS:        dns,
+		Store:      store,
+		TUN:        stack,
+		Logger:     log,
+		UAPI:       true,
+		Stats: map[string]func() any{
+			"netstack": func() any { return stack.Stats() },
+			"egress":   func() any { return dialer.Stats() },
+		},
+	})
+	if err != nil {
+		stack.Close()
+		return err
+	}
+	defer node.Close()
+
+	ln, err := net.Listen("tcp", c.api)
+	if err != nil {
+		return fmt.Errorf("--api: %w", err)
+	}
+	srv := &http.Server{Handler: node.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	go srv.Serve(ln)
+	log.Info("node up", "api", "http://"+c.api, "listen", c.listen, "endpoints", endpoints, "egress", c.egress, "egress_ports", c.egressPorts, "state", c.state)
+	fmt.Fprintf(os.Stderr, `
+wedge node %s is up. Register a client with:
+
+    wedge register --api http://%s --out wedge.conf
+    wg-quick up ./wedge.conf
+
+`, c.name, c.api)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case <-node.Wait():
+		log.Error("wireguard device stopped")
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	return nil
+}
+
+func parsePools(v4, v6 string) (registry.Pools, error) {
+	p4, err := netip.ParsePrefix(v4)
+	if err != nil {
+		return registry.Pools{}, fmt.Errorf("--pool-v4: %w", err)
+	}
+	p6, err := netip.ParsePrefix(v6)
+	if err != nil {
+		return registry.Pools{}, fmt.Errorf("--pool-v6: %w", err)
+	}
+	p := registry.Pools{V4: p4, V6: p6}
+	return p, p.Validate()
+}
+
+func parseEndpoints(vals []string, port uint16) ([]string, error) {
+	if len(vals) == 0 {
+		return server.HostEndpoints(port), nil
+	}
+	var out []string
+	for _, v := range vals {
+		host, p, err := net.SplitHostPort(v)
+		if err != nil {
+			return nil, fmt.Errorf("--endpoint %q: want HOST:PORT ([v6]:port for IPv6): %w", v, err)
+		}
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 || host == "" {
+			return nil, fmt.Errorf("--endpoint %q: want HOST:PORT with a port in 1..65535", v)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func parseAddrs(flagName string, vals []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, v := range vals {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", flagName, v, err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func parseDNS(s string) (netip.AddrPort, error) {
+	if s == "" {
+		ap, err := server.SystemResolver()
+		if err != nil {
+			return netip.AddrPort{}, nil // no resolver: clients get no DNS line
+		}
+		return ap, nil
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("--dns-upstream %q: want ip or ip:port", s)
+	}
+	return netip.AddrPortFrom(a, 53), nil
+}

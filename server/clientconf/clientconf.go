@@ -1,0 +1,109 @@
+// Package clientconf renders the client configuration `wedge register`
+// writes: a wg-quick file that wg-quick accepts as it is, carrying wedge's
+// extra facts (ClientID, every endpoint) on "#@ Key = value" lines, which
+// wg-quick and other WireGuard tools read as comments.
+package clientconf
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Registration is what the registration API answered (server.RegResponse,
+// restated here so clients need not import the server).
+type Registration struct {
+	ID        string `json:"id"`
+	ClientID  string `json:"client_id"`
+	Reserved  [3]int `json:"reserved"`
+	Addresses struct {
+		V4 string `json:"v4"`
+		V6 string `json:"v6"`
+	} `json:"addresses"`
+	Server struct {
+		PublicKey string   `json:"public_key"`
+		Endpoints []string `json:"endpoints"`
+	} `json:"server"`
+	MTU int      `json:"mtu"`
+	DNS []string `json:"dns"`
+}
+
+// Options shape the rendered file.
+type Options struct {
+	// Family picks the Endpoint line wg-quick uses: 4, 6, or 0 for the
+	// first endpoint the server listed.
+	Family int
+	// API is recorded so the client can find its registration again.
+	API string
+	// Keepalive is the PersistentKeepalive interval in seconds (0: none).
+	Keepalive int
+}
+
+// PrimaryEndpoint returns the endpoint of the wanted family (4 or 6), or the
+// first one when family is 0 or none matches.
+func PrimaryEndpoint(eps []string, family int) (string, error) {
+	if len(eps) == 0 {
+		return "", fmt.Errorf("clientconf: the server advertised no endpoint")
+	}
+	for _, e := range eps {
+		host, _, err := net.SplitHostPort(e)
+		if err != nil {
+			continue
+		}
+		is6 := strings.Contains(host, ":")
+		if family == 0 || family == 6 && is6 || family == 4 && !is6 {
+			return e, nil
+		}
+	}
+	if family != 0 {
+		return "", fmt.Errorf("clientconf: the server advertised no IPv%d endpoint (it has %s)", family, strings.Join(eps, ", "))
+	}
+	return eps[0], nil
+}
+
+// Write renders the configuration for private key priv.
+func Write(w io.Writer, priv wgtypes.Key, r Registration, o Options) error {
+	ep, err := PrimaryEndpoint(r.Server.Endpoints, o.Family)
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# wedge client configuration. `wg-quick up` takes it as it is;\n")
+	fmt.Fprintf(&b, "# the \"#@\" lines are for `wedge connect` and third-party clients.\n")
+	fmt.Fprintf(&b, "#@ Registration = %s\n", r.ID)
+	if o.API != "" {
+		fmt.Fprintf(&b, "#@ API = %s\n", o.API)
+	}
+	fmt.Fprintf(&b, "#@ ClientID = %s\n", r.ClientID)
+	fmt.Fprintf(&b, "#@ Reserved = [%d, %d, %d]\n", r.Reserved[0], r.Reserved[1], r.Reserved[2])
+	for _, e := range r.Server.Endpoints {
+		fmt.Fprintf(&b, "#@ Endpoint = %s\n", e)
+	}
+	fmt.Fprintf(&b, "\n[Interface]\nPrivateKey = %s\n", priv)
+	fmt.Fprintf(&b, "Address = %s\n", strings.Join(nonEmpty(r.Addresses.V4, r.Addresses.V6), ", "))
+	if len(r.DNS) > 0 {
+		fmt.Fprintf(&b, "DNS = %s\n", strings.Join(r.DNS, ", "))
+	}
+	if r.MTU > 0 {
+		fmt.Fprintf(&b, "MTU = %d\n", r.MTU)
+	}
+	fmt.Fprintf(&b, "\n[Peer]\nPublicKey = %s\nAllowedIPs = 0.0.0.0/0, ::/0\nEndpoint = %s\n", r.Server.PublicKey, ep)
+	if o.Keepalive > 0 {
+		fmt.Fprintf(&b, "PersistentKeepalive = %d\n", o.Keepalive)
+	}
+	_, err = io.WriteString(w, b.String())
+	return err
+}
+
+func nonEmpty(ss ...string) []string {
+	var out []string
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,64 @@
+package clientconf
+
+import (
+	"strings"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+func reg() Registration {
+	var r Registration
+	r.ID, r.ClientID, r.Reserved = "abc", "EjRW", [3]int{18, 52, 86}
+	r.Addresses.V4, r.Addresses.V6 = "100.96.0.2/32", "fd57:6564:6765::2/128"
+	r.Server.PublicKey = "srvkey"
+	r.Server.Endpoints = []string{"192.0.2.1:51820", "[2001:db8:1::1]:51820"}
+	r.MTU, r.DNS = 1420, []string{"100.96.0.1", "fd57:6564:6765::1"}
+	return r
+}
+
+func TestWrite(t *testing.T) {
+	k, _ := wgtypes.GeneratePrivateKey()
+	for _, c := range []struct {
+		family int
+		want   string
+	}{{0, "Endpoint = 192.0.2.1:51820\n"}, {4, "Endpoint = 192.0.2.1:51820\n"}, {6, "Endpoint = [2001:db8:1::1]:51820\n"}} {
+		var b strings.Builder
+		if err := Write(&b, k, reg(), Options{Family: c.family, Keepalive: 25}); err != nil {
+			t.Fatal(err)
+		}
+		s := b.String()
+		for _, want := range []string{
+			"[Interface]\nPrivateKey = " + k.String() + "\n",
+			"Address = 100.96.0.2/32, fd57:6564:6765::2/128\n",
+			"DNS = 100.96.0.1, fd57:6564:6765::1\n", "MTU = 1420\n",
+			"[Peer]\nPublicKey = srvkey\nAllowedIPs = 0.0.0.0/0, ::/0\n",
+			"\n" + c.want, "#@ Reserved = [18, 52, 86]\n", "#@ ClientID = EjRW\n",
+			"PersistentKeepalive = 25\n",
+		} {
+			if !strings.Contains(s, want) {
+				t.Errorf("family %d: missing %q in\n%s", c.family, want, s)
+			}
+		}
+		// Everything outside [Interface]/[Peer] sections is a comment, so
+		// wg-quick accepts the file.
+		for _, line := range strings.Split(s, "\n") {
+			if line != "" && !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, "[") && !strings.Contains(line, " = ") {
+				t.Errorf("line %q is neither comment, section nor key = value", line)
+			}
+		}
+	}
+}
+
+func TestNoEndpointOfFamily(t *testing.T) {
+	r := reg()
+	r.Server.Endpoints = r.Server.Endpoints[:1]
+	k, _ := wgtypes.GeneratePrivateKey()
+	if err := Write(&strings.Builder{}, k, r, Options{Family: 6}); err == nil {
+		t.Fatal("want an error for a missing IPv6 endpoint")
+	}
+	r.Server.Endpoints = nil
+	if err := Write(&strings.Builder{}, k, r, Options{}); err == nil {
+		t.Fatal("want an error for no endpoint")
+	}
+}

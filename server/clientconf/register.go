@@ -1,0 +1,50 @@
+package clientconf
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Register posts pub to the registration API at api (a base URL such as
+// http://127.0.0.1:8080) and returns the registration. An error answer is
+// returned with the server's message.
+func Register(ctx context.Context, hc *http.Client, api string, pub wgtypes.Key) (Registration, error) {
+	body, _ := json.Marshal(map[string]string{"public_key": pub.String()})
+	url := strings.TrimSuffix(api, "/") + "/v1/reg"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return Registration{}, fmt.Errorf("register: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return Registration{}, fmt.Errorf("register: %w", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return Registration{}, fmt.Errorf("register: read answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+			return Registration{}, fmt.Errorf("register: %s: %s", resp.Status, e.Error)
+		}
+		return Registration{}, fmt.Errorf("register: %s", resp.Status)
+	}
+	var r Registration
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return Registration{}, fmt.Errorf("register: bad answer from %s: %w", url, err)
+	}
+	if r.ID == "" || r.Server.PublicKey == "" {
+		return Registration{}, fmt.Errorf("register: incomplete answer from %s", url)
+	}
+	return r, nil
+}
