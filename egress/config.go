@@ -1,0 +1,176 @@
+package egress
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultDialTimeout bounds a dial or a ping whose context has no deadline
+// when Config.DialTimeout is zero.
+const DefaultDialTimeout = 10 * time.Second
+
+// Config configures a Dialer.
+type Config struct {
+	// Sources are the egress source addresses. The first IPv4 and the
+	// first IPv6 address are used; the others are ignored for now. A
+	// family without a source is not bound: the kernel picks the host's
+	// own address by route. Sources must be unicast (not unspecified,
+	// multicast, broadcast or link-local) and must exist on the host.
+	Sources []netip.Addr
+
+	// PortLo and PortHi are this node's source-port slice, inclusive.
+	// Every outgoing TCP and UDP flow gets a source port inside it. Both
+	// zero means the kernel's default range (net.ipv4.ip_local_port_range).
+	// The kernel only honours a slice inside net.ipv4.ip_local_port_range,
+	// so New rejects one that is not.
+	PortLo, PortHi uint16
+
+	// Allow opens destination prefixes the ACL denies by default. It
+	// cannot open loopback, unspecified or the node's own addresses.
+	Allow []netip.Prefix
+
+	// Own lists addresses of the node's own services that may not be on
+	// any interface (the anycast VIP, advertised endpoints, the API
+	// address). They are denied like the interface addresses.
+	Own []netip.Addr
+
+	// DialTimeout bounds each dial and ping whose context has no earlier
+	// deadline. Zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+
+	// Logger receives the Dialer's log lines; nothing is logged per flow.
+	// Required.
+	Logger *slog.Logger
+}
+
+// ParsePortRange parses the --egress-ports flag, "LO-HI" (inclusive, both in
+// 1..65535, LO <= HI). A single port "P" means "P-P".
+func ParsePortRange(s string) (lo, hi uint16, err error) {
+	s = strings.TrimSpace(s)
+	los, his, ok := strings.Cut(s, "-")
+	if !ok {
+		his = los
+	}
+	parse := func(v string) (uint16, error) {
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 16)
+		if err != nil || n == 0 {
+			return 0, fmt.Errorf("egress: invalid port range %q: want LO-HI with ports in 1-65535", s)
+		}
+		return uint16(n), nil
+	}
+	if lo, err = parse(los); err != nil {
+		return 0, 0, err
+	}
+	if hi, err = parse(his); err != nil {
+		return 0, 0, err
+	}
+	if lo > hi {
+		return 0, 0, fmt.Errorf("egress: invalid port range %q: low port above high port", s)
+	}
+	return lo, hi, nil
+}
+
+// ParsePrefix parses one --allow value: a CIDR prefix, or a bare IP address
+// meaning /32 or /128. Host bits are cleared ("10.1.2.3/8" is 10.0.0.0/8)
+// and an IPv4-mapped prefix becomes the IPv4 one. Zones are rejected.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, fmt.Errorf("egress: invalid prefix %q: %w", s, err)
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("egress: invalid prefix %q: %w", s, err)
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("egress: invalid prefix %q: zones are not allowed", s)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	return normPrefix(p)
+}
+
+// ParsePrefixes parses repeated --allow values with ParsePrefix; each value
+// may also hold several prefixes separated by commas. Empty items are
+// skipped.
+func ParsePrefixes(values ...string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range values {
+		for item := range strings.SplitSeq(v, ",") {
+			if strings.TrimSpace(item) == "" {
+				continue
+			}
+			p, err := ParsePrefix(item)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// sources returns the first IPv4 and the first IPv6 source (zero Addr when
+// a family has none) and the number of sources ignored, or an error naming
+// the first unusable source.
+func (c *Config) sources() (src4, src6 netip.Addr, ignored int, err error) {
+	for _, s := range c.Sources {
+		if err := checkSource(s); err != nil {
+			return netip.Addr{}, netip.Addr{}, 0, err
+		}
+		s = s.Unmap()
+		switch {
+		case s.Is4() && !src4.IsValid():
+			src4 = s
+		case s.Is6() && !src6.IsValid():
+			src6 = s
+		default:
+			ignored++
+		}
+	}
+	return src4, src6, ignored, nil
+}
+
+func checkSource(s netip.Addr) error {
+	var why string
+	switch {
+	case !s.IsValid():
+		return errors.New("egress: invalid egress source address")
+	case s.Zone() != "":
+		why = "has a zone"
+	case s.Unmap().IsUnspecified():
+		why = "is unspecified"
+	case s.Unmap().IsMulticast():
+		why = "is multicast"
+	case s.Unmap() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		why = "is the broadcast address"
+	case s.Unmap().IsLinkLocalUnicast():
+		why = "is link-local"
+	default:
+		return nil
+	}
+	return fmt.Errorf("egress: egress source %s %s: want a unicast address", s, why)
+}
+
+// checkPorts validates the slice bounds (not the kernel's support).
+func (c *Config) checkPorts() error {
+	if c.PortLo == 0 && c.PortHi == 0 {
+		return nil
+	}
+	if c.PortLo == 0 {
+		return fmt.Errorf("egress: invalid port slice %d-%d: low port must be at least 1", c.PortLo, c.PortHi)
+	}
+	if c.PortLo > c.PortHi {
+		return fmt.Errorf("egress: invalid port slice %d-%d: low port above high port", c.PortLo, c.PortHi)
+	}
+	return nil
+}
