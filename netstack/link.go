@@ -1,0 +1,208 @@
+package netstack
+
+import (
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// outQueueLen is how many packets the stack may queue for wireguard-go
+// before it drops. wireguard-go reads up to its batch size (128) per call;
+// a few batches absorb a burst from one TCP window opening without letting
+// the queue (and the latency in it) grow without bound. A full queue drops
+// the packet (ErrNoBufferSpace) and TCP recovers it like any loss.
+const outQueueLen = 2048
+
+// linkEndpoint is the NIC between gVisor and wireguard-go. Packets the
+// stack emits are queued as packet buffers (one reference each) and copied
+// out by Read; packets from wireguard-go are delivered synchronously by the
+// caller of Write through DeliverNetworkPacket. It has no link header, does
+// no GSO (every packet is at most MTU bytes, which is what wireguard-go
+// wants) and needs no address resolution.
+type linkEndpoint struct {
+	mtu uint32
+
+	out    chan *stack.PacketBuffer
+	closed chan struct{} // closed by close
+	once   sync.Once
+
+	mu         sync.RWMutex
+	dispatcher stack.NetworkDispatcher
+
+	onDrop func() // counts a packet dropped because the queue was full
+}
+
+var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
+
+func newLinkEndpoint(mtu uint32, onDrop func()) *linkEndpoint {
+	return &linkEndpoint{
+		mtu:    mtu,
+		out:    make(chan *stack.PacketBuffer, outQueueLen),
+		closed: make(chan struct{}),
+		onDrop: onDrop,
+	}
+}
+
+// deliver hands one inbound IP packet to the stack. It reports false when
+// the NIC is not attached (stack closing).
+func (e *linkEndpoint) deliver(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
+	e.mu.RLock()
+	d := e.dispatcher
+	e.mu.RUnlock()
+	if d == nil {
+		return false
+	}
+	d.DeliverNetworkPacket(proto, pkt)
+	return true
+}
+
+// enqueue queues a packet for Read, taking one reference.
+func (e *linkEndpoint) enqueue(pkt *stack.PacketBuffer) bool {
+	select {
+	case <-e.closed:
+		return false
+	default:
+	}
+	p := pkt.IncRef()
+	select {
+	case e.out <- p:
+		return true
+	default:
+		p.DecRef()
+		if e.onDrop != nil {
+			e.onDrop()
+		}
+		return false
+	}
+}
+
+// read blocks for one packet, then takes as many more as are queued, up to
+// len(bufs), copying each at offset. Packets that do not fit a buffer are
+// dropped. It returns ok=false once the endpoint is closed.
+func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (n int, ok bool) {
+	var pkt *stack.PacketBuffer
+	select {
+	case pkt = <-e.out:
+	case <-e.closed:
+		return 0, false
+	}
+	for {
+		if copyOut(pkt, bufs[n][offset:], &sizes[n]) {
+			n++
+		} else if e.onDrop != nil {
+			e.onDrop()
+		}
+		pkt.DecRef()
+		if n == len(bufs) {
+			return n, true
+		}
+		select {
+		case pkt = <-e.out:
+			continue
+		default:
+		}
+		if n > 0 {
+			return n, true
+		}
+		// Everything taken so far was dropped: block again.
+		select {
+		case pkt = <-e.out:
+		case <-e.closed:
+			return 0, false
+		}
+	}
+}
+
+func copyOut(pkt *stack.PacketBuffer, dst []byte, size *int) bool {
+	if pkt.Size() > len(dst) {
+		return false
+	}
+	off := 0
+	for _, s := range pkt.AsSlices() {
+		off += copy(dst[off:], s)
+	}
+	*size = off
+	return true
+}
+
+func (e *linkEndpoint) close() {
+	e.once.Do(func() { close(e.closed) })
+	for {
+		select {
+		case p := <-e.out:
+			p.DecRef()
+		default:
+			return
+		}
+	}
+}
+
+// WritePackets implements stack.LinkWriter.
+func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		if !e.enqueue(pkt) {
+			if n == 0 {
+				return 0, &tcpip.ErrNoBufferSpace{}
+			}
+			break
+		}
+		n++
+	}
+	return n, nil
+}
+
+// MTU implements stack.NetworkLinkEndpoint. It is the tunnel MTU, so TCP's
+// MSS is MTU-40 (IPv4) or MTU-60 (IPv6) and no packet needs fragmenting.
+func (e *linkEndpoint) MTU() uint32 { return e.mtu }
+
+// SetMTU implements stack.NetworkLinkEndpoint; the MTU is fixed by Config.
+func (e *linkEndpoint) SetMTU(uint32) {}
+
+// MaxHeaderLength implements stack.NetworkLinkEndpoint: no link header.
+func (*linkEndpoint) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements stack.NetworkLinkEndpoint: a point-to-point link.
+func (*linkEndpoint) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements stack.NetworkLinkEndpoint.
+func (*linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.NetworkLinkEndpoint. None: the stack
+// computes outbound checksums (the peers verify them) and verifies inbound
+// ones (WireGuard authenticates the tunnel, not the client's own stack).
+func (*linkEndpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+
+// Attach implements stack.NetworkLinkEndpoint.
+func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
+	e.mu.Lock()
+	e.dispatcher = d
+	e.mu.Unlock()
+}
+
+// IsAttached implements stack.NetworkLinkEndpoint.
+func (e *linkEndpoint) IsAttached() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.dispatcher != nil
+}
+
+// Wait implements stack.NetworkLinkEndpoint: no goroutines of its own.
+func (*linkEndpoint) Wait() {}
+
+// ARPHardwareType implements stack.NetworkLinkEndpoint.
+func (*linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements stack.NetworkLinkEndpoint.
+func (*linkEndpoint) AddHeader(*stack.PacketBuffer) {}
+
+// ParseHeader implements stack.NetworkLinkEndpoint.
+func (*linkEndpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// Close implements stack.NetworkLinkEndpoint.
+func (e *linkEndpoint) Close() { e.close() }
+
+// SetOnCloseAction implements stack.NetworkLinkEndpoint.
+func (*linkEndpoint) SetOnCloseAction(func()) {}

@@ -1,0 +1,175 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// spliceBufSize is the copy buffer per direction: large enough that one
+// read drains several MSS worth of gVisor's receive queue (or of the
+// kernel socket) per system call / lock round.
+const spliceBufSize = 256 << 10
+
+var spliceBufs = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
+
+// handleTCP is the tcp.Forwarder handler, run on its own goroutine per SYN;
+// that goroutine lives as long as the flow. It dials the real destination
+// first and completes the client's handshake only when that succeeded; any
+// refusal, error, timeout or cap answers RST.
+func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
+	id := r.ID()
+	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
+	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	c := &s.stats.tcp
+	if !s.enter() {
+		r.Complete(true)
+		return
+	}
+	defer s.wg.Done()
+
+	dns := s.isDNS(dst)
+	if !dns && s.isLocal(dst.Addr()) {
+		c.refusedLocal.Add(1)
+		r.Complete(true)
+		return
+	}
+	client := src.Addr()
+	if !s.limits.checkFlow(client) || !s.limits.acquirePending(client) {
+		c.capHits.Add(1)
+		r.Complete(true)
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.TCPDialTimeout)
+	var out net.Conn
+	var err error
+	if dns {
+		var d net.Dialer
+		out, err = d.DialContext(ctx, "tcp", s.cfg.DNSUpstream.String())
+	} else {
+		out, err = s.cfg.Dialer.DialTCP(ctx, src, dst)
+	}
+	cancel()
+	if err != nil {
+		s.limits.releasePending(client)
+		s.countDialError(c, err)
+		r.Complete(true)
+		return
+	}
+	if !s.limits.promote(client) {
+		out.Close()
+		c.capHits.Add(1)
+		r.Complete(true)
+		return
+	}
+
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq)
+	if terr != nil {
+		// The client gave up (or sent RST) while we dialed.
+		s.limits.releaseFlow(client)
+		out.Close()
+		r.Complete(true)
+		return
+	}
+	r.Complete(false)
+	// Keepalive on the client side is left to the client; the idle
+	// timeout below bounds dead flows.
+	in := gonet.NewTCPConn(&wq, ep)
+
+	if dns {
+		c.dns.Add(1)
+	}
+	c.total.Add(1)
+	c.open.Add(1)
+	f := &tcpFlow{in: in, out: out}
+	f.last.touch()
+	if !s.addFlow(f) {
+		f.close()
+		c.open.Add(-1)
+		s.limits.releaseFlow(client)
+		return
+	}
+	if f.splice(s.cfg.TCPIdleTimeout) {
+		c.idle.Add(1)
+	}
+	s.removeFlow(f)
+	c.open.Add(-1)
+	s.limits.releaseFlow(client)
+}
+
+// tcpFlow is a spliced pair: in is the client's connection (gVisor), out
+// the real destination's.
+type tcpFlow struct {
+	in   *gonet.TCPConn
+	out  net.Conn
+	last atomicTime
+
+	once sync.Once
+}
+
+func (f *tcpFlow) close() {
+	f.once.Do(func() {
+		f.in.Close()
+		f.out.Close()
+	})
+}
+
+// splice copies both ways until both directions end, half-closing each
+// side as its peer finishes sending, and closes both. It reports whether
+// the idle timeout ended the flow.
+func (f *tcpFlow) splice(idle time.Duration) (idled bool) {
+	it := startIdleTimer(&f.last, idle, f.close)
+	errc := make(chan error, 2)
+	go func() { errc <- f.copy(f.out, f.in) }()
+	go func() { errc <- f.copy(f.in, f.out) }()
+	for range 2 {
+		if err := <-errc; err != nil {
+			// A reset or error on either side ends the other too.
+			f.close()
+		}
+	}
+	idled = it.stop()
+	f.close()
+	return idled
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// copy moves src to dst until src's EOF, then half-closes dst. It returns
+// nil on a clean EOF.
+func (f *tcpFlow) copy(dst, src net.Conn) error {
+	bp := spliceBufs.Get().(*[]byte)
+	defer spliceBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			f.last.touch()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if rerr != nil {
+			if !errors.Is(rerr, io.EOF) {
+				return rerr
+			}
+			if cw, ok := dst.(closeWriter); ok {
+				if err := cw.CloseWrite(); err != nil {
+					return err
+				}
+				return nil
+			}
+			return errors.New("netstack: cannot half-close")
+		}
+	}
+}
