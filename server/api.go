@@ -60,6 +60,14 @@ type PeerInfo struct {
 // request changes nothing.
 func (n *Node) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The API is for programs, not browsers: a request a browser makes
+		// (it always sends Origin on cross-origin and POST requests) is
+		// refused, so a web page cannot register clients or read the API
+		// through CSRF or DNS rebinding.
+		if r.Header.Get("Origin") != "" {
+			writeError(w, http.StatusForbidden, "browser requests are not accepted")
+			return
+		}
 		path := strings.TrimSuffix(r.URL.Path, "/")
 		switch {
 		case path == "/v1/reg":
@@ -112,7 +120,10 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, registry.ErrExists):
 		writeError(w, http.StatusConflict, "public key already registered")
 		return
-	case errors.Is(err, registry.ErrExhausted):
+	case errors.Is(err, ErrOwnKey):
+		writeError(w, http.StatusBadRequest, "public_key is the server's own key")
+		return
+	case errors.Is(err, registry.ErrExhausted), errors.Is(err, ErrFull):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	case err != nil:

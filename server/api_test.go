@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.zx2c4.com/wireguard/conn/bindtest"
@@ -256,4 +257,50 @@ func FuzzRegister(f *testing.F) {
 			t.Fatalf("status %d for body %q", rec.Code, body)
 		}
 	})
+}
+
+func TestAPIRefusesOwnKeyAndBrowsers(t *testing.T) {
+	n, st := newTestNode(t)
+	h := n.Handler()
+	if code, _ := do(t, h, "POST", "/v1/reg", `{"public_key":"`+n.PublicKey().String()+`"}`); code != 400 {
+		t.Errorf("own key: got %d, want 400", code)
+	}
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("POST", "/v1/reg", strings.NewReader(`{"public_key":"`+pubKey(t)+`"}`))
+	req.Header.Set("Origin", "http://evil.example")
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden {
+		t.Errorf("browser request: got %d, want 403", rec.Code)
+	}
+	if all, _ := st.List(context.Background()); len(all) != 0 {
+		t.Fatalf("refused requests changed the store: %d clients", len(all))
+	}
+}
+
+// TestRegisterUnregisterRace deletes and re-registers one key from many
+// goroutines; afterwards the store and the device must agree.
+func TestRegisterUnregisterRace(t *testing.T) {
+	n, st := newTestNode(t)
+	pub, _ := ParsePublicKey(pubKey(t))
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				if c, err := n.Register(ctx, pub); err == nil {
+					n.Unregister(ctx, c.ID)
+				}
+				n.Register(ctx, pub)
+			}
+		}()
+	}
+	wg.Wait()
+	all, _ := st.List(ctx)
+	cfg, _ := n.dev.IpcGet()
+	inDevice := strings.Contains(cfg, hexKey(pub))
+	if (len(all) == 1) != inDevice || len(all) > 1 {
+		t.Fatalf("store has %d registrations, device has the peer: %v", len(all), inDevice)
+	}
 }

@@ -61,14 +61,32 @@ type Node struct {
 	dev  *device.Device
 	uapi net.Listener
 
+	// regMu serializes Register and Unregister, so the store and the device
+	// change together: a delete racing a re-registration of the same key
+	// cannot remove the new peer.
+	regMu sync.Mutex
+
 	mu      sync.Mutex // guards clients and seen
 	clients map[wgtypes.Key]registry.Client
 	seen    map[wgtypes.Key]clientid.ID // ClientID last seen per peer
 
-	mismatches atomic.Uint64
-	done       chan struct{}
-	wg         sync.WaitGroup
+	mismatches  atomic.Uint64
+	lastStamped uint64 // Bind's stamped count at the last ClientID check; watcher only
+	done        chan struct{}
+	closeOnce   sync.Once
+	wg          sync.WaitGroup
 }
+
+// MaxPeers is the most clients one device holds (wireguard-go's limit).
+// Registrations beyond it are refused until peers are loaded on demand.
+const MaxPeers = device.MaxPeers
+
+// ErrFull reports that the device holds MaxPeers clients.
+var ErrFull = fmt.Errorf("server: node holds its maximum of %d clients", MaxPeers)
+
+// ErrOwnKey reports an attempt to register the service's own public key,
+// which wireguard-go would silently refuse as a peer.
+var ErrOwnKey = errors.New("server: that is the server's own public key")
 
 // New builds the device and loads every registered client into it. The
 // device is up and listening when New returns.
@@ -105,6 +123,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		n.dev.Close()
 		return nil, fmt.Errorf("server: load clients: %w", err)
+	}
+	if len(all) > MaxPeers {
+		n.log.Error("more registered clients than one device holds; loading the first ones only", "registered", len(all), "loaded", MaxPeers)
+		all = all[:MaxPeers]
 	}
 	var b strings.Builder
 	for _, c := range all {
@@ -164,6 +186,17 @@ func writePeer(b *strings.Builder, c registry.Client) {
 // Register creates a registration and adds the peer to the running device.
 // If the device refuses the peer, the registration is undone.
 func (n *Node) Register(ctx context.Context, pub wgtypes.Key) (registry.Client, error) {
+	if pub == n.PublicKey() {
+		return registry.Client{}, ErrOwnKey
+	}
+	n.regMu.Lock()
+	defer n.regMu.Unlock()
+	n.mu.Lock()
+	full := len(n.clients) >= MaxPeers
+	n.mu.Unlock()
+	if full {
+		return registry.Client{}, ErrFull
+	}
 	c, err := n.cfg.Store.Create(ctx, pub)
 	if err != nil {
 		return registry.Client{}, err
@@ -171,6 +204,7 @@ func (n *Node) Register(ctx context.Context, pub wgtypes.Key) (registry.Client, 
 	var b strings.Builder
 	writePeer(&b, c)
 	if err := n.dev.IpcSet(b.String()); err != nil {
+		n.removePeer(c.PublicKey)
 		if _, derr := n.cfg.Store.Delete(context.WithoutCancel(ctx), c.ID); derr != nil {
 			n.log.Error("undo registration after device error", "id", c.ID, "err", derr)
 		}
@@ -186,17 +220,28 @@ func (n *Node) Register(ctx context.Context, pub wgtypes.Key) (registry.Client, 
 // Unregister deletes a registration and removes the peer from the device at
 // once: its session ends with the call.
 func (n *Node) Unregister(ctx context.Context, id string) (registry.Client, error) {
+	n.regMu.Lock()
+	defer n.regMu.Unlock()
 	c, err := n.cfg.Store.Delete(ctx, id)
 	if err != nil {
 		return registry.Client{}, err
 	}
-	n.dev.RemovePeer(device.NoisePublicKey(c.PublicKey))
+	n.removePeer(c.PublicKey)
 	n.mu.Lock()
 	delete(n.clients, c.PublicKey)
 	delete(n.seen, c.PublicKey)
 	n.mu.Unlock()
 	n.log.Info("client deleted", "id", c.ID)
 	return c, nil
+}
+
+// removePeer removes a peer through the IPC path, which wireguard-go
+// serializes with every other configuration change (device.RemovePeer does
+// not take the IPC lock).
+func (n *Node) removePeer(pub wgtypes.Key) {
+	if err := n.dev.IpcSet("public_key=" + hexKey(pub) + "\nremove=true\n"); err != nil {
+		n.log.Error("remove peer", "public_key", pub.String(), "err", err)
+	}
 }
 
 // Get returns a registration.
@@ -209,17 +254,14 @@ func (n *Node) PublicKey() wgtypes.Key { return n.cfg.PrivateKey.PublicKey() }
 
 // Close stops the device, the UAPI socket and background work.
 func (n *Node) Close() {
-	select {
-	case <-n.done:
-		return
-	default:
-	}
-	close(n.done)
-	if n.uapi != nil {
-		n.uapi.Close()
-	}
-	n.dev.Close()
-	n.wg.Wait()
+	n.closeOnce.Do(func() {
+		close(n.done)
+		if n.uapi != nil {
+			n.uapi.Close()
+		}
+		n.dev.Close()
+		n.wg.Wait()
+	})
 }
 
 // Wait returns a channel closed when the device stops.
@@ -244,6 +286,12 @@ func (n *Node) watchClientIDs() {
 }
 
 func (n *Node) checkClientIDs() {
+	// Nothing new was stamped: nothing to join (the UAPI dump costs O(peers)).
+	stamped, _ := n.bind.Counts()
+	if stamped == n.lastStamped {
+		return
+	}
+	n.lastStamped = stamped
 	peers, err := n.peers()
 	if err != nil {
 		return

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -43,19 +44,30 @@ func register(args []string) error {
 		return err
 	}
 	var conf bytes.Buffer
-	if err := clientconf.Write(&conf, priv, reg, clientconf.Options{Family: *family, API: *api, Keepalive: *keepalive}); err != nil {
-		return err
+	err = clientconf.Write(&conf, priv, reg, clientconf.Options{Family: *family, API: *api, Keepalive: *keepalive})
+	if err == nil && *out != "" {
+		err = writePrivate(*out, conf.Bytes())
+	}
+	if err != nil {
+		// The private key exists only here: without a config it is lost,
+		// so take the registration back rather than leave an orphan.
+		if derr := clientconf.Delete(ctx, &http.Client{}, *api, reg.ID); derr != nil {
+			fmt.Fprintf(os.Stderr, "wedge: could not undo registration %s: %v\n", reg.ID, derr)
+		}
+		return fmt.Errorf("register: %w", err)
 	}
 	if *out == "" {
 		os.Stdout.Write(conf.Bytes())
 	} else {
-		if err := os.WriteFile(*out, conf.Bytes(), 0o600); err != nil {
-			return fmt.Errorf("register: %w", err)
-		}
 		fmt.Fprintf(os.Stderr, "registered %s (ClientID %s); config written to %s\n", reg.ID, reg.ClientID, *out)
 	}
 	if *reserved {
-		fmt.Printf("reserved = [%d, %d, %d]\n", reg.Reserved[0], reg.Reserved[1], reg.Reserved[2])
+		// On stderr when the config goes to stdout, so it stays a clean file.
+		w := os.Stdout
+		if *out == "" {
+			w = os.Stderr
+		}
+		fmt.Fprintf(w, "reserved = [%d, %d, %d]\n", reg.Reserved[0], reg.Reserved[1], reg.Reserved[2])
 	}
 	if !*noQR && *out != "" && isTerminal(os.Stdout) {
 		if err := printQR(conf.String()); err != nil {
@@ -63,6 +75,29 @@ func register(args []string) error {
 		}
 	}
 	return nil
+}
+
+// writePrivate writes data to path with mode 0600 through a temporary file
+// and a rename, so an existing file's looser mode never applies to a new
+// private key and a crash never leaves half a config.
+func writePrivate(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".wedge-*.conf")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 func isTerminal(f *os.File) bool {

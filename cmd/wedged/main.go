@@ -241,7 +241,8 @@ func run(c *config) error {
 		return fmt.Errorf("--api: %w", err)
 	}
 	srv := &http.Server{Handler: node.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	go srv.Serve(ln)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("node up", "api", "http://"+c.api, "listen", c.listen, "endpoints", endpoints, "egress", c.egress, "egress_ports", c.egressPorts, "state", c.state)
 	fmt.Fprintf(os.Stderr, `
 wedge node %s is up. Register a client with:
@@ -251,16 +252,19 @@ wedge node %s is up. Register a client with:
 
 `, c.name, c.api)
 
+	var runErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
 	case <-node.Wait():
-		log.Error("wireguard device stopped")
+		runErr = errors.New("wireguard device stopped")
+	case err := <-serveErr:
+		runErr = fmt.Errorf("api: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
-	return nil
+	return runErr
 }
 
 func parsePools(v4, v6 string) (registry.Pools, error) {

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"strconv"
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -64,8 +66,72 @@ func PrimaryEndpoint(eps []string, family int) (string, error) {
 	return eps[0], nil
 }
 
+// Validate checks every field a server sent before any of it is written
+// into a file that wg-quick executes as root: a key is a key, an address
+// an address, an endpoint a host and port, identifiers plain text. A
+// malicious or hijacked API could otherwise smuggle "PostUp = ..." lines.
+func (r Registration) Validate() error {
+	bad := func(field, v string) error { return fmt.Errorf("clientconf: server sent a bad %s: %q", field, v) }
+	if _, err := wgtypes.ParseKey(r.Server.PublicKey); err != nil {
+		return bad("server public key", r.Server.PublicKey)
+	}
+	if !plain(r.ID) || r.ID == "" {
+		return bad("registration id", r.ID)
+	}
+	if !plain(r.ClientID) {
+		return bad("client_id", r.ClientID)
+	}
+	for _, b := range r.Reserved {
+		if b < 0 || b > 255 {
+			return bad("reserved byte", fmt.Sprint(b))
+		}
+	}
+	for _, a := range []string{r.Addresses.V4, r.Addresses.V6} {
+		if _, err := netip.ParsePrefix(a); err != nil && a != "" {
+			return bad("address", a)
+		}
+	}
+	if r.Addresses.V4 == "" && r.Addresses.V6 == "" {
+		return bad("address", "")
+	}
+	for _, d := range r.DNS {
+		if _, err := netip.ParseAddr(d); err != nil {
+			return bad("DNS server", d)
+		}
+	}
+	for _, e := range r.Server.Endpoints {
+		host, port, err := net.SplitHostPort(e)
+		if err != nil || !plain(host) || strings.ContainsAny(host, " ,#=") {
+			return bad("endpoint", e)
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return bad("endpoint", e)
+		}
+	}
+	if r.MTU != 0 && (r.MTU < 576 || r.MTU > 65535) {
+		return bad("MTU", fmt.Sprint(r.MTU))
+	}
+	return nil
+}
+
+// plain reports whether s is printable ASCII with no line breaks.
+func plain(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // Write renders the configuration for private key priv.
 func Write(w io.Writer, priv wgtypes.Key, r Registration, o Options) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	if !plain(o.API) {
+		return fmt.Errorf("clientconf: bad API URL %q", o.API)
+	}
 	ep, err := PrimaryEndpoint(r.Server.Endpoints, o.Family)
 	if err != nil {
 		return err

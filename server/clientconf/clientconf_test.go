@@ -11,7 +11,8 @@ func reg() Registration {
 	var r Registration
 	r.ID, r.ClientID, r.Reserved = "abc", "EjRW", [3]int{18, 52, 86}
 	r.Addresses.V4, r.Addresses.V6 = "100.96.0.2/32", "fd57:6564:6765::2/128"
-	r.Server.PublicKey = "srvkey"
+	sk, _ := wgtypes.GeneratePrivateKey()
+	r.Server.PublicKey = sk.PublicKey().String()
 	r.Server.Endpoints = []string{"192.0.2.1:51820", "[2001:db8:1::1]:51820"}
 	r.MTU, r.DNS = 1420, []string{"100.96.0.1", "fd57:6564:6765::1"}
 	return r
@@ -19,12 +20,13 @@ func reg() Registration {
 
 func TestWrite(t *testing.T) {
 	k, _ := wgtypes.GeneratePrivateKey()
+	r0 := reg()
 	for _, c := range []struct {
 		family int
 		want   string
 	}{{0, "Endpoint = 192.0.2.1:51820\n"}, {4, "Endpoint = 192.0.2.1:51820\n"}, {6, "Endpoint = [2001:db8:1::1]:51820\n"}} {
 		var b strings.Builder
-		if err := Write(&b, k, reg(), Options{Family: c.family, Keepalive: 25}); err != nil {
+		if err := Write(&b, k, r0, Options{Family: c.family, Keepalive: 25}); err != nil {
 			t.Fatal(err)
 		}
 		s := b.String()
@@ -32,7 +34,7 @@ func TestWrite(t *testing.T) {
 			"[Interface]\nPrivateKey = " + k.String() + "\n",
 			"Address = 100.96.0.2/32, fd57:6564:6765::2/128\n",
 			"DNS = 100.96.0.1, fd57:6564:6765::1\n", "MTU = 1420\n",
-			"[Peer]\nPublicKey = srvkey\nAllowedIPs = 0.0.0.0/0, ::/0\n",
+			"[Peer]\nPublicKey = " + r0.Server.PublicKey + "\nAllowedIPs = 0.0.0.0/0, ::/0\n",
 			"\n" + c.want, "#@ Reserved = [18, 52, 86]\n", "#@ ClientID = EjRW\n",
 			"PersistentKeepalive = 25\n",
 		} {
@@ -60,5 +62,32 @@ func TestNoEndpointOfFamily(t *testing.T) {
 	r.Server.Endpoints = nil
 	if err := Write(&strings.Builder{}, k, r, Options{}); err == nil {
 		t.Fatal("want an error for no endpoint")
+	}
+}
+
+func TestValidateRejectsInjection(t *testing.T) {
+	k, _ := wgtypes.GeneratePrivateKey()
+	sk, _ := wgtypes.GeneratePrivateKey()
+	mut := []func(r *Registration){
+		func(r *Registration) { r.ID = "x\nPostUp = touch /tmp/pwned" },
+		func(r *Registration) { r.ClientID = "a b" },
+		func(r *Registration) { r.Server.PublicKey = "srvkey\nPostUp = id" },
+		func(r *Registration) { r.Server.Endpoints = []string{"192.0.2.1:51820\nPostUp = id"} },
+		func(r *Registration) { r.Server.Endpoints = []string{"192.0.2.1:0"} },
+		func(r *Registration) { r.Addresses.V4 = "100.96.0.2/32\nPostUp = id" },
+		func(r *Registration) { r.DNS = []string{"1.1.1.1, 2.2.2.2"} },
+		func(r *Registration) { r.Reserved[1] = 256 },
+		func(r *Registration) { r.MTU = 70000 },
+	}
+	for i, m := range mut {
+		r := reg()
+		r.Server.PublicKey = sk.PublicKey().String()
+		if err := Write(&strings.Builder{}, k, r, Options{}); err != nil {
+			t.Fatalf("baseline registration rejected: %v", err)
+		}
+		m(&r)
+		if err := Write(&strings.Builder{}, k, r, Options{}); err == nil {
+			t.Errorf("mutation %d accepted", i)
+		}
 	}
 }

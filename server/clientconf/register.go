@@ -43,8 +43,26 @@ func Register(ctx context.Context, hc *http.Client, api string, pub wgtypes.Key)
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return Registration{}, fmt.Errorf("register: bad answer from %s: %w", url, err)
 	}
-	if r.ID == "" || r.Server.PublicKey == "" {
-		return Registration{}, fmt.Errorf("register: incomplete answer from %s", url)
+	if err := r.Validate(); err != nil {
+		return Registration{}, fmt.Errorf("register: answer from %s: %w", url, err)
 	}
 	return r, nil
+}
+
+// Delete removes registration id (used to undo a registration whose
+// configuration could not be written, so no orphan is left behind).
+func Delete(ctx context.Context, hc *http.Client, api, id string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, strings.TrimSuffix(api, "/")+"/v1/reg/"+id, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotFound {
+		return fmt.Errorf("delete %s: %s", id, resp.Status)
+	}
+	return nil
 }

@@ -83,6 +83,9 @@ func Apply(fs *flag.FlagSet, settings []Setting, name string) error {
 	onCLI := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { onCLI[f.Name] = true })
 	for _, s := range settings {
+		if s.Key == "config" {
+			return fmt.Errorf("%s:%d: a config file cannot name another config file", name, s.Line)
+		}
 		if fs.Lookup(s.Key) == nil {
 			return fmt.Errorf("%s:%d: unknown key %q", name, s.Line, s.Key)
 		}

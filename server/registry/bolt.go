@@ -260,4 +260,3 @@ func decode(raw []byte) (Client, error) {
 	}
 	return Client{ID: r.ID, PublicKey: pub, ClientID: clientid.ID(r.ClientID), V4: v4, V6: v6, Created: r.Created}, nil
 }
-
