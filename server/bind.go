@@ -8,6 +8,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/server/udpbind"
 )
 
 // Bind wraps the node's conn.Bind. On every received message it reads the
@@ -111,6 +112,9 @@ func (b *Bind) Counts() (stamped, unstamped uint64) {
 
 func endpointAddrPort(ep conn.Endpoint) (netip.AddrPort, bool) {
 	switch e := ep.(type) {
+	case *udpbind.Endpoint:
+		ap := e.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
 	case *conn.StdNetEndpoint:
 		return netip.AddrPortFrom(e.Addr().Unmap(), e.Port()), true
 	case nil:

@@ -28,6 +28,7 @@ import (
 
 	"github.com/wedge-edge/wedge/server/clientid"
 	"github.com/wedge-edge/wedge/server/registry"
+	"github.com/wedge-edge/wedge/server/udpbind"
 )
 
 // Config is what a Node needs. Store, TUN and Logger are required.
@@ -45,7 +46,7 @@ type Config struct {
 	// prefix lengths only; the Store allocates).
 	Store  registry.Store
 	TUN    tun.Device
-	Bind   conn.Bind // nil: wireguard-go's default (sticky source address)
+	Bind   conn.Bind // nil: udpbind on Linux (replies from the targeted address)
 	Logger *slog.Logger
 	// UAPI opens the UAPI socket so `wg show NAME` works.
 	UAPI bool
@@ -103,7 +104,12 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	inner := cfg.Bind
 	if inner == nil {
+		// wedge's own Bind replies from the address each client targeted
+		// (the VIP), which wireguard-go's StdNetBind loses under UDP GRO.
 		inner = conn.NewDefaultBind()
+		if udpbind.Supported {
+			inner = udpbind.New()
+		}
 	}
 	n := &Node{
 		cfg:     cfg,
