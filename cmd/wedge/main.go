@@ -13,6 +13,7 @@ const usage = `Usage: wedge <command> [flags]
 
 Commands:
   register   make a key pair, register it with a node, write a wg-quick config
+  connect    run a client from that config (TUN, or a SOCKS5 proxy with --socks)
   status     show a node's state (clients, sessions, counters)
   lab        build the network-namespace lab and measure (wedge lab bench)
 
@@ -28,10 +29,12 @@ func main() {
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "register":
 		err = register(args)
+	case "connect":
+		err = connect(args)
 	case "status":
 		err = status(args)
 	case "lab":
-		err = lab(args)
+		err = labCmd(args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

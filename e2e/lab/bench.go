@@ -1,0 +1,166 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"text/tabwriter"
+	"time"
+)
+
+// BenchOpts shape a benchmark run.
+type BenchOpts struct {
+	Seconds int           // each iperf3 run; 0: 5
+	Rounds  int           // measurements per side, interleaved; 0: 3
+	CPS     time.Duration // each connections-per-second run; 0: 3 s
+	CPSConc int           // concurrent connections in it; 0: 8
+	Logf    func(format string, args ...any)
+}
+
+// BenchSide is what one server measured, one value per round.
+type BenchSide struct {
+	Up, Down, CPS []float64 // bits/s, bits/s, connections/s
+}
+
+// BenchResult compares wedged with the baseline measured in the same run.
+type BenchResult struct {
+	Wedged, Baseline BenchSide
+	Opts             BenchOpts
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// Bench builds two single-node labs side by side, one with wedged and one
+// with the baseline (a plain wireguard-go server with kernel forwarding and
+// NAT: DESIGN.md "Measuring"), each with a wg-quick client, and measures
+// iperf3 TCP throughput both ways and new TCP connections per second
+// through each, alternating between the two so both see the same machine.
+func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
+	if o.Seconds == 0 {
+		o.Seconds = 5
+	}
+	if o.Rounds == 0 {
+		o.Rounds = 3
+	}
+	if o.CPS == 0 {
+		o.CPS = 3 * time.Second
+	}
+	if o.CPSConc == 0 {
+		o.CPSConc = 8
+	}
+	logf := o.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	res := BenchResult{Opts: o}
+
+	type side struct {
+		name  string
+		s     *SingleNode
+		probe Probe
+		out   *BenchSide
+	}
+	setup := func(name string, start func(s *SingleNode) (string, error), out *BenchSide) (side, error) {
+		l, err := New(owner)
+		if err != nil {
+			return side{}, err
+		}
+		s, err := NewSingleNode(l)
+		if err != nil {
+			return side{}, err
+		}
+		if _, err := s.StartOrigin(bins.Originsrv); err != nil {
+			return side{}, err
+		}
+		conf, err := start(s)
+		if err != nil {
+			return side{}, fmt.Errorf("%s: %w", name, err)
+		}
+		if _, err := s.Client.WGQuickUp(conf); err != nil {
+			return side{}, fmt.Errorf("%s: %w", name, err)
+		}
+		return side{name: name, s: s, probe: Probe{NS: s.Client, Bin: bins.Originsrv}, out: out}, nil
+	}
+	wedged, err := setup("wedged", func(s *SingleNode) (string, error) {
+		w, err := s.StartWedged(bins.Wedged)
+		if err != nil {
+			return "", err
+		}
+		return w.Register(bins.Wedge)
+	}, &res.Wedged)
+	if err != nil {
+		return res, err
+	}
+	baseline, err := setup("baseline", func(s *SingleNode) (string, error) {
+		b, err := s.StartBaseline()
+		if err != nil {
+			return "", err
+		}
+		return b.Client.String(), nil
+	}, &res.Baseline)
+	if err != nil {
+		return res, err
+	}
+
+	origin := Origin4.Addr()
+	url := fmt.Sprintf("http://%s/ip", netip.AddrPortFrom(origin, HTTPPort))
+	for round := 1; round <= o.Rounds; round++ {
+		for _, sd := range []side{wedged, baseline} {
+			for _, reverse := range []bool{false, true} {
+				r, err := sd.s.Client.Iperf3(origin, IperfOpts{Seconds: o.Seconds, Reverse: reverse})
+				if err != nil {
+					return res, fmt.Errorf("%s iperf3 (reverse %v): %w", sd.name, reverse, err)
+				}
+				if reverse {
+					sd.out.Down = append(sd.out.Down, r.BitsPerSecond)
+				} else {
+					sd.out.Up = append(sd.out.Up, r.BitsPerSecond)
+				}
+				logf("round %d %-8s %-4s %s", round, sd.name, map[bool]string{false: "up", true: "down"}[reverse], r)
+			}
+			c, err := sd.probe.CPS(url, o.CPS, o.CPSConc)
+			if err != nil {
+				return res, fmt.Errorf("%s cps: %w", sd.name, err)
+			}
+			if c.Errors > 0 {
+				logf("round %d %-8s cps: %d errors, e.g. %s", round, sd.name, c.Errors, c.FirstError)
+			}
+			sd.out.CPS = append(sd.out.CPS, c.Rate)
+			logf("round %d %-8s cps  %.0f/s", round, sd.name, c.Rate)
+		}
+	}
+	return res, nil
+}
+
+// Ratios are wedged/baseline for the medians of each measurement.
+func (r BenchResult) Ratios() (up, down, cps float64) {
+	ratio := func(a, b []float64) float64 {
+		if median(b) == 0 {
+			return 0
+		}
+		return median(a) / median(b)
+	}
+	return ratio(r.Wedged.Up, r.Baseline.Up), ratio(r.Wedged.Down, r.Baseline.Down), ratio(r.Wedged.CPS, r.Baseline.CPS)
+}
+
+// Print writes the medians and ratios as a table.
+func (r BenchResult) Print(w io.Writer) {
+	up, down, cps := r.Ratios()
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "median of %d rounds\twedged\tbaseline\twedged/baseline\t\n", r.Opts.Rounds)
+	fmt.Fprintf(tw, "TCP up, client→origin (Gbit/s)\t%.2f\t%.2f\t%.2f\t\n", median(r.Wedged.Up)/1e9, median(r.Baseline.Up)/1e9, up)
+	fmt.Fprintf(tw, "TCP down, origin→client (Gbit/s)\t%.2f\t%.2f\t%.2f\t\n", median(r.Wedged.Down)/1e9, median(r.Baseline.Down)/1e9, down)
+	fmt.Fprintf(tw, "new TCP connections/s\t%.0f\t%.0f\t%.2f\t\n", median(r.Wedged.CPS), median(r.Baseline.CPS), cps)
+	tw.Flush()
+}
