@@ -27,6 +27,7 @@ type Bind struct {
 	txPool   sync.Pool // *txBatch
 	fallback atomic.Uint64
 	resets   atomic.Uint64
+	gsoOff   atomic.Uint64
 
 	mu   sync.RWMutex // guards the fields below
 	v4   *socket      // nil if closed or IPv4 unavailable
@@ -42,6 +43,7 @@ type socket struct {
 	pc  *net.UDPConn
 	rc  syscall.RawConn
 	is6 bool
+	gso atomic.Bool // coalesce sends with UDP_SEGMENT
 }
 
 // New returns a closed Bind.
@@ -56,7 +58,7 @@ func New(opts ...Option) *Bind {
 
 // Stats returns the Bind's counters.
 func (b *Bind) Stats() Stats {
-	return Stats{SrcFallbacks: b.fallback.Load(), CacheResets: b.resets.Load()}
+	return Stats{SrcFallbacks: b.fallback.Load(), CacheResets: b.resets.Load(), GSOOff: b.gsoOff.Load()}
 }
 
 // Open listens on 0.0.0.0:port and [::]:port (IPV6_V6ONLY). With port 0
@@ -152,7 +154,16 @@ func (b *Bind) listen(network string, port uint16) (*socket, uint16, error) {
 		return nil, 0, fmt.Errorf("udpbind: listen %s: %w", network, err)
 	}
 	actual := uint16(udp.LocalAddr().(*net.UDPAddr).Port)
-	return &socket{pc: udp, rc: rc, is6: is6}, actual, nil
+	sk := &socket{pc: udp, rc: rc, is6: is6}
+	if !b.opts.noGSO {
+		// The kernel knows UDP_SEGMENT (Linux ≥ 4.18) when it can report
+		// the socket's current segment size.
+		rc.Control(func(fd uintptr) {
+			_, err := unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
+			sk.gso.Store(err == nil)
+		})
+	}
+	return sk, actual, nil
 }
 
 // setSockopts runs before bind(2).
@@ -284,22 +295,35 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	for len(bufs) > 0 {
 		chunk := bufs[:min(len(bufs), conn.IdealBatchSize)]
 		bufs = bufs[len(chunk):]
-		tx.fill(chunk, withSrc)
+		gso := s.gso.Load()
+		tx.fill(chunk, withSrc, gso)
 		err := tx.send(s.rc)
+		if gso && errors.Is(err, unix.EIO) {
+			// The egress device cannot segment UDP (no checksum
+			// offload): send datagram by datagram from now on.
+			s.gso.Store(false)
+			b.gsoOff.Add(1)
+			gso = false
+			chunk = chunk[tx.unsent():]
+			tx.release()
+			tx.fill(chunk, withSrc, gso)
+			err = tx.send(s.rc)
+		}
 		if withSrc && srcRefused(err) {
 			// The address the peer sent to is gone; answer from
 			// whatever the kernel picks rather than not at all.
 			b.fallback.Add(1)
 			withSrc = false
-			tx.dropSrc()
+			chunk = chunk[tx.unsent():]
+			tx.release()
+			tx.fill(chunk, withSrc, gso)
 			err = tx.send(s.rc)
 		}
+		tx.release()
 		if err != nil {
-			tx.release()
 			return err
 		}
 	}
-	tx.release()
 	return nil
 }
 

@@ -40,6 +40,7 @@ type Option func(*options)
 type options struct {
 	rcvBuf, sndBuf int
 	cacheSize      int
+	noGSO          bool
 }
 
 func defaultOptions() options {
@@ -63,6 +64,14 @@ func WithEndpointCacheSize(n int) Option {
 	return func(o *options) { o.cacheSize = max(n, 1) }
 }
 
+// WithoutGSO sends every datagram as its own message instead of coalescing
+// runs of equal-sized datagrams with UDP GSO (for comparison and for
+// kernels or devices without it; a device that refuses GSO with EIO turns
+// it off by itself).
+func WithoutGSO() Option {
+	return func(o *options) { o.noGSO = true }
+}
+
 // Stats are a Bind's counters since New.
 type Stats struct {
 	// SrcFallbacks counts Sends the kernel refused from the endpoint's Src
@@ -71,4 +80,7 @@ type Stats struct {
 	SrcFallbacks uint64
 	// CacheResets counts times an endpoint cache was full and emptied.
 	CacheResets uint64
+	// GSOOff counts sockets that turned UDP GSO off after the kernel
+	// refused it (EIO).
+	GSOOff uint64
 }

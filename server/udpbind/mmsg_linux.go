@@ -236,9 +236,17 @@ type txBatch struct {
 	nlen uint32
 	oob  []byte // one IP_PKTINFO or IPV6_PKTINFO; len 0 when no source
 
+	// With UDP GSO, one message carries several datagrams (one iovec
+	// each, all gsoSize long but the last); its control message adds
+	// UDP_SEGMENT. msgOOB holds each message's control message, first[i]
+	// the index in bufs of message i's first datagram.
+	msgOOB [conn.IdealBatchSize][txOOBSize]byte
+	first  [conn.IdealBatchSize]int
+
 	// sendmmsg progress, for writeFn (bound once so RawConn.Write does not
 	// allocate a closure per call).
 	start, vlen int
+	nbufs       int
 	errno       syscall.Errno
 	writeFn     func(fd uintptr) bool
 }
@@ -296,36 +304,86 @@ func (t *txBatch) setSrc(dst, src netip.Addr, srcIf int32) bool {
 	return true
 }
 
-func (t *txBatch) fill(bufs [][]byte, withSrc bool) {
-	for i, buf := range bufs {
-		t.iovs[i].Base = unsafe.SliceData(buf)
-		t.iovs[i].SetLen(len(buf))
-		h := &t.hs[i].hdr
+// GSO limits, as wireguard-go's StdNetBind uses them: at most 64 datagrams
+// per message (the kernel's UDP_MAX_SEGMENTS is 128 on new kernels), and
+// no more payload than one IP datagram can hold.
+const (
+	maxGSOSegments    = 64
+	maxIPv4PayloadLen = 1<<16 - 1 - 20 - 8
+	maxIPv6PayloadLen = 1<<16 - 1 - 8
+	txOOBSize         = 64 // CmsgSpace(IPV6_PKTINFO) + CmsgSpace(UDP_SEGMENT)
+)
+
+// fill prepares the messages for bufs. With gso, runs of datagrams of one
+// size (the last of a run may be shorter) share a message, so the kernel
+// builds one GSO packet instead of walking its UDP path per datagram; the
+// receiver's GRO keeps it whole up to its socket.
+func (t *txBatch) fill(bufs [][]byte, withSrc, gso bool) {
+	maxPayload := maxIPv4PayloadLen
+	if t.name.Family == unix.AF_INET6 {
+		maxPayload = maxIPv6PayloadLen
+	}
+	n := 0
+	for i := 0; i < len(bufs); {
+		seg, k, total := len(bufs[i]), 1, len(bufs[i])
+		for gso && i+k < len(bufs) && k < maxGSOSegments {
+			l := len(bufs[i+k])
+			if l > seg || total+l > maxPayload {
+				break
+			}
+			k++
+			total += l
+			if l < seg {
+				break // a shorter datagram must end the message
+			}
+		}
+		for j := i; j < i+k; j++ {
+			t.iovs[j].Base = unsafe.SliceData(bufs[j])
+			t.iovs[j].SetLen(len(bufs[j]))
+		}
+		h := &t.hs[n].hdr
 		*h = unix.Msghdr{
 			Name:    (*byte)(unsafe.Pointer(&t.name)),
 			Namelen: t.nlen,
 			Iov:     &t.iovs[i],
 		}
-		h.SetIovlen(1)
+		h.SetIovlen(k)
+		oob := t.msgOOB[n][:0]
 		if withSrc {
-			h.Control = &t.oob[0]
-			h.SetControllen(len(t.oob))
+			oob = append(oob, t.oob...)
 		}
+		if k > 1 {
+			off := len(oob)
+			oob = oob[:off+unix.CmsgSpace(2)]
+			clear(oob[off:])
+			c := (*unix.Cmsghdr)(unsafe.Pointer(&oob[off]))
+			c.Level, c.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+			c.SetLen(unix.CmsgLen(2))
+			*(*uint16)(unsafe.Pointer(&oob[off+unix.CmsgLen(0)])) = uint16(seg)
+		}
+		if len(oob) > 0 {
+			h.Control = &oob[0]
+			h.SetControllen(len(oob))
+		}
+		t.first[n] = i
+		n++
+		i += k
 	}
-	t.start, t.vlen = 0, len(bufs)
+	t.start, t.vlen, t.nbufs = 0, n, len(bufs)
 }
 
-// dropSrc removes the control message from the datagrams not yet sent.
-func (t *txBatch) dropSrc() {
-	for i := t.start; i < t.vlen; i++ {
-		t.hs[i].hdr.Control = nil
-		t.hs[i].hdr.SetControllen(0)
+// unsent returns the index in the filled bufs of the first datagram not
+// yet sent.
+func (t *txBatch) unsent() int {
+	if t.start >= t.vlen {
+		return t.nbufs
 	}
+	return t.first[t.start]
 }
 
 // release drops references to the caller's buffers before pooling.
 func (t *txBatch) release() {
-	for i := range t.vlen {
+	for i := range t.nbufs {
 		t.iovs[i].Base = nil
 	}
 }
