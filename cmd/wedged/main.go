@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -51,6 +52,7 @@ type config struct {
 	maxFlows    int
 	maxPerCli   int
 	logLevel    string
+	pprof       string
 }
 
 func flags(args []string) (*config, error) {
@@ -84,6 +86,7 @@ the command line wins):
 	fs.IntVar(&c.maxFlows, "max-flows", 0, "cap on open TCP+UDP flows on this node (0: netstack default)")
 	fs.IntVar(&c.maxPerCli, "max-flows-per-client", 0, "cap on open TCP+UDP flows per client (0: netstack default)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
+	fs.StringVar(&c.pprof, "pprof", "", "serve Go's /debug/pprof on `ADDR` for profiling (off by default; keep it private)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -235,6 +238,19 @@ func run(c *config) error {
 		return err
 	}
 	defer node.Close()
+
+	if c.pprof != "" {
+		pl, err := net.Listen("tcp", c.pprof)
+		if err != nil {
+			return fmt.Errorf("--pprof: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		go http.Serve(pl, mux)
+	}
 
 	ln, err := net.Listen("tcp", c.api)
 	if err != nil {
