@@ -3,8 +3,11 @@ package netstack
 import (
 	"sync"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -56,6 +59,26 @@ func (e *linkEndpoint) deliver(proto tcpip.NetworkProtocolNumber, pkt *stack.Pac
 	}
 	d.DeliverNetworkPacket(proto, pkt)
 	return true
+}
+
+// ipProto returns the network protocol of a raw IP packet from its version
+// nibble; false for anything but IPv4 and IPv6.
+func ipProto(p []byte) (tcpip.NetworkProtocolNumber, bool) {
+	switch p[0] >> 4 {
+	case 4:
+		return ipv4.ProtocolNumber, true
+	case 6:
+		return ipv6.ProtocolNumber, true
+	}
+	return 0, false
+}
+
+// deliverBytes copies the raw IP packet p into a packet buffer and delivers
+// it; false when the NIC is not attached (stack closing).
+func (e *linkEndpoint) deliverBytes(proto tcpip.NetworkProtocolNumber, p []byte) bool {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
+	defer pkt.DecRef()
+	return e.deliver(proto, pkt)
 }
 
 // enqueue queues a packet for Read, taking one reference.

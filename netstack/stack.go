@@ -2,8 +2,10 @@
 // netstack behind a tun.Device that wireguard-go reads and writes. It
 // terminates every TCP and UDP flow a client sends, to any destination, and
 // re-originates it through a Dialer; it answers ICMP echo by pinging the
-// real destination. It is the only package that imports gVisor and nothing
-// gVisor-typed appears in its API.
+// real destination. Client is the other end for wedge connect's proxy mode:
+// a stack owning the client's inner addresses, dialed into by programs.
+// It is the only package that imports gVisor and nothing gVisor-typed
+// appears in its API.
 package netstack
 
 import (
@@ -19,7 +21,6 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -193,7 +194,7 @@ func New(cfg Config) (*Stack, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.link = newLinkEndpoint(uint32(cfg.MTU), func() { s.stats.droppedOut.Add(1) })
 
-	st, err := newGVisorStack(s.link, cfg.Local)
+	st, err := newGVisorStack(s.link, cfg.Local, true)
 	if err != nil {
 		return nil, err
 	}
@@ -213,9 +214,13 @@ func New(cfg Config) (*Stack, error) {
 	return s, nil
 }
 
-// newGVisorStack builds a gVisor stack tuned as a forwarder on link.
-// Every option is set explicitly, with the reason.
-func newGVisorStack(link stack.LinkEndpoint, local []netip.Addr) (*stack.Stack, error) {
+// newGVisorStack builds a gVisor stack on link with the addresses local and
+// default routes out of link. Every option is set explicitly, with the
+// reason. forwarder makes it the node's stack, accepting packets to any
+// destination and answering from it (promiscuous and spoofing); without it
+// the stack is a plain host (the client's), owning only local. Both share
+// the TCP tuning: the client's downloads are the node's uploads.
+func newGVisorStack(link stack.LinkEndpoint, local []netip.Addr, forwarder bool) (*stack.Stack, error) {
 	st := stack.New(stack.Options{
 		NetworkProtocols: []stack.NetworkProtocolFactory{
 			ipv4.NewProtocol,
@@ -277,12 +282,12 @@ func newGVisorStack(link stack.LinkEndpoint, local []netip.Addr) (*stack.Stack, 
 	if e := st.CreateNIC(nicID, link); e != nil {
 		return fail("create NIC", e)
 	}
-	// Promiscuous: accept packets to any destination, not only to our
-	// addresses. Spoofing: reply from that destination address.
-	if e := st.SetPromiscuousMode(nicID, true); e != nil {
+	// Forwarder only. Promiscuous: accept packets to any destination, not
+	// only to our addresses. Spoofing: reply from that destination address.
+	if e := st.SetPromiscuousMode(nicID, forwarder); e != nil {
 		return fail("promiscuous mode", e)
 	}
-	if e := st.SetSpoofing(nicID, true); e != nil {
+	if e := st.SetSpoofing(nicID, forwarder); e != nil {
 		return fail("spoofing", e)
 	}
 	// Forwarding off: every flow is terminated here, never routed.
@@ -357,25 +362,17 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 		}
 		p := b[offset:]
 		s.stats.packetsIn.Add(1)
-		var proto tcpip.NetworkProtocolNumber
-		switch p[0] >> 4 {
-		case 4:
-			proto = ipv4.ProtocolNumber
-		case 6:
-			proto = ipv6.ProtocolNumber
-		default:
+		proto, ok := ipProto(p)
+		if !ok {
 			s.stats.droppedIn.Add(1)
 			continue
 		}
 		if s.interceptEcho(p) {
 			continue
 		}
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
-		if !s.link.deliver(proto, pkt) {
-			pkt.DecRef()
+		if !s.link.deliverBytes(proto, p) {
 			return 0, os.ErrClosed
 		}
-		pkt.DecRef()
 	}
 	return len(bufs), nil
 }
