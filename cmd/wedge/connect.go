@@ -68,8 +68,13 @@ func connect(args []string) error {
 		return errors.New("connect: TUN mode needs root (CAP_NET_ADMIN); run as root or use --socks ADDR")
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Every way out must run the cleanup below: a closed terminal (SIGHUP)
+	// ends the client cleanly, and a closed stdout (wedge connect | head)
+	// makes status writes fail instead of killing the process with SIGPIPE
+	// while its routes are in place.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
+	signal.Ignore(syscall.SIGPIPE)
 
 	eps, err := serverEndpoints(ctx, cfg)
 	if err != nil {
@@ -143,8 +148,11 @@ func connect(args []string) error {
 
 	mode := ""
 	if routing != nil {
-		// Down is idempotent; it runs even when Up failed halfway.
+		// Close the device first (its TUN takes the routes with it), then
+		// remove the rest. Down is idempotent and runs even when Up
+		// failed halfway.
 		cleanup = append(cleanup, func() {
+			dev.Close()
 			if err := routing.Down(); err != nil {
 				log.Error("cleanup", "err", err)
 			}
