@@ -3,8 +3,8 @@ package udpbind
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 	"unsafe"
