@@ -21,11 +21,18 @@ const outQueueLen = 2048
 // linkEndpoint is the NIC between gVisor and wireguard-go. Packets the
 // stack emits are queued as packet buffers (one reference each) and copied
 // out by Read; packets from wireguard-go are delivered synchronously by the
-// caller of Write through DeliverNetworkPacket. It has no link header, does
-// no GSO (every packet is at most MTU bytes, which is what wireguard-go
-// wants) and needs no address resolution.
+// caller of Write through DeliverNetworkPacket. It has no link header and
+// needs no address resolution. It offers gVisor "host" GSO: TCP hands it
+// segments of up to gsoMaxSize bytes, which read cuts into MTU-sized
+// packets (gso.go), so wireguard-go still gets what it wants.
 type linkEndpoint struct {
 	mtu uint32
+
+	// Used by read only (wireguard-go reads from one goroutine): a GSO
+	// segment that did not fit the caller's remaining buffers, and the
+	// buffer segments are flattened into before splitting.
+	pending *stack.PacketBuffer
+	scratch []byte
 
 	out    chan *stack.PacketBuffer
 	closed chan struct{} // closed by close
@@ -37,7 +44,17 @@ type linkEndpoint struct {
 	onDrop func() // counts a packet dropped because the queue was full
 }
 
-var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
+var (
+	_ stack.LinkEndpoint = (*linkEndpoint)(nil)
+	_ stack.GSOEndpoint  = (*linkEndpoint)(nil)
+)
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (*linkEndpoint) GSOMaxSize() uint32 { return gsoMaxSize }
+
+// SupportedGSO implements stack.GSOEndpoint: segmentation is done here, in
+// read, like a NIC doing TSO.
+func (*linkEndpoint) SupportedGSO() stack.SupportedGSO { return stack.HostGSOSupported }
 
 func newLinkEndpoint(mtu uint32, onDrop func()) *linkEndpoint {
 	return &linkEndpoint{
@@ -105,14 +122,28 @@ func (e *linkEndpoint) enqueue(pkt *stack.PacketBuffer) bool {
 // len(bufs), copying each at offset. Packets that do not fit a buffer are
 // dropped. It returns ok=false once the endpoint is closed.
 func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (n int, ok bool) {
-	var pkt *stack.PacketBuffer
-	select {
-	case pkt = <-e.out:
-	case <-e.closed:
-		return 0, false
+	pkt := e.pending
+	e.pending = nil
+	if pkt == nil {
+		select {
+		case pkt = <-e.out:
+		case <-e.closed:
+			return 0, false
+		}
 	}
 	for {
-		if copyOut(pkt, bufs[n][offset:], &sizes[n]) {
+		if isTCPGSO(pkt) {
+			if n > 0 && n+maxSegments(pkt, e.mtu) > len(bufs) {
+				e.pending = pkt // next Read starts with it
+				return n, true
+			}
+			m, err := e.split(pkt, bufs[n:], sizes[n:], offset)
+			if err == nil {
+				n += m
+			} else if e.onDrop != nil {
+				e.onDrop()
+			}
+		} else if copyOut(pkt, bufs[n][offset:], &sizes[n]) {
 			n++
 		} else if e.onDrop != nil {
 			e.onDrop()
@@ -136,6 +167,41 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (n int, ok b
 			return 0, false
 		}
 	}
+}
+
+// isTCPGSO reports whether pkt came from a TCP endpoint using the link's
+// GSO: it may be larger than the MTU and its checksum is only partial,
+// whatever its size.
+func isTCPGSO(pkt *stack.PacketBuffer) bool {
+	t := pkt.GSOOptions.Type
+	return t == stack.GSOTCPv4 || t == stack.GSOTCPv6
+}
+
+// maxSegments bounds how many packets split makes of pkt (headers are at
+// least 40 bytes).
+func maxSegments(pkt *stack.PacketBuffer, mtu uint32) int {
+	return tcpSegments(pkt.Size(), 40, gsoMSS(pkt, mtu))
+}
+
+func gsoMSS(pkt *stack.PacketBuffer, mtu uint32) int {
+	if mss := int(pkt.GSOOptions.MSS); mss > 0 {
+		return mss
+	}
+	return int(mtu) - 40
+}
+
+// split flattens pkt and cuts it into packets in bufs.
+func (e *linkEndpoint) split(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offset int) (int, error) {
+	size := pkt.Size()
+	if cap(e.scratch) < size {
+		e.scratch = make([]byte, size, max(size, gsoMaxSize+header.IPv6MinimumSize+60))
+	}
+	flat := e.scratch[:size]
+	off := 0
+	for _, s := range pkt.AsSlices() {
+		off += copy(flat[off:], s)
+	}
+	return splitTCP(flat, gsoMSS(pkt, e.mtu), bufs, sizes, offset)
 }
 
 func copyOut(pkt *stack.PacketBuffer, dst []byte, size *int) bool {
