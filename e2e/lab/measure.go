@@ -50,11 +50,14 @@ func (ns *NS) Iperf3(server netip.Addr, o IperfOpts) (IperfResult, error) {
 		args = append(args, "-P", fmt.Sprint(o.Parallel))
 	}
 	args = append(args, o.Extra...)
-	// iperf3 -s runs one test at a time and refuses the next while the last
-	// one's connections are still closing (a proxy closes them late).
+	// iperf3 -s runs one test at a time: it answers "busy", or refuses
+	// connections while it has no listener, until the last test has ended
+	// on its side. Through a proxy the client finishes first (wedged still
+	// holds the data in flight), so the next test may arrive too early.
 	for busyUntil := time.Now().Add(10 * time.Second); ; {
 		res, err := ns.iperf3Once(args, time.Duration(o.Seconds+30)*time.Second)
-		if err != nil && strings.Contains(err.Error(), "server is busy") && time.Now().Before(busyUntil) {
+		if err != nil && (strings.Contains(err.Error(), "server is busy") ||
+			strings.Contains(err.Error(), "unable to connect to server")) && time.Now().Before(busyUntil) {
 			time.Sleep(200 * time.Millisecond)
 			continue
 		}
