@@ -162,4 +162,3 @@ func checksumOf(b []byte) uint16 {
 	}
 	return uint16(x)
 }
-
