@@ -29,6 +29,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/wedge-edge/wedge/server/happyeyeballs"
 )
 
 // ClientConfig configures a Client.
@@ -192,7 +194,7 @@ func (c *Client) Close() error {
 // fallbackDelay is how long DialContext waits on one address family of a
 // name before starting the other in parallel (RFC 8305's recommended
 // "Connection Attempt Delay", as net.Dialer's default).
-const fallbackDelay = 300 * time.Millisecond
+const fallbackDelay = happyeyeballs.Delay
 
 // DialContext connects to address through the tunnel. network is tcp,
 // tcp4, tcp6, udp, udp4 or udp6; address is "ip:port" or "host:port", a
@@ -262,88 +264,9 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 		v4 = nil
 	}
 	if !isTCP || len(v4) == 0 || len(v6) == 0 {
-		return dialSerial(ctx, dial, append(v6, v4...))
+		return happyeyeballs.Serial(ctx, dial, append(v6, v4...))
 	}
-	return dialParallel(ctx, dial, v6, v4)
-}
-
-type dialFunc func(context.Context, netip.AddrPort) (net.Conn, error)
-
-// dialSerial tries dsts in order, returning the first connection or the
-// first error.
-func dialSerial(ctx context.Context, dial dialFunc, dsts []netip.AddrPort) (net.Conn, error) {
-	var first error
-	for _, dst := range dsts {
-		conn, err := dial(ctx, dst)
-		if err == nil {
-			return conn, nil
-		}
-		if first == nil {
-			first = err
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, first
-}
-
-// dialParallel races primary against fallback, started fallbackDelay
-// later or as soon as primary fails, as net.Dialer does.
-func dialParallel(ctx context.Context, dial dialFunc, primary, fallback []netip.AddrPort) (net.Conn, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type result struct {
-		conn    net.Conn
-		err     error
-		primary bool
-	}
-	results := make(chan result, 2) // both senders never block
-	start := func(primary bool, dsts []netip.AddrPort) {
-		go func() {
-			conn, err := dialSerial(ctx, dial, dsts)
-			results <- result{conn, err, primary}
-		}()
-	}
-	start(true, primary)
-	timer := time.NewTimer(fallbackDelay)
-	defer timer.Stop()
-	var firstErr error
-	pending, fallbackStarted := 1, false
-	for {
-		select {
-		case <-timer.C:
-			if !fallbackStarted {
-				fallbackStarted = true
-				pending++
-				start(false, fallback)
-			}
-		case r := <-results:
-			pending--
-			if r.err == nil {
-				if pending > 0 {
-					// Cancel the loser and close it if it won too.
-					cancel()
-					go func() {
-						if r := <-results; r.conn != nil {
-							r.conn.Close()
-						}
-					}()
-				}
-				return r.conn, nil
-			}
-			if firstErr == nil || r.primary {
-				firstErr = r.err
-			}
-			if !fallbackStarted {
-				fallbackStarted = true
-				pending++
-				start(false, fallback)
-			} else if pending == 0 {
-				return nil, firstErr
-			}
-		}
-	}
+	return happyeyeballs.Dial(ctx, dial, v6, v4)
 }
 
 func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/wedge-edge/wedge/server/happyeyeballs"
 )
 
 // Defaults for zero Server fields.
@@ -266,7 +268,7 @@ func (c *conf) dial(ctx context.Context, network string, dst addr) (net.Conn, er
 	}
 	if network != "tcp" {
 		// A UDP dial only binds and routes: the first that does wins.
-		return dialSerial(ctx, dial, aps)
+		return happyeyeballs.Serial(ctx, dial, aps)
 	}
 	return dialHappy(ctx, dial, aps)
 }
@@ -326,36 +328,10 @@ func copyHalf(dst, src net.Conn) {
 	src.Close()
 }
 
-// dialFunc dials one address.
-type dialFunc func(context.Context, netip.AddrPort) (net.Conn, error)
-
-// dialSerial tries dsts in order and returns the first connection, or the
-// first error.
-func dialSerial(ctx context.Context, dial dialFunc, dsts []netip.AddrPort) (net.Conn, error) {
-	var first error
-	for _, dst := range dsts {
-		conn, err := dial(ctx, dst)
-		if err == nil {
-			return conn, nil
-		}
-		if first == nil {
-			first = err
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, first
-}
-
-// fallbackDelay is RFC 8305's Connection Attempt Delay, as net.Dialer's.
-const fallbackDelay = 300 * time.Millisecond
-
 // dialHappy dials the addresses of the first one's family in order and,
-// fallbackDelay later or as soon as they all failed, those of the other
-// family in parallel (RFC 8305, as net.Dialer). The first connection wins;
-// a later one is closed.
-func dialHappy(ctx context.Context, dial dialFunc, dsts []netip.AddrPort) (net.Conn, error) {
+// happyeyeballs.Delay later or as soon as they all failed, those of the
+// other family (RFC 8305, as net.Dialer).
+func dialHappy(ctx context.Context, dial happyeyeballs.Func, dsts []netip.AddrPort) (net.Conn, error) {
 	var primary, fallback []netip.AddrPort
 	for _, d := range dsts {
 		if d.Addr().Is4() == dsts[0].Addr().Is4() {
@@ -364,59 +340,5 @@ func dialHappy(ctx context.Context, dial dialFunc, dsts []netip.AddrPort) (net.C
 			fallback = append(fallback, d)
 		}
 	}
-	if len(fallback) == 0 {
-		return dialSerial(ctx, dial, primary)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type result struct {
-		conn    net.Conn
-		err     error
-		primary bool
-	}
-	results := make(chan result, 2)
-	start := func(primary bool, dsts []netip.AddrPort) {
-		go func() {
-			conn, err := dialSerial(ctx, dial, dsts)
-			results <- result{conn, err, primary}
-		}()
-	}
-	start(true, primary)
-	timer := time.NewTimer(fallbackDelay)
-	defer timer.Stop()
-	var firstErr error
-	pending, fallbackStarted := 1, false
-	for {
-		select {
-		case <-timer.C:
-			if !fallbackStarted {
-				fallbackStarted = true
-				pending++
-				start(false, fallback)
-			}
-		case r := <-results:
-			pending--
-			if r.err == nil {
-				if pending > 0 {
-					cancel()
-					go func() {
-						if r := <-results; r.conn != nil {
-							r.conn.Close()
-						}
-					}()
-				}
-				return r.conn, nil
-			}
-			if firstErr == nil || r.primary {
-				firstErr = r.err
-			}
-			if !fallbackStarted {
-				fallbackStarted = true
-				pending++
-				start(false, fallback)
-			} else if pending == 0 {
-				return nil, firstErr
-			}
-		}
-	}
+	return happyeyeballs.Dial(ctx, dial, primary, fallback)
 }
