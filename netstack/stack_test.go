@@ -487,7 +487,14 @@ func TestPing(t *testing.T) {
 			if _, err := pc.Write(req); err != nil {
 				t.Fatalf("write echo: %v", err)
 			}
-			pc.SetReadDeadline(time.Now().Add(time.Second))
+			// A reply may take a while on a loaded machine (the client
+			// stack's first v6 packet waits for its address to settle);
+			// only the no-reply case needs a short wait.
+			wait := 5 * time.Second
+			if !tc.wantReply {
+				wait = time.Second
+			}
+			pc.SetReadDeadline(time.Now().Add(wait))
 			buf := make([]byte, 1500)
 			n, err := pc.Read(buf)
 			if !tc.wantReply {
