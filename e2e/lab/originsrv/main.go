@@ -31,6 +31,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -318,11 +319,20 @@ func get(args []string) error {
 	fs := flag.NewFlagSet("get", flag.ExitOnError)
 	check := fs.Int64("check", -1, "read the body and check it is this many bytes of Pattern; print JSON")
 	timeout := fs.Duration("timeout", 60*time.Second, "overall timeout")
+	proxy := fs.String("proxy", "", "proxy URL, e.g. socks5://127.0.0.1:1080")
 	fs.Parse(args)
 	if fs.NArg() != 1 {
 		return errors.New("get: want one URL")
 	}
-	c := &http.Client{Timeout: *timeout, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	tr := &http.Transport{DisableKeepAlives: true, Proxy: nil}
+	if *proxy != "" {
+		u, err := url.Parse(*proxy)
+		if err != nil {
+			return fmt.Errorf("get: -proxy: %w", err)
+		}
+		tr.Proxy = http.ProxyURL(u)
+	}
+	c := &http.Client{Timeout: *timeout, Transport: tr}
 	resp, err := c.Get(fs.Arg(0))
 	if err != nil {
 		return err
