@@ -177,13 +177,7 @@ func TestNode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := lab.Egress4
-			if origin.Is6() {
-				want = lab.Egress6
-			}
-			if got.Addr() != want || got.Port() < sliceLo || got.Port() > sliceHi {
-				t.Errorf("origin %v saw %v, want %v with a port in %d-%d", origin, got, want, sliceLo, sliceHi)
-			}
+			checkEgressSeen(t, origin, got)
 		}
 		if err := s.Client.Ping(lab.Origin6.Addr(), 2); err != nil {
 			t.Error(err)
@@ -209,6 +203,19 @@ func TestNode(t *testing.T) {
 			t.Errorf("wg show after DELETE, want only the first client's peer:\n%s", out)
 		}
 	})
+}
+
+// checkEgressSeen: the origin saw the node's egress address of its family
+// and a source port inside the node's slice.
+func checkEgressSeen(t *testing.T, origin netip.Addr, got netip.AddrPort) {
+	t.Helper()
+	want := lab.Egress4
+	if origin.Is6() {
+		want = lab.Egress6
+	}
+	if got.Addr() != want || got.Port() < sliceLo || got.Port() > sliceHi {
+		t.Errorf("origin %v saw %v, want %v with a port in %d-%d", origin, got, want, sliceLo, sliceHi)
+	}
 }
 
 // checkSlice: the origin sees a source port inside the node's slice.

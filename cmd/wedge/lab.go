@@ -12,7 +12,6 @@ import (
 	"github.com/wedge-edge/wedge/e2e/lab"
 )
 
-
 func labCmd(args []string) error {
 	if len(args) == 0 || args[0] != "bench" {
 		return errors.New("lab: usage: wedge lab bench [--seconds N] [--rounds N] [--cps D]")
