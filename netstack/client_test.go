@@ -35,19 +35,7 @@ import (
 // zero), wired together. Cleanup closes both and waits for the pumps.
 func newClientPair(t testing.TB, cfg Config, ccfg ClientConfig) (*Client, *Stack) {
 	t.Helper()
-	if cfg.MTU == 0 {
-		cfg.MTU = testMTU
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger(t)
-	}
-	if cfg.Local == nil {
-		cfg.Local = []netip.Addr{serverV4, serverV6}
-	}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	s := newTestStack(t, cfg)
 	if ccfg.Addresses == nil {
 		ccfg.Addresses = clientA
 	}

@@ -78,6 +78,16 @@ func testLogger(t testing.TB) *slog.Logger {
 // client per address set.
 func newHarness(t testing.TB, cfg Config, clients ...[]netip.Addr) *harness {
 	t.Helper()
+	s := newTestStack(t, cfg)
+	h := newHarnessDev(t, s, clients...)
+	h.stack = s
+	return h
+}
+
+// newTestStack builds a server Stack from cfg, filling in the test MTU, a
+// test logger and the server's inner addresses where cfg leaves them zero.
+func newTestStack(t testing.TB, cfg Config) *Stack {
+	t.Helper()
 	if cfg.MTU == 0 {
 		cfg.MTU = testMTU
 	}
@@ -91,9 +101,7 @@ func newHarness(t testing.TB, cfg Config, clients ...[]netip.Addr) *harness {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	h := newHarnessDev(t, s, clients...)
-	h.stack = s
-	return h
+	return s
 }
 
 // newHarnessDev wires clients to any server-side device.
