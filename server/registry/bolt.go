@@ -43,7 +43,17 @@ type record struct {
 	ClientID  uint32    `json:"client_id"`
 	V4        string    `json:"v4"`
 	V6        string    `json:"v6"`
+	Pool      string    `json:"pool,omitempty"`
+	Country   string    `json:"country,omitempty"`
 	Created   time.Time `json:"created"`
+}
+
+func encode(c Client) ([]byte, error) {
+	return json.Marshal(record{
+		ID: c.ID, PublicKey: c.PublicKey.String(), ClientID: uint32(c.ClientID),
+		V4: c.V4.String(), V6: c.V6.String(), Pool: c.Tags.Pool, Country: c.Tags.Country,
+		Created: c.Created,
+	})
 }
 
 // OpenBolt opens (creating if needed) the store at path.
@@ -108,10 +118,7 @@ func (b *Bolt) Create(ctx context.Context, pub wgtypes.Key) (Client, error) {
 }
 
 func put(tx *bbolt.Tx, c Client) error {
-	rec, err := json.Marshal(record{
-		ID: c.ID, PublicKey: c.PublicKey.String(), ClientID: uint32(c.ClientID),
-		V4: c.V4.String(), V6: c.V6.String(), Created: c.Created,
-	})
+	rec, err := encode(c)
 	if err != nil {
 		return err
 	}
@@ -253,10 +260,14 @@ func decode(raw []byte) (Client, error) {
 	if err != nil {
 		return Client{}, fmt.Errorf("registry: corrupt record %s: %w", r.ID, err)
 	}
+	if r.ClientID == 0 || r.ClientID > uint32(clientid.Max) {
+		return Client{}, fmt.Errorf("registry: corrupt record %s: ClientID %d out of range", r.ID, r.ClientID)
+	}
 	v4, err4 := netip.ParseAddr(r.V4)
 	v6, err6 := netip.ParseAddr(r.V6)
 	if err := errors.Join(err4, err6); err != nil {
 		return Client{}, fmt.Errorf("registry: corrupt record %s: %w", r.ID, err)
 	}
-	return Client{ID: r.ID, PublicKey: pub, ClientID: clientid.ID(r.ClientID), V4: v4, V6: v6, Created: r.Created}, nil
+	return Client{ID: r.ID, PublicKey: pub, ClientID: clientid.ID(r.ClientID), V4: v4, V6: v6,
+		Tags: Tags{Pool: r.Pool, Country: r.Country}, Created: r.Created}, nil
 }

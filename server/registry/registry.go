@@ -24,7 +24,16 @@ type Client struct {
 	ClientID  clientid.ID
 	V4        netip.Addr
 	V6        netip.Addr
+	Tags      Tags
 	Created   time.Time
+}
+
+// Tags choose how a client's traffic leaves: the egress pool its
+// registration asked for and an optional country that overrides the GeoIP
+// lookup. Empty means the default.
+type Tags struct {
+	Pool    string
+	Country string
 }
 
 // Sentinel errors callers branch on.
@@ -32,6 +41,9 @@ var (
 	ErrNotFound  = errors.New("registry: no such registration")
 	ErrExists    = errors.New("registry: public key already registered")
 	ErrExhausted = errors.New("registry: address or ClientID pool exhausted")
+	// ErrUnavailable: a shared store cannot be reached (or has no quorum);
+	// nothing was changed and the caller may retry later.
+	ErrUnavailable = errors.New("registry: store unavailable")
 )
 
 // Store is a registry backend. Implementations are safe for concurrent use.
@@ -44,6 +56,36 @@ type Store interface {
 	Delete(ctx context.Context, id string) (Client, error)
 	List(ctx context.Context) ([]Client, error)
 	Close() error
+}
+
+// EventType says what an Event carries.
+type EventType int
+
+const (
+	// EventReset replaces everything the watcher holds with Clients.
+	EventReset EventType = iota
+	// EventPut adds (or replaces) Client.
+	EventPut
+	// EventDelete removes Client. Only Client.ID is certain to be set.
+	EventDelete
+)
+
+// Event is one change a Watcher delivers.
+type Event struct {
+	Type    EventType
+	Client  Client   // EventPut, EventDelete
+	Clients []Client // EventReset
+}
+
+// Watcher is implemented by stores that several nodes share: a registration
+// made through any node must reach every node's device.
+type Watcher interface {
+	// Watch calls fn with an EventReset holding every registration, then
+	// with every change in order, until ctx is done. It survives outages of
+	// the store: it resumes where it was, or sends a new EventReset when the
+	// store can no longer replay what was missed. fn is never called
+	// concurrently.
+	Watch(ctx context.Context, fn func(Event)) error
 }
 
 // Pools are the inner address ranges clients are numbered from. The first
