@@ -1,0 +1,203 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/server/etcdtest"
+)
+
+func member(id, underlay string) Member {
+	return Member{ID: id, DC: "dc1", Underlay: netip.MustParseAddr(underlay)}
+}
+
+// watcher records the member lists a subscription sees.
+type watcher struct {
+	mu   sync.Mutex
+	last []Member
+	ch   chan struct{}
+}
+
+func watch(m *Membership) *watcher {
+	w := &watcher{ch: make(chan struct{}, 1)}
+	m.Subscribe(func(ms []Member) {
+		w.mu.Lock()
+		w.last = ms
+		w.mu.Unlock()
+		select {
+		case w.ch <- struct{}{}:
+		default:
+		}
+	})
+	return w
+}
+
+// waitFor waits until ok holds for the latest member list and returns how
+// long that took.
+func (w *watcher) waitFor(t *testing.T, what string, ok func([]Member) bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := time.After(15 * time.Second)
+	for {
+		w.mu.Lock()
+		last := w.last
+		w.mu.Unlock()
+		if ok(last) {
+			return time.Since(start)
+		}
+		select {
+		case <-w.ch:
+		case <-deadline:
+			t.Fatalf("%s: members are %+v", what, last)
+		}
+	}
+}
+
+func ids(ms []Member) string {
+	var s []string
+	for _, m := range ms {
+		s = append(s, m.ID+":"+string(m.State))
+	}
+	return strings.Join(s, ",")
+}
+
+func TestMembership(t *testing.T) {
+	e := etcdtest.Start(t)
+	ctx := context.Background()
+	a, err := Join(ctx, e.Client(t), "/m/", member("a", "198.18.1.1"), Options{TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	wa := watch(a)
+	wa.waitFor(t, "a sees itself", func(ms []Member) bool { return ids(ms) == "a:active" })
+
+	// b runs on its own client: killing that client is a node dying.
+	bcli := e.Client(t)
+	b, err := Join(ctx, bcli, "/m/", member("b", "198.18.2.1"), Options{TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wa.waitFor(t, "a sees b", func(ms []Member) bool { return ids(ms) == "a:active,b:active" })
+
+	// Another node with b's id but elsewhere is refused.
+	if _, err := Join(ctx, e.Client(t), "/m/", member("b", "198.18.9.9"), Options{}); !errors.Is(err, ErrIDInUse) {
+		t.Fatalf("second b: got %v, want ErrIDInUse", err)
+	}
+
+	// Drain b, from a; then undo.
+	if err := a.SetDrain(ctx, "b", true); err != nil {
+		t.Fatal(err)
+	}
+	wa.waitFor(t, "b draining", func(ms []Member) bool { return ids(ms) == "a:active,b:draining" })
+	if b.Self().State != Draining {
+		// b's own view comes through its watch too.
+		watch(b).waitFor(t, "b sees itself draining", func(ms []Member) bool { return ids(ms) == "a:active,b:draining" })
+	}
+	if err := a.SetDrain(ctx, "b", false); err != nil {
+		t.Fatal(err)
+	}
+	wa.waitFor(t, "b active again", func(ms []Member) bool { return ids(ms) == "a:active,b:active" })
+
+	b.SetClients(7)
+	wa.waitFor(t, "b's client count", func(ms []Member) bool { return len(ms) == 2 && ms[1].Clients == 7 })
+
+	// b dies: its client stops, nothing is revoked; the lease runs out.
+	bcli.Close()
+	took := wa.waitFor(t, "b gone after its lease", func(ms []Member) bool { return ids(ms) == "a:active" })
+	t.Logf("a dead node (TTL 2 s) dropped out after %v", took)
+	if took > 4*time.Second {
+		t.Errorf("b took %v to drop out with a 2 s TTL", took)
+	}
+	b.Close()
+
+	// A restart of a (same id, same underlay) within its lease is fine.
+	a2, err := Join(ctx, e.Client(t), "/m/", member("a", "198.18.1.1"), Options{TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("restarted a: %v", err)
+	}
+	a2.Close()
+}
+
+// TestMembershipOutage: etcd away longer than the TTL; the node reports it,
+// and on etcd's return holds a new lease and is listed again.
+func TestMembershipOutage(t *testing.T) {
+	e := etcdtest.Start(t)
+	ctx := context.Background()
+	m, err := Join(ctx, e.Client(t), "/o/", member("a", "198.18.1.1"), Options{TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	waitHealth := func(what string, ok func(Health) bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for !ok(m.Health()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: health %+v", what, m.Health())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitHealth("connected", func(h Health) bool { return h.Connected && h.Lease != "" })
+	e.Stop()
+	start := time.Now()
+	waitHealth("disconnected", func(h Health) bool { return !h.Connected && h.LastError != "" })
+	t.Logf("outage noticed after %v", time.Since(start))
+	time.Sleep(3 * time.Second) // longer than the TTL
+	e.Restart(t)
+	waitHealth("back", func(h Health) bool { return h.Connected && h.Lease != "" })
+	watch(m).waitFor(t, "listed again", func(ms []Member) bool { return ids(ms) == "a:active" })
+}
+
+func TestCheckServiceKey(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	k1, _ := wgtypes.GeneratePrivateKey()
+	k2, _ := wgtypes.GeneratePrivateKey()
+	ctx := context.Background()
+	for i := range 2 {
+		if err := CheckServiceKey(ctx, cli, "/s/", k1.PublicKey()); err != nil {
+			t.Fatalf("try %d with the first key: %v", i, err)
+		}
+	}
+	err := CheckServiceKey(ctx, cli, "/s/", k2.PublicKey())
+	if err == nil || !strings.Contains(err.Error(), "--service-key") {
+		t.Fatalf("another key: got %v, want a refusal naming --service-key", err)
+	}
+}
+
+func TestParseEndpoints(t *testing.T) {
+	good, err := ParseEndpoints("http://198.18.11.1:2379, 198.18.12.1:2379,https://[2001:db8::1]:2379")
+	if err != nil || !slices.Equal(good, []string{"http://198.18.11.1:2379", "198.18.12.1:2379", "https://[2001:db8::1]:2379"}) {
+		t.Fatalf("got %q, %v", good, err)
+	}
+	for _, bad := range []string{"", ",", "ftp://a:1", "http://a:1/x", "a", "http://user@a:1", "http://a"} {
+		if _, err := ParseEndpoints(bad); err == nil {
+			t.Errorf("ParseEndpoints(%q) accepted", bad)
+		}
+	}
+}
+
+func TestDialConfigErrors(t *testing.T) {
+	for _, c := range []Config{
+		{},
+		{Endpoints: []string{"a:1"}, Username: "u"},
+		{Endpoints: []string{"a:1"}, PasswordFile: "/nonexistent"},
+		{Endpoints: []string{"a:1"}, CertFile: "x"},
+		{Endpoints: []string{"a:1"}, CAFile: "/nonexistent"},
+	} {
+		if cli, err := c.Dial(); err == nil {
+			cli.Close()
+			t.Errorf("Dial(%+v) accepted", c)
+		}
+	}
+}

@@ -1,0 +1,499 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/wedge-edge/wedge/server/etcdwatch"
+)
+
+// State is a node's membership state.
+type State string
+
+const (
+	// Active nodes take new clients.
+	Active State = "active"
+	// Draining nodes keep the clients they have and take no new ones.
+	Draining State = "draining"
+)
+
+// Member is one live node as the cluster sees it.
+type Member struct {
+	ID       string     `json:"id"`
+	DC       string     `json:"dc"`
+	Underlay netip.Addr `json:"underlay"`
+	// State is Draining while a drain mark exists for ID (wedge drain),
+	// whether or not the node is up; the mark outlives restarts.
+	State State `json:"state"`
+	// Clients is how many clients had a handshake with the node in the
+	// last 3 minutes, as it last reported.
+	Clients int       `json:"clients"`
+	Started time.Time `json:"started"`
+}
+
+// Keys under the prefix:
+//
+//	PREFIX members/nodes/ID   the Member as JSON, attached to the node's lease
+//	PREFIX members/drain/ID   present while ID is draining (no lease)
+//	PREFIX service/public_key the service's public key, set by the first node
+const (
+	nodesDir = "members/nodes/"
+	drainDir = "members/drain/"
+)
+
+// Options for Join.
+type Options struct {
+	// TTL of the node's lease: how long after a node dies the others stop
+	// counting it (default 5 s; etcd's floor is about 1.5 s).
+	TTL time.Duration
+	// Log receives one line per change of the connection's state.
+	Log *slog.Logger
+}
+
+// Membership keeps this node in the cluster and mirrors every node's
+// membership. Create it with Join; stop it with Close.
+type Membership struct {
+	cli    *clientv3.Client
+	prefix string
+	ttl    time.Duration
+	log    *slog.Logger
+	cancel context.CancelFunc
+	done   chan struct{}
+	kick   chan struct{}
+
+	mu       sync.Mutex
+	self     Member
+	nodes    map[string]Member
+	drains   map[string]bool
+	subs     map[int]func([]Member)
+	nextSub  int
+	notifyMu sync.Mutex // serializes calls to subscribers
+	health   Health
+	lease    clientv3.LeaseID
+	probedOK time.Time
+}
+
+// Health is this node's view of its etcd connection.
+type Health struct {
+	Endpoints []string `json:"endpoints"`
+	// Connected: the last probe (a quorum read, once a second) succeeded
+	// within the last 3 s, so registrations can be made.
+	Connected bool `json:"connected"`
+	// Since is when Connected last changed.
+	Since time.Time `json:"since"`
+	// Lease is the node's lease id (hex), "" while it has none.
+	Lease string `json:"lease,omitempty"`
+	// Revision is the etcd revision the membership view is complete up to.
+	Revision  int64     `json:"revision"`
+	LastError string    `json:"last_error,omitempty"`
+	ErrorAt   time.Time `json:"error_at,omitzero"`
+}
+
+// ErrIDInUse: another live node has this node id.
+var ErrIDInUse = errors.New("cluster: node id in use")
+
+// Join announces self under prefix and keeps it announced until Close: a
+// lease of opts.TTL kept alive, granted again after an outage outlived it.
+// It fails if another live node already uses self.ID; a previous run of
+// this node (same id and underlay address, killed before its lease ran out)
+// is replaced. Join needs etcd to answer once; it gives up when ctx ends.
+func Join(ctx context.Context, cli *clientv3.Client, prefix string, self Member, o Options) (*Membership, error) {
+	if self.ID == "" || strings.ContainsAny(self.ID, "/ \t\n") {
+		return nil, fmt.Errorf("cluster: node id %q must be non-empty, without '/' or spaces", self.ID)
+	}
+	if o.TTL == 0 {
+		o.TTL = 5 * time.Second
+	}
+	if o.TTL < 2*time.Second {
+		return nil, fmt.Errorf("cluster: lease TTL %v is below 2 s (etcd's floor is about 1.5 s)", o.TTL)
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	self.State = Active
+	if self.Started.IsZero() {
+		self.Started = time.Now().UTC().Truncate(time.Second)
+	}
+	m := &Membership{
+		cli: cli, prefix: prefix, ttl: o.TTL, log: o.Log,
+		done: make(chan struct{}), kick: make(chan struct{}, 1),
+		self: self, nodes: map[string]Member{}, drains: map[string]bool{},
+		subs: map[int]func([]Member){},
+	}
+	m.health.Endpoints = cli.Endpoints()
+	if err := m.claim(ctx); err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); m.keepAlive(rctx) }()
+	go func() { defer wg.Done(); m.probe(rctx) }()
+	go func() {
+		defer wg.Done()
+		etcdwatch.Run(rctx, cli, prefix+"members/", mirror{m}, etcdwatch.Options{
+			OnError: func(err error) { m.setError(err) },
+			OnSync: func(rev int64) {
+				m.mu.Lock()
+				m.health.Revision = rev
+				m.mu.Unlock()
+			},
+		})
+	}()
+	go func() { wg.Wait(); close(m.done) }()
+	return m, nil
+}
+
+// claim takes the node's key: fresh, or over its own previous run's.
+func (m *Membership) claim(ctx context.Context) error {
+	resp, err := m.cli.Get(ctx, m.prefix+nodesDir+m.self.ID)
+	if err != nil {
+		return fmt.Errorf("cluster: etcd: %w", err)
+	}
+	if len(resp.Kvs) > 0 {
+		var old Member
+		json.Unmarshal(resp.Kvs[0].Value, &old)
+		if old.Underlay != m.self.Underlay || old.DC != m.self.DC {
+			return fmt.Errorf("%w: %q is live at %v in %q (each node needs its own --node-id)",
+				ErrIDInUse, m.self.ID, old.Underlay, old.DC)
+		}
+		// Our own previous run: end its lease now rather than wait for
+		// it, so the others see one clean change.
+		if l := clientv3.LeaseID(resp.Kvs[0].Lease); l != 0 {
+			m.cli.Revoke(ctx, l)
+		}
+	}
+	return m.grant(ctx)
+}
+
+// grant makes a new lease and puts the node's key on it.
+func (m *Membership) grant(ctx context.Context) error {
+	l, err := m.cli.Grant(ctx, int64((m.ttl+time.Second-1)/time.Second))
+	if err != nil {
+		return fmt.Errorf("cluster: etcd lease: %w", err)
+	}
+	m.mu.Lock()
+	m.lease = l.ID
+	m.health.Lease = fmt.Sprintf("%x", int64(l.ID))
+	val, _ := json.Marshal(m.self)
+	m.mu.Unlock()
+	if _, err := m.cli.Put(ctx, m.prefix+nodesDir+m.self.ID, string(val), clientv3.WithLease(l.ID)); err != nil {
+		return fmt.Errorf("cluster: etcd: %w", err)
+	}
+	return nil
+}
+
+// keepAlive holds the lease; when it is lost (an outage longer than the
+// TTL) it grants a new one as soon as etcd answers again. It also
+// republishes the node's record when SetClients changed it.
+func (m *Membership) keepAlive(ctx context.Context) {
+	for ctx.Err() == nil {
+		m.mu.Lock()
+		lease := m.lease
+		m.mu.Unlock()
+		if lease == 0 {
+			gctx, cancel := context.WithTimeout(ctx, m.ttl)
+			err := m.grant(gctx)
+			cancel()
+			if err != nil {
+				m.setError(err)
+				sleep(ctx, time.Second)
+				continue
+			}
+			m.log.Info("cluster: joined again with a new lease", "node", m.self.ID)
+			continue
+		}
+		kctx, cancel := context.WithCancel(ctx)
+		ch, err := m.cli.KeepAlive(kctx, lease)
+		if err != nil {
+			cancel()
+			m.setError(err)
+			m.dropLease(lease)
+			continue
+		}
+		m.hold(ctx, ch, lease)
+		cancel()
+		m.dropLease(lease)
+	}
+}
+
+// hold consumes keep-alive answers until the lease is lost and republishes
+// the node's record when asked to.
+func (m *Membership) hold(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveResponse, lease clientv3.LeaseID) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r, ok := <-ch:
+			if !ok || r == nil {
+				m.setError(fmt.Errorf("lease %x lost (etcd unreachable longer than %v?)", int64(lease), m.ttl))
+				return
+			}
+		case <-m.kick:
+			m.mu.Lock()
+			val, _ := json.Marshal(m.self)
+			m.mu.Unlock()
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := m.cli.Put(pctx, m.prefix+nodesDir+m.self.ID, string(val), clientv3.WithLease(lease))
+			cancel()
+			if err != nil {
+				m.setError(err)
+				m.poke() // try again later
+			}
+		}
+	}
+}
+
+func (m *Membership) dropLease(l clientv3.LeaseID) {
+	m.mu.Lock()
+	if m.lease == l {
+		m.lease = 0
+		m.health.Lease = ""
+	}
+	m.mu.Unlock()
+}
+
+func (m *Membership) poke() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// probe reads from etcd once a second with quorum, which is what a
+// registration needs, and keeps Health.Connected.
+func (m *Membership) probe(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := m.cli.Get(pctx, m.prefix+"members/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		cancel()
+		now := time.Now()
+		m.mu.Lock()
+		if err == nil {
+			m.probedOK = now
+		}
+		connected := !m.probedOK.IsZero() && now.Sub(m.probedOK) < 3*time.Second
+		changed := connected != m.health.Connected
+		if changed {
+			m.health.Connected, m.health.Since = connected, now.UTC()
+		}
+		m.mu.Unlock()
+		if err != nil {
+			m.setError(err)
+		}
+		if changed && connected {
+			m.log.Info("cluster: etcd reachable", "endpoints", m.health.Endpoints)
+		} else if changed {
+			m.log.Warn("cluster: etcd unreachable; serving known clients, refusing registrations", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Membership) setError(err error) {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return
+	}
+	m.mu.Lock()
+	m.health.LastError, m.health.ErrorAt = err.Error(), time.Now().UTC()
+	m.mu.Unlock()
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// Self returns this node's record.
+func (m *Membership) Self() Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.self
+	if m.drains[s.ID] {
+		s.State = Draining
+	}
+	return s
+}
+
+// SetClients updates the client count this node publishes (written only
+// when it changed).
+func (m *Membership) SetClients(n int) {
+	m.mu.Lock()
+	changed := m.self.Clients != n
+	m.self.Clients = n
+	m.mu.Unlock()
+	if changed {
+		m.poke()
+	}
+}
+
+// Health returns the node's view of its etcd connection.
+func (m *Membership) Health() Health {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.health
+	h.Endpoints = slices.Clone(h.Endpoints)
+	return h
+}
+
+// Connected reports whether etcd answered a quorum read in the last 3 s.
+func (m *Membership) Connected() bool { return m.Health().Connected }
+
+// Members returns the live nodes, sorted by id.
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.membersLocked()
+}
+
+func (m *Membership) membersLocked() []Member {
+	out := make([]Member, 0, len(m.nodes))
+	for _, n := range m.nodes {
+		n.State = Active
+		if m.drains[n.ID] {
+			n.State = Draining
+		}
+		out = append(out, n)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Subscribe calls fn with the live members now and after every change,
+// until the returned function is called. Calls for one subscriber are not
+// concurrent; fn must not block for long.
+func (m *Membership) Subscribe(fn func([]Member)) (cancel func()) {
+	m.notifyMu.Lock()
+	defer m.notifyMu.Unlock()
+	m.mu.Lock()
+	id := m.nextSub
+	m.nextSub++
+	m.subs[id] = fn
+	now := m.membersLocked()
+	m.mu.Unlock()
+	fn(now)
+	return func() {
+		m.mu.Lock()
+		delete(m.subs, id)
+		m.mu.Unlock()
+	}
+}
+
+// SetDrain marks node id draining (on) or active again (off). The mark is
+// kept in etcd without a lease: it outlives the node's restarts.
+func (m *Membership) SetDrain(ctx context.Context, id string, on bool) error {
+	if id == "" || strings.ContainsAny(id, "/ \t\n") {
+		return fmt.Errorf("cluster: bad node id %q", id)
+	}
+	key := m.prefix + drainDir + id
+	var err error
+	if on {
+		_, err = m.cli.Put(ctx, key, time.Now().UTC().Format(time.RFC3339))
+	} else {
+		_, err = m.cli.Delete(ctx, key)
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: etcd: %w", err)
+	}
+	return nil
+}
+
+// Close leaves the cluster: the node's lease is revoked so the others see
+// it gone at once rather than after the TTL.
+func (m *Membership) Close() error {
+	m.cancel()
+	<-m.done
+	m.mu.Lock()
+	lease := m.lease
+	m.mu.Unlock()
+	if lease != 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		m.cli.Revoke(ctx, lease)
+	}
+	return nil
+}
+
+// mirror applies the members/ prefix to the Membership.
+type mirror struct{ m *Membership }
+
+func (h mirror) Reset(kvs []*mvccpb.KeyValue, rev int64) {
+	m := h.m
+	m.mu.Lock()
+	m.nodes, m.drains = map[string]Member{}, map[string]bool{}
+	for _, kv := range kvs {
+		m.applyLocked(string(kv.Key), kv.Value, false)
+	}
+	m.mu.Unlock()
+	m.notify()
+}
+
+func (h mirror) Event(ev *clientv3.Event) {
+	m := h.m
+	m.mu.Lock()
+	m.applyLocked(string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+	m.mu.Unlock()
+	m.notify()
+}
+
+func (m *Membership) applyLocked(key string, val []byte, deleted bool) {
+	rest := strings.TrimPrefix(key, m.prefix+"members/")
+	switch {
+	case strings.HasPrefix(rest, "nodes/"):
+		id := strings.TrimPrefix(rest, "nodes/")
+		if deleted {
+			delete(m.nodes, id)
+			return
+		}
+		var mem Member
+		if err := json.Unmarshal(val, &mem); err != nil || mem.ID != id {
+			return // not ours to read: skip rather than trust it
+		}
+		m.nodes[id] = mem
+	case strings.HasPrefix(rest, "drain/"):
+		id := strings.TrimPrefix(rest, "drain/")
+		if deleted {
+			delete(m.drains, id)
+		} else {
+			m.drains[id] = true
+		}
+	}
+}
+
+func (m *Membership) notify() {
+	m.notifyMu.Lock()
+	defer m.notifyMu.Unlock()
+	m.mu.Lock()
+	now := m.membersLocked()
+	subs := make([]func([]Member), 0, len(m.subs))
+	for _, fn := range m.subs {
+		subs = append(subs, fn)
+	}
+	m.mu.Unlock()
+	for _, fn := range subs {
+		fn(slices.Clone(now))
+	}
+}
