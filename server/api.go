@@ -55,6 +55,9 @@ type PeerInfo struct {
 //	GET    /v1/reg/{id}   → 200 RegResponse
 //	DELETE /v1/reg/{id}   → 204
 //	GET    /v1/status     → 200 Status
+//	GET    /v1/nodes      → 200 [cluster.Member]            (cluster only)
+//	POST   /v1/nodes/{id}/drain → 204 (cluster only)
+//	DELETE /v1/nodes/{id}/drain → 204 (cluster only)
 //
 // Every error is a 4xx or 5xx with a JSON body {"error": "..."}; a failed
 // request changes nothing.
@@ -86,6 +89,8 @@ func (n *Node) Handler() http.Handler {
 			default:
 				methodNotAllowed(w, "GET, DELETE")
 			}
+		case path == "/v1/nodes" || strings.HasPrefix(path, "/v1/nodes/"):
+			n.handleNodes(w, r, strings.TrimPrefix(path, "/v1/nodes"))
 		case path == "/v1/status":
 			if r.Method != http.MethodGet && r.Method != http.MethodHead {
 				methodNotAllowed(w, "GET")
@@ -126,6 +131,10 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, registry.ErrExhausted), errors.Is(err, ErrFull):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
+	case errors.Is(err, registry.ErrUnavailable):
+		n.log.Warn("registration refused: cluster store unreachable", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "the cluster's registry (etcd) is unreachable from this node; try again later")
+		return
 	case err != nil:
 		n.log.Error("registration failed", "err", err)
 		writeError(w, http.StatusInternalServerError, "registration failed")
@@ -156,6 +165,8 @@ func (n *Node) lookupError(w http.ResponseWriter, err error) bool {
 		return false
 	case errors.Is(err, registry.ErrNotFound):
 		writeError(w, http.StatusNotFound, "no such registration")
+	case errors.Is(err, registry.ErrUnavailable):
+		writeError(w, http.StatusServiceUnavailable, "the cluster's registry (etcd) is unreachable from this node; try again later")
 	default:
 		n.log.Error("registry lookup failed", "err", err)
 		writeError(w, http.StatusInternalServerError, "registry error")

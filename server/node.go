@@ -27,6 +27,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/registry"
 	"github.com/wedge-edge/wedge/server/udpbind"
 )
@@ -52,6 +53,10 @@ type Config struct {
 	UAPI bool
 	// Stats adds sections to the status report (netstack, egress...).
 	Stats map[string]func() any
+	// Cluster, if set, is the node's membership of an etcd cluster whose
+	// registry Store is shared: registrations are refused while etcd is
+	// unreachable, the status reports the cluster, and drain is served.
+	Cluster *cluster.Membership
 }
 
 // Node is a running WireGuard side of a wedge node.
@@ -125,23 +130,18 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		n.dev.Close()
 		return nil, fmt.Errorf("server: configure device: %w", err)
 	}
-	all, err := cfg.Store.List(ctx)
-	if err != nil {
-		n.dev.Close()
-		return nil, fmt.Errorf("server: load clients: %w", err)
-	}
-	if len(all) > MaxPeers {
-		n.log.Error("more registered clients than one device holds; loading the first ones only", "registered", len(all), "loaded", MaxPeers)
-		all = all[:MaxPeers]
-	}
-	var b strings.Builder
-	for _, c := range all {
-		writePeer(&b, c)
-		n.clients[c.PublicKey] = c
-	}
-	if err := n.dev.IpcSet(b.String()); err != nil {
-		n.dev.Close()
-		return nil, fmt.Errorf("server: load %d clients into the device: %w", len(all), err)
+	watcher, shared := cfg.Store.(registry.Watcher)
+	var all []registry.Client
+	if !shared {
+		var err error
+		if all, err = cfg.Store.List(ctx); err != nil {
+			n.dev.Close()
+			return nil, fmt.Errorf("server: load clients: %w", err)
+		}
+		if err := n.addPeers(all); err != nil {
+			n.dev.Close()
+			return nil, fmt.Errorf("server: load %d clients into the device: %w", len(all), err)
+		}
 	}
 	if err := n.dev.Up(); err != nil {
 		n.dev.Close()
@@ -155,8 +155,149 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.watchClientIDs()
-	n.log.Info("wireguard device up", "name", cfg.Name, "port", cfg.ListenPort, "clients", len(all), "public_key", sk.PublicKey().String())
+	if shared {
+		if err := n.follow(ctx, watcher); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	n.mu.Lock()
+	loaded := len(n.clients)
+	n.mu.Unlock()
+	n.log.Info("wireguard device up", "name", cfg.Name, "port", cfg.ListenPort, "clients", loaded, "public_key", sk.PublicKey().String())
 	return n, nil
+}
+
+// firstSyncWait is how long New waits for a shared store's first snapshot
+// before starting without it (the clients arrive when the store answers).
+const firstSyncWait = 10 * time.Second
+
+// follow applies a shared store's registrations to the device, now and on
+// every change, until Close. It returns once the first snapshot is in the
+// device, or after firstSyncWait with a warning, so a node starts (and can
+// report its state) while etcd is down.
+func (n *Node) follow(ctx context.Context, w registry.Watcher) error {
+	wctx, cancel := context.WithCancel(context.Background())
+	synced := make(chan struct{})
+	var once sync.Once
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		<-n.done
+		cancel()
+	}()
+	go func() {
+		defer n.wg.Done()
+		w.Watch(wctx, func(ev registry.Event) {
+			n.apply(ev)
+			if ev.Type == registry.EventReset {
+				once.Do(func() { close(synced) })
+			}
+		})
+	}()
+	select {
+	case <-synced:
+	case <-time.After(firstSyncWait):
+		n.log.Warn("registry not loaded yet (store unreachable?); starting without clients, they load when it answers")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
+// apply makes the device match one registry change. Changes that the
+// device already reflects (a node's own registration coming back through
+// the watch) do nothing.
+func (n *Node) apply(ev registry.Event) {
+	n.regMu.Lock()
+	defer n.regMu.Unlock()
+	switch ev.Type {
+	case registry.EventReset:
+		want := make(map[wgtypes.Key]registry.Client, len(ev.Clients))
+		for _, c := range ev.Clients {
+			want[c.PublicKey] = c
+		}
+		var gone []registry.Client
+		n.mu.Lock()
+		for k, c := range n.clients {
+			if w, ok := want[k]; !ok || w.ID != c.ID {
+				gone = append(gone, c)
+			}
+		}
+		n.mu.Unlock()
+		for _, c := range gone {
+			n.dropPeer(c)
+		}
+		if err := n.addPeers(ev.Clients); err != nil {
+			n.log.Error("apply registry snapshot", "err", err)
+		}
+		n.log.Info("registry synced", "clients", len(ev.Clients), "removed", len(gone))
+	case registry.EventPut:
+		if err := n.addPeers([]registry.Client{ev.Client}); err != nil {
+			n.log.Error("apply registration", "id", ev.Client.ID, "err", err)
+		}
+	case registry.EventDelete:
+		n.mu.Lock()
+		var found *registry.Client
+		for _, c := range n.clients {
+			if c.ID == ev.Client.ID {
+				found = &c
+				break
+			}
+		}
+		n.mu.Unlock()
+		if found != nil {
+			n.dropPeer(*found)
+		}
+	}
+}
+
+// addPeers puts clients into the device in one configuration change,
+// skipping those it already holds as they are, up to MaxPeers.
+func (n *Node) addPeers(cs []registry.Client) error {
+	var b strings.Builder
+	var added []registry.Client
+	n.mu.Lock()
+	count := len(n.clients)
+	for _, c := range cs {
+		old, ok := n.clients[c.PublicKey]
+		if ok && old == c {
+			continue
+		}
+		if !ok && count >= MaxPeers {
+			n.mu.Unlock()
+			n.log.Error("more registered clients than one device holds; not loading the rest", "max", MaxPeers)
+			n.mu.Lock()
+			break
+		}
+		if !ok {
+			count++
+		}
+		writePeer(&b, c)
+		added = append(added, c)
+	}
+	n.mu.Unlock()
+	if len(added) == 0 {
+		return nil
+	}
+	if err := n.dev.IpcSet(b.String()); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	for _, c := range added {
+		n.clients[c.PublicKey] = c
+	}
+	n.mu.Unlock()
+	return nil
+}
+
+// dropPeer removes a client from the device and the node's view.
+func (n *Node) dropPeer(c registry.Client) {
+	n.removePeer(c.PublicKey)
+	n.mu.Lock()
+	delete(n.clients, c.PublicKey)
+	delete(n.seen, c.PublicKey)
+	n.mu.Unlock()
 }
 
 func (n *Node) openUAPI() error {
@@ -203,22 +344,20 @@ func (n *Node) Register(ctx context.Context, pub wgtypes.Key) (registry.Client, 
 	if full {
 		return registry.Client{}, ErrFull
 	}
+	if n.cfg.Cluster != nil && !n.cfg.Cluster.Connected() {
+		return registry.Client{}, fmt.Errorf("%w: etcd is not reachable from this node", registry.ErrUnavailable)
+	}
 	c, err := n.cfg.Store.Create(ctx, pub)
 	if err != nil {
 		return registry.Client{}, err
 	}
-	var b strings.Builder
-	writePeer(&b, c)
-	if err := n.dev.IpcSet(b.String()); err != nil {
+	if err := n.addPeers([]registry.Client{c}); err != nil {
 		n.removePeer(c.PublicKey)
 		if _, derr := n.cfg.Store.Delete(context.WithoutCancel(ctx), c.ID); derr != nil {
 			n.log.Error("undo registration after device error", "id", c.ID, "err", derr)
 		}
 		return registry.Client{}, fmt.Errorf("server: add peer: %w", err)
 	}
-	n.mu.Lock()
-	n.clients[c.PublicKey] = c
-	n.mu.Unlock()
 	n.log.Info("client registered", "id", c.ID, "client_id", c.ClientID.String(), "v4", c.V4, "v6", c.V6)
 	return c, nil
 }
@@ -232,11 +371,7 @@ func (n *Node) Unregister(ctx context.Context, id string) (registry.Client, erro
 	if err != nil {
 		return registry.Client{}, err
 	}
-	n.removePeer(c.PublicKey)
-	n.mu.Lock()
-	delete(n.clients, c.PublicKey)
-	delete(n.seen, c.PublicKey)
-	n.mu.Unlock()
+	n.dropPeer(c)
 	n.log.Info("client deleted", "id", c.ID)
 	return c, nil
 }
@@ -250,9 +385,20 @@ func (n *Node) removePeer(pub wgtypes.Key) {
 	}
 }
 
-// Get returns a registration.
+// Get returns a registration. When a shared store is unreachable it
+// answers from the node's own view of the registry.
 func (n *Node) Get(ctx context.Context, id string) (registry.Client, error) {
-	return n.cfg.Store.Get(ctx, id)
+	c, err := n.cfg.Store.Get(ctx, id)
+	if errors.Is(err, registry.ErrUnavailable) {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for _, c := range n.clients {
+			if c.ID == id {
+				return c, nil
+			}
+		}
+	}
+	return c, err
 }
 
 // PublicKey is the service public key clients peer with.
@@ -281,12 +427,15 @@ func (n *Node) watchClientIDs() {
 	defer n.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
-	for {
+	for tick := 0; ; tick++ {
 		select {
 		case <-n.done:
 			return
 		case <-t.C:
 			n.checkClientIDs()
+			if n.cfg.Cluster != nil && tick%3 == 0 {
+				n.countActive()
+			}
 		}
 	}
 }

@@ -3,18 +3,31 @@ package server
 import (
 	"sort"
 	"time"
+
+	"github.com/wedge-edge/wedge/server/cluster"
 )
 
 // Status is the node's report for GET /v1/status and `wedge status`.
 type Status struct {
-	Name       string         `json:"name"`
-	PublicKey  string         `json:"public_key"`
-	ListenPort uint16         `json:"listen_port"`
-	Endpoints  []string       `json:"endpoints"`
-	Clients    int            `json:"clients"`
-	Bind       BindStatus     `json:"bind"`
-	Peers      []PeerStatus   `json:"peers"`
-	Sections   map[string]any `json:"sections,omitempty"`
+	Name       string   `json:"name"`
+	PublicKey  string   `json:"public_key"`
+	ListenPort uint16   `json:"listen_port"`
+	Endpoints  []string `json:"endpoints"`
+	Clients    int      `json:"clients"`
+	// Active counts clients with a handshake in the last 3 minutes.
+	Active   int            `json:"active"`
+	Cluster  *ClusterStatus `json:"cluster,omitempty"`
+	Bind     BindStatus     `json:"bind"`
+	Peers    []PeerStatus   `json:"peers"`
+	Sections map[string]any `json:"sections,omitempty"`
+}
+
+// ClusterStatus is the node's view of its cluster: itself, its etcd
+// connection and every live node.
+type ClusterStatus struct {
+	Node  cluster.Member   `json:"node"`
+	Etcd  cluster.Health   `json:"etcd"`
+	Nodes []cluster.Member `json:"nodes"`
 }
 
 // BindStatus counts what the Bind saw.
@@ -58,6 +71,9 @@ func (n *Node) Status() Status {
 		if p.LastHandshake.IsZero() {
 			continue
 		}
+		if time.Since(p.LastHandshake) < activeWindow {
+			s.Active++
+		}
 		ps := PeerStatus{
 			PublicKey:     p.PublicKey.String(),
 			LastHandshake: p.LastHandshake.UTC(),
@@ -77,6 +93,9 @@ func (n *Node) Status() Status {
 	}
 	n.mu.Unlock()
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].LastHandshake.After(s.Peers[j].LastHandshake) })
+	if m := n.cfg.Cluster; m != nil {
+		s.Cluster = &ClusterStatus{Node: m.Self(), Etcd: m.Health(), Nodes: m.Members()}
+	}
 	if len(n.cfg.Stats) > 0 {
 		s.Sections = map[string]any{}
 		for name, f := range n.cfg.Stats {
@@ -84,4 +103,24 @@ func (n *Node) Status() Status {
 		}
 	}
 	return s
+}
+
+// activeWindow: a client with no handshake for this long has no session
+// (wireguard-go rejects a session after 180 s without rekeying).
+const activeWindow = 3 * time.Minute
+
+// countActive publishes how many clients have a session on this node to
+// the cluster, for wedge status on every node.
+func (n *Node) countActive() {
+	peers, err := n.peers()
+	if err != nil {
+		return
+	}
+	active := 0
+	for _, p := range peers {
+		if !p.LastHandshake.IsZero() && time.Since(p.LastHandshake) < activeWindow {
+			active++
+		}
+	}
+	n.cfg.Cluster.SetClients(active)
 }
