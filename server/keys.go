@@ -71,3 +71,44 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 }
 
 func hexKey(k wgtypes.Key) string { return hex.EncodeToString(k[:]) }
+
+// LoadKey reads an existing base64 WireGuard private key file, as `wg
+// genkey` or `wedged genkey` writes it. A key readable by group or others
+// is refused: it is the whole service's identity.
+func LoadKey(path string) (wgtypes.Key, error) {
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return wgtypes.Key{}, fmt.Errorf("server: key file %s does not exist (create one with: wedged genkey %s)", path, path)
+	}
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("server: key file: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return wgtypes.Key{}, fmt.Errorf("server: key file %s is readable by others (mode %v): chmod 600 it", path, st.Mode().Perm())
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("server: read key: %w", err)
+	}
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("server: key file %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// CreateKey writes a new private key to path (mode 0600, atomically); it
+// refuses to overwrite an existing file.
+func CreateKey(path string) (wgtypes.Key, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return wgtypes.Key{}, fmt.Errorf("server: %s exists; not overwriting a key", path)
+	}
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return wgtypes.Key{}, err
+	}
+	if err := writeFileAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("server: write key: %w", err)
+	}
+	return k, nil
+}

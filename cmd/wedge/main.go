@@ -14,7 +14,8 @@ const usage = `Usage: wedge <command> [flags]
 Commands:
   register   make a key pair, register it with a node, write a wg-quick config
   connect    run a client from that config (TUN, or a SOCKS5 proxy with --socks)
-  status     show a node's state (clients, sessions, counters)
+  status     show a node's state (clients, sessions, counters, cluster)
+  drain      mark a cluster node draining (or active again with --undo)
   lab        build the network-namespace lab and measure (wedge lab bench)
 
 Run "wedge <command> --help" for a command's flags.
@@ -33,6 +34,8 @@ func main() {
 		err = connect(args)
 	case "status":
 		err = status(args)
+	case "drain":
+		err = drain(args)
 	case "lab":
 		err = labCmd(args)
 	case "help", "-h", "--help":

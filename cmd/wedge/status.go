@@ -42,23 +42,58 @@ func status(args []string) error {
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return fmt.Errorf("status: bad answer: %w", err)
 	}
-	fmt.Printf("node %s  public key %s  port %d\n", s.Name, s.PublicKey, s.ListenPort)
-	fmt.Printf("endpoints: %s\n", strings.Join(s.Endpoints, ", "))
-	fmt.Printf("clients registered: %d, with a session: %d\n", s.Clients, len(s.Peers))
-	fmt.Printf("messages: %d stamped, %d unstamped; ClientID mismatches: %d\n\n", s.Bind.Stamped, s.Bind.Unstamped, s.Bind.Mismatches)
+	printNodeStatus(os.Stdout, s)
+	return nil
+}
+
+// printNodeStatus writes the human form of a node's report.
+func printNodeStatus(w io.Writer, s server.Status) {
+	fmt.Fprintf(w, "node %s  public key %s  port %d\n", s.Name, s.PublicKey, s.ListenPort)
+	fmt.Fprintf(w, "endpoints: %s\n", strings.Join(s.Endpoints, ", "))
+	fmt.Fprintf(w, "clients registered: %d, with a session since start: %d, active (handshake < 3 min): %d\n", s.Clients, len(s.Peers), s.Active)
+	fmt.Fprintf(w, "messages: %d stamped, %d unstamped; ClientID mismatches: %d\n\n", s.Bind.Stamped, s.Bind.Unstamped, s.Bind.Mismatches)
+	if c := s.Cluster; c != nil {
+		e := c.Etcd
+		state := "connected"
+		if !e.Connected {
+			state = "UNREACHABLE (serving known clients, refusing registrations)"
+		}
+		fmt.Fprintf(w, "cluster: this node %s in %s (%s), underlay %s\n", c.Node.ID, c.Node.DC, c.Node.State, c.Node.Underlay)
+		fmt.Fprintf(w, "etcd %s: %s since %s, revision %d", strings.Join(e.Endpoints, ","), state, ago(e.Since), e.Revision)
+		if e.LastError != "" {
+			fmt.Fprintf(w, "; last error %s: %s", ago(e.ErrorAt), e.LastError)
+		}
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tDC\tSTATE\tUNDERLAY\tACTIVE CLIENTS\tUP")
+		for _, m := range c.Nodes {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", m.ID, m.DC, m.State, m.Underlay, m.Clients, ago(m.Started))
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
+	} else {
+		fmt.Fprint(w, "cluster: none (single node, embedded store)\n\n")
+	}
 	if len(s.Peers) > 0 {
-		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tCLIENTID\tSEEN\tENDPOINT\tHANDSHAKE\tRX\tTX")
 		for _, p := range s.Peers {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\t%d\t%d\n", p.ID, p.ClientID, p.ClientIDSeen, p.Endpoint,
 				time.Since(p.LastHandshake).Round(time.Second), p.RxBytes, p.TxBytes)
 		}
 		tw.Flush()
-		fmt.Println()
+		fmt.Fprintln(w)
 	}
 	for name, sec := range s.Sections {
 		b, _ := json.MarshalIndent(sec, "", "  ")
-		fmt.Printf("%s: %s\n", name, b)
+		fmt.Fprintf(w, "%s: %s\n", name, b)
 	}
-	return nil
+}
+
+// ago formats how long ago t was ("-" for never).
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
 }

@@ -23,7 +23,10 @@ import (
 
 	"github.com/wedge-edge/wedge/egress"
 	"github.com/wedge-edge/wedge/netstack"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/flagfile"
 	"github.com/wedge-edge/wedge/server/registry"
 )
@@ -53,6 +56,19 @@ type config struct {
 	maxPerCli   int
 	logLevel    string
 	pprof       string
+
+	etcd         string
+	etcdPrefix   string
+	etcdCA       string
+	etcdCert     string
+	etcdKey      string
+	etcdUser     string
+	etcdPassFile string
+	serviceKey   string
+	nodeID       string
+	dc           string
+	underlay     string
+	leaseTTL     time.Duration
 }
 
 func flags(args []string) (*config, error) {
@@ -60,10 +76,16 @@ func flags(args []string) (*config, error) {
 	fs := flag.NewFlagSet("wedged", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: wedged [flags]
+       wedged genkey FILE    write a new service private key (mode 0600)
 
 Runs a wedge node: WireGuard on UDP --listen, the registration API on --api,
 every inner flow terminated and re-originated from the --egress addresses.
 With no flags it keeps its state in /var/lib/wedge and needs root.
+
+Alone, a node keeps its registry in --state (embedded, nothing else to run).
+In a cluster (--etcd), every node shares the registry and membership in
+etcd and runs with the same --service-key file; see README "Running a
+cluster".
 
 Flags (a --config file may set the same keys, one "key = value" per line;
 the command line wins):
@@ -87,6 +109,18 @@ the command line wins):
 	fs.IntVar(&c.maxPerCli, "max-flows-per-client", 0, "cap on open TCP+UDP flows per client (0: netstack default)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&c.pprof, "pprof", "", "serve Go's /debug/pprof on `ADDR` for profiling (off by default; keep it private)")
+	fs.StringVar(&c.etcd, "etcd", "", "cluster mode: etcd client `URL`s, comma-separated (http://host:2379 or https://...); the registry and membership live there")
+	fs.StringVar(&c.etcdPrefix, "etcd-prefix", "/wedge/", "key `PREFIX` in etcd (one per cluster)")
+	fs.StringVar(&c.etcdCA, "etcd-ca", "", "PEM CA `FILE` that signs etcd's server certificates (implies TLS)")
+	fs.StringVar(&c.etcdCert, "etcd-cert", "", "client certificate `FILE` (PEM) for etcd, with --etcd-key")
+	fs.StringVar(&c.etcdKey, "etcd-key", "", "client key `FILE` (PEM) for etcd")
+	fs.StringVar(&c.etcdUser, "etcd-user", "", "etcd user `NAME` (with --etcd-password-file)")
+	fs.StringVar(&c.etcdPassFile, "etcd-password-file", "", "`FILE` holding the etcd user's password")
+	fs.StringVar(&c.serviceKey, "service-key", "", "service private key `FILE`, the same on every node of a cluster (required with --etcd; never stored in etcd); make one with: wedged genkey FILE. Default alone: DIR/private.key, created on first start")
+	fs.StringVar(&c.nodeID, "node-id", "", "this node's `ID` in the cluster, unique (default: the host name)")
+	fs.StringVar(&c.dc, "dc", "default", "this node's data center `NAME`")
+	fs.StringVar(&c.underlay, "underlay", "", "`ADDR` other nodes reach this node on (default: the source address the kernel picks towards the first etcd endpoint)")
+	fs.DurationVar(&c.leaseTTL, "lease-ttl", 5*time.Second, "how long after this node dies the others drop it (`DURATION`, at least 2s)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -111,6 +145,20 @@ the command line wins):
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "genkey" {
+		if len(os.Args) != 3 {
+			fmt.Fprintln(os.Stderr, "usage: wedged genkey FILE")
+			os.Exit(2)
+		}
+		k, err := server.CreateKey(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "wedged:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("wrote %s; service public key %s\ncopy the file (mode 0600) to every node and start each with --service-key %s\n",
+			os.Args[2], k.PublicKey(), os.Args[2])
+		return
+	}
 	c, err := flags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -174,15 +222,37 @@ func run(c *config) error {
 	if err := os.MkdirAll(c.state, 0o700); err != nil {
 		return fmt.Errorf("--state: %w", err)
 	}
-	key, err := server.LoadOrCreateKey(filepath.Join(c.state, "private.key"))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var key wgtypes.Key
+	switch {
+	case c.serviceKey != "":
+		key, err = server.LoadKey(c.serviceKey)
+	case c.etcd != "":
+		err = errors.New("--etcd needs --service-key FILE, the same file on every node: create it once with `wedged genkey FILE` and copy it to each node")
+	default:
+		key, err = server.LoadOrCreateKey(filepath.Join(c.state, "private.key"))
+	}
 	if err != nil {
 		return err
 	}
-	store, err := registry.OpenBolt(filepath.Join(c.state, "registry.db"), pools)
-	if err != nil {
-		return err
+	var store registry.Store
+	var member *cluster.Membership
+	if c.etcd != "" {
+		cl, err := joinCluster(ctx, c, key, pools, log)
+		if err != nil {
+			return err
+		}
+		defer cl.close()
+		store, member = cl.store, cl.member
+	} else {
+		bolt, err := registry.OpenBolt(filepath.Join(c.state, "registry.db"), pools)
+		if err != nil {
+			return err
+		}
+		defer bolt.Close()
+		store = bolt
 	}
-	defer store.Close()
 
 	// The node's own addresses the ACL must deny even if they are on no
 	// interface: the advertised endpoints and the API.
@@ -215,8 +285,6 @@ func run(c *config) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	node, err := server.New(ctx, server.Config{
 		Name:       c.name,
 		ListenPort: uint16(c.listen),
@@ -228,6 +296,7 @@ func run(c *config) error {
 		TUN:        stack,
 		Logger:     log,
 		UAPI:       true,
+		Cluster:    member,
 		Stats: map[string]func() any{
 			"netstack": func() any { return stack.Stats() },
 			"egress":   func() any { return dialer.Stats() },

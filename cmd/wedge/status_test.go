@@ -1,0 +1,43 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/server/cluster"
+)
+
+func TestPrintNodeStatusCluster(t *testing.T) {
+	now := time.Now()
+	s := server.Status{Name: "wedge0", Clients: 3, Active: 2, Cluster: &server.ClusterStatus{
+		Node: cluster.Member{ID: "node1", DC: "ams", State: cluster.Active, Underlay: netip.MustParseAddr("198.18.1.1")},
+		Etcd: cluster.Health{Endpoints: []string{"http://198.18.11.1:2379"}, Connected: false, Since: now, LastError: "context deadline exceeded", ErrorAt: now},
+		Nodes: []cluster.Member{
+			{ID: "node1", DC: "ams", State: cluster.Active, Clients: 2, Underlay: netip.MustParseAddr("198.18.1.1")},
+			{ID: "node2", DC: "ams", State: cluster.Draining, Clients: 5, Underlay: netip.MustParseAddr("198.18.2.1")},
+		},
+	}}
+	var b bytes.Buffer
+	printNodeStatus(&b, s)
+	out := b.String()
+	for _, want := range []string{
+		"active (handshake < 3 min): 2",
+		"this node node1 in ams (active)",
+		"UNREACHABLE",
+		"context deadline exceeded",
+		"node2", "draining", "198.18.2.1",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	b.Reset()
+	printNodeStatus(&b, server.Status{Name: "solo"})
+	if !strings.Contains(b.String(), "cluster: none") {
+		t.Errorf("single-node output:\n%s", b.String())
+	}
+}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/server/cluster"
+	"github.com/wedge-edge/wedge/server/registry"
+)
+
+// clusterParts is what a node in cluster mode runs on.
+type clusterParts struct {
+	cli    *clientv3.Client
+	store  *registry.Etcd
+	member *cluster.Membership
+}
+
+func (p *clusterParts) close() {
+	p.member.Close() // revokes the lease: the others see this node leave at once
+	p.cli.Close()
+}
+
+// startupWait bounds how long a node waits for etcd at start: it needs etcd
+// once, to check the service key and announce itself.
+const startupWait = 60 * time.Second
+
+func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry.Pools, log *slog.Logger) (*clusterParts, error) {
+	endpoints, err := cluster.ParseEndpoints(c.etcd)
+	if err != nil {
+		return nil, fmt.Errorf("--etcd: %w", err)
+	}
+	if c.leaseTTL < 2*time.Second {
+		return nil, fmt.Errorf("--lease-ttl %v: want at least 2s", c.leaseTTL)
+	}
+	id := c.nodeID
+	if id == "" {
+		if id, err = os.Hostname(); err != nil || id == "" {
+			return nil, fmt.Errorf("--node-id not given and no host name: %v", err)
+		}
+	}
+	if strings.ContainsAny(id, "/ \t\n") {
+		return nil, fmt.Errorf("--node-id %q: no '/' or spaces", id)
+	}
+	if c.dc == "" || strings.ContainsAny(c.dc, "/ \t\n") {
+		return nil, fmt.Errorf("--dc %q: want a name without '/' or spaces", c.dc)
+	}
+	var underlay netip.Addr
+	if c.underlay != "" {
+		if underlay, err = netip.ParseAddr(c.underlay); err != nil {
+			return nil, fmt.Errorf("--underlay %q: %w", c.underlay, err)
+		}
+	} else if underlay, err = routeSource(endpoints[0]); err != nil {
+		return nil, fmt.Errorf("--underlay not given and none found towards %s: %w", endpoints[0], err)
+	}
+	cli, err := cluster.Config{
+		Endpoints: endpoints, CAFile: c.etcdCA, CertFile: c.etcdCert, KeyFile: c.etcdKey,
+		Username: c.etcdUser, PasswordFile: c.etcdPassFile, DialTimeout: 5 * time.Second,
+	}.Dial()
+	if err != nil {
+		return nil, err
+	}
+	prefix := c.etcdPrefix
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	wctx, cancel := context.WithTimeout(ctx, startupWait)
+	defer cancel()
+	log.Info("joining the cluster", "etcd", endpoints, "node", id, "dc", c.dc, "underlay", underlay)
+	for {
+		err = cluster.CheckServiceKey(wctx, cli, prefix, key.PublicKey())
+		if err == nil || wctx.Err() != nil || strings.Contains(err.Error(), "--service-key") {
+			break
+		}
+		log.Warn("etcd not answering yet", "err", err)
+		select {
+		case <-wctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcd at %s: %w", c.etcd, err)
+	}
+	store, err := registry.NewEtcd(cli, prefix, pools)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	m, err := cluster.Join(wctx, cli, prefix, cluster.Member{ID: id, DC: c.dc, Underlay: underlay},
+		cluster.Options{TTL: c.leaseTTL, Log: log.With("component", "cluster")})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return &clusterParts{cli: cli, store: store, member: m}, nil
+}
+
+// routeSource returns the address the kernel would send from towards an
+// etcd endpoint: the node's address on the network the cluster shares.
+func routeSource(endpoint string) (netip.Addr, error) {
+	hostport := endpoint
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		hostport = u.Host
+	}
+	c, err := net.Dial("udp", hostport) // no packet is sent
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer c.Close()
+	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return ap.Addr().Unmap(), nil
+}
