@@ -122,6 +122,16 @@ func (p *Proc) Stop() {
 	<-p.done
 }
 
+// Kill sends SIGKILL to the process group and waits for the process to
+// exit, for tests of abrupt failures; a later Stop does nothing. It is
+// safe to call more than once, and after Stop.
+func (p *Proc) Kill() {
+	p.stopOnce.Do(func() {
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	})
+	<-p.done
+}
+
 // ErrExited is returned by waits that gave up because the process ended.
 var ErrExited = errors.New("process exited")
 

@@ -146,13 +146,20 @@ type Origin struct {
 // StartOrigin runs originsrv (HTTP :80, DNS :53 UDP+TCP, v4 and v6) and
 // iperf3 -s in the origin namespace and waits until they listen.
 func (s *SingleNode) StartOrigin(originsrv string) (*Origin, error) {
-	srv, err := s.Origin.Start("originsrv", nil, originsrv, "serve",
+	return StartOrigin(s.Origin, originsrv)
+}
+
+// StartOrigin runs originsrv and iperf3 -s in ns, an origin namespace
+// holding Origin4 and Origin6 (the single-node and the cluster lab's), and
+// waits until they listen.
+func StartOrigin(ns *NS, originsrv string) (*Origin, error) {
+	srv, err := ns.Start("originsrv", nil, originsrv, "serve",
 		"-http", fmt.Sprintf(":%d", HTTPPort), "-dns", fmt.Sprintf(":%d", DNSPort),
 		"-name", OriginName, "-a", Origin4.Addr().String(), "-aaaa", Origin6.Addr().String())
 	if err != nil {
 		return nil, err
 	}
-	ip, err := s.Origin.Start("iperf3", nil, "iperf3", "-s", "-p", fmt.Sprint(IperfPort))
+	ip, err := ns.Start("iperf3", nil, "iperf3", "-s", "-p", fmt.Sprint(IperfPort))
 	if err != nil {
 		return nil, err
 	}
@@ -162,13 +169,13 @@ func (s *SingleNode) StartOrigin(originsrv string) (*Origin, error) {
 		netip.AddrPortFrom(Origin6.Addr(), HTTPPort),
 		netip.AddrPortFrom(Origin4.Addr(), DNSPort),
 	} {
-		if err := waitConnect(s.Origin, srv, addr.String(), 10*time.Second); err != nil {
+		if err := waitConnect(ns, srv, addr.String(), 10*time.Second); err != nil {
 			return nil, err
 		}
 	}
 	// Not a connection: iperf3 -s logs an error for each one that does
 	// not run a test.
-	if err := s.Origin.WaitListen(ip, IperfPort, 10*time.Second); err != nil {
+	if err := ns.WaitListen(ip, IperfPort, 10*time.Second); err != nil {
 		return nil, err
 	}
 	return o, nil
