@@ -36,8 +36,11 @@ type Etcd struct {
 	cli    *clientv3.Client
 	prefix string
 	pools  Pools
-	// Timeout bounds each call that has no deadline of its own, so an
-	// unreachable etcd fails a registration quickly (ErrUnavailable).
+	// timeout bounds each call that has no deadline of its own: long
+	// enough to ride out a leader election, short enough that an
+	// unreachable etcd fails a registration (ErrUnavailable) while the
+	// client still waits. A node refuses at once when it already knows
+	// etcd is away (cluster.Membership.Connected).
 	timeout time.Duration
 }
 
@@ -55,7 +58,7 @@ func NewEtcd(cli *clientv3.Client, prefix string, pools Pools) (*Etcd, error) {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Etcd{cli: cli, prefix: prefix, pools: pools, timeout: 3 * time.Second}, nil
+	return &Etcd{cli: cli, prefix: prefix, pools: pools, timeout: 10 * time.Second}, nil
 }
 
 func (e *Etcd) kClient(id string) string { return e.prefix + "clients/" + id }
@@ -95,6 +98,37 @@ func unavailable(err error) error {
 	}
 	return fmt.Errorf("registry: etcd: %w", err)
 }
+
+// commit runs a transaction, trying again while etcd is only briefly away
+// (a member died and the client moves to another, a leader election):
+// etcd's client retries reads by itself but never a write. Each caller's
+// transaction is safe to repeat.
+func (e *Etcd) commit(ctx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+	for {
+		// One try may hang on a member whose leader just died (until
+		// etcd's own request timeout, 7 s by default): give each try
+		// attemptTimeout, and have a member that knows it has no leader
+		// refuse at once.
+		actx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), attemptTimeout)
+		resp, err := txn(actx)
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		err = unavailable(err)
+		if !errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// attemptTimeout bounds one try of a write transaction.
+const attemptTimeout = 2 * time.Second
 
 // Create registers pub. It draws a random ClientID and random addresses
 // and lets the transaction decide; a collision (rare until a pool is
@@ -142,15 +176,24 @@ func (e *Etcd) Create(ctx context.Context, pub wgtypes.Key) (Client, error) {
 			}
 			puts = append(puts, clientv3.OpPut(k, v))
 		}
-		resp, err := e.cli.Txn(ctx).If(cmps...).Then(puts...).Else(clientv3.OpGet(e.kKey(pub))).Commit()
+		resp, err := e.commit(ctx, func(actx context.Context) (*clientv3.TxnResponse, error) {
+			return e.cli.Txn(actx).If(cmps...).Then(puts...).Else(clientv3.OpGet(e.kKey(pub))).Commit()
+		})
 		if err != nil {
-			return Client{}, unavailable(err)
+			return Client{}, err
 		}
 		if resp.Succeeded {
 			return c, nil
 		}
-		if len(resp.Responses) > 0 && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-			return Client{}, ErrExists
+		if len(resp.Responses) > 0 {
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				if string(kvs[0].Value) == c.ID {
+					// An earlier try of this very transaction committed
+					// and its answer was lost with the connection.
+					return c, nil
+				}
+				return Client{}, ErrExists
+			}
 		}
 	}
 	return Client{}, fmt.Errorf("%w: no free ClientID or address found after 32 tries", ErrExhausted)
@@ -291,30 +334,39 @@ func (e *Etcd) Delete(ctx context.Context, id string) (Client, error) {
 	}
 	ctx, cancel := e.ctx(ctx)
 	defer cancel()
+	var seen *Client
 	for {
 		resp, err := e.cli.Get(ctx, e.kClient(id))
 		if err != nil {
 			return Client{}, unavailable(err)
 		}
 		if len(resp.Kvs) == 0 {
+			if seen != nil {
+				// Gone since we read it: our own delete whose answer was
+				// lost, or another one; either way it held this.
+				return *seen, nil
+			}
 			return Client{}, ErrNotFound
 		}
 		c, err := decode(resp.Kvs[0].Value)
 		if err != nil {
 			return Client{}, err
 		}
-		txn, err := e.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(e.kClient(id)), "=", resp.Kvs[0].ModRevision)).
-			Then(clientv3.OpDelete(e.kClient(id)), clientv3.OpDelete(e.kKey(c.PublicKey)),
-				clientv3.OpDelete(e.kCID(c.ClientID)), clientv3.OpDelete(e.kAddr(c.V4)),
-				clientv3.OpDelete(e.kAddr(c.V6))).
-			Commit()
+		txn, err := e.commit(ctx, func(actx context.Context) (*clientv3.TxnResponse, error) {
+			return e.cli.Txn(actx).
+				If(clientv3.Compare(clientv3.ModRevision(e.kClient(id)), "=", resp.Kvs[0].ModRevision)).
+				Then(clientv3.OpDelete(e.kClient(id)), clientv3.OpDelete(e.kKey(c.PublicKey)),
+					clientv3.OpDelete(e.kCID(c.ClientID)), clientv3.OpDelete(e.kAddr(c.V4)),
+					clientv3.OpDelete(e.kAddr(c.V6))).
+				Commit()
+		})
 		if err != nil {
-			return Client{}, unavailable(err)
+			return Client{}, err
 		}
 		if txn.Succeeded {
 			return c, nil
 		}
+		seen = &c
 	}
 }
 
