@@ -198,6 +198,16 @@ func TestCluster(t *testing.T) {
 		}
 	}
 	viaNode3("registered on node1, connected through node3")
+	// Every node's status shows where the client is: node3 publishes its
+	// active clients (every 6 s).
+	waitUntil(t, 15*time.Second, "node1 sees node3 with one active client", func() bool {
+		for _, m := range clusterStatus(t, w1).Cluster.Nodes {
+			if m.ID == "node3" {
+				return m.Clients == 1
+			}
+		}
+		return false
+	})
 
 	t.Run("one-etcd-member-killed", func(t *testing.T) {
 		leader, err := c.EtcdLeader()

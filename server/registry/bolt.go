@@ -268,6 +268,9 @@ func decode(raw []byte) (Client, error) {
 	if err := errors.Join(err4, err6); err != nil {
 		return Client{}, fmt.Errorf("registry: corrupt record %s: %w", r.ID, err)
 	}
+	if !v4.Is4() || !v6.Is6() || v6.Is4In6() || v6.Zone() != "" {
+		return Client{}, fmt.Errorf("registry: corrupt record %s: addresses %v, %v", r.ID, v4, v6)
+	}
 	return Client{ID: r.ID, PublicKey: pub, ClientID: clientid.ID(r.ClientID), V4: v4, V6: v6,
 		Tags: Tags{Pool: r.Pool, Country: r.Country}, Created: r.Created}, nil
 }

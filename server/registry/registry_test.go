@@ -250,3 +250,32 @@ func TestBoltKill9Child(t *testing.T) {
 		fmt.Println(c.ID)
 	}
 }
+
+// FuzzDecode: records come from a store other nodes write to; garbage is an
+// error, never a panic, and whatever decodes survives a round trip.
+func FuzzDecode(f *testing.F) {
+	c := Client{ID: newID(), PublicKey: newKey(f), ClientID: 0xabcdef,
+		V4: netip.MustParseAddr("100.96.0.2"), V6: netip.MustParseAddr("fd57:6564:6765::2"),
+		Tags: Tags{Pool: "trusted", Country: "NL"}, Created: time.Unix(1700000000, 0).UTC()}
+	good, _ := encode(c)
+	f.Add(good)
+	f.Add([]byte(`{"id":"x","public_key":"","client_id":0}`))
+	f.Add([]byte(`{"client_id":16777216}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, err := decode(raw)
+		if err != nil {
+			return
+		}
+		if got.ClientID == 0 || got.ClientID > 1<<24-1 {
+			t.Fatalf("decoded an out-of-range ClientID %d", got.ClientID)
+		}
+		again, err := encode(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := decode(again)
+		if err != nil || back != got {
+			t.Fatalf("round trip: %+v, %v; want %+v", back, err, got)
+		}
+	})
+}
