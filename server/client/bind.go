@@ -442,7 +442,11 @@ func (b *Bind) unsettle(s int32, reason string) bool {
 // unusable from here (no route, no address), so the other family should
 // be tried.
 func pathFailed(err error) bool {
+	// EINVAL: a blackhole route (RTN_BLACKHOLE) to the endpoint, or a
+	// remembered source address that is gone: either way this family
+	// cannot be used right now.
 	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.EINVAL) ||
 		errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.ENETDOWN) ||
 		errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPERM)
 }
