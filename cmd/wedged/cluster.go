@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -62,12 +64,9 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 	} else if underlay, err = routeSource(endpoints[0]); err != nil {
 		return nil, fmt.Errorf("--underlay not given and none found towards %s: %w", endpoints[0], err)
 	}
-	cli, err := cluster.Config{
+	cfg := cluster.Config{
 		Endpoints: endpoints, CAFile: c.etcdCA, CertFile: c.etcdCert, KeyFile: c.etcdKey,
 		Username: c.etcdUser, PasswordFile: c.etcdPassFile, DialTimeout: 5 * time.Second,
-	}.Dial()
-	if err != nil {
-		return nil, err
 	}
 	prefix := c.etcdPrefix
 	if !strings.HasSuffix(prefix, "/") {
@@ -76,9 +75,17 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 	wctx, cancel := context.WithTimeout(ctx, startupWait)
 	defer cancel()
 	log.Info("joining the cluster", "etcd", endpoints, "node", id, "dc", c.dc, "underlay", underlay)
+	var cli *clientv3.Client
 	for {
-		err = cluster.CheckServiceKey(wctx, cli, prefix, key.PublicKey())
-		if err == nil || wctx.Err() != nil || strings.Contains(err.Error(), "--service-key") {
+		if cli == nil {
+			// With --etcd-user the client logs in while dialing, so
+			// dialing too waits for etcd.
+			cli, err = cfg.Dial()
+		}
+		if cli != nil {
+			err = cluster.CheckServiceKey(wctx, cli, prefix, key.PublicKey())
+		}
+		if err == nil || wctx.Err() != nil || fatalJoinError(err) {
 			break
 		}
 		log.Warn("etcd not answering yet", "err", err)
@@ -88,7 +95,12 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 		}
 	}
 	if err != nil {
-		cli.Close()
+		if cli != nil {
+			cli.Close()
+		}
+		if diag := cluster.Diagnose(endpoints[0], cfg); diag != "" {
+			err = fmt.Errorf("%w (%s)", err, diag)
+		}
 		return nil, fmt.Errorf("etcd at %s: %w", c.etcd, err)
 	}
 	store, err := registry.NewEtcd(cli, prefix, pools)
@@ -122,4 +134,10 @@ func routeSource(endpoint string) (netip.Addr, error) {
 		return netip.Addr{}, err
 	}
 	return ap.Addr().Unmap(), nil
+}
+
+// fatalJoinError: errors waiting will not cure.
+func fatalJoinError(err error) bool {
+	return errors.Is(err, cluster.ErrConfig) || errors.Is(err, cluster.ErrServiceKey) ||
+		errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrPermissionDenied)
 }

@@ -31,6 +31,10 @@ type Config struct {
 	DialTimeout  time.Duration
 }
 
+// ErrConfig marks a configuration mistake (files, flags) that waiting for
+// etcd will not cure.
+var ErrConfig = errors.New("cluster: bad etcd settings")
+
 // ParseEndpoints splits a comma-separated --etcd value and checks each URL.
 func ParseEndpoints(s string) ([]string, error) {
 	var out []string
@@ -64,8 +68,8 @@ func ParseEndpoints(s string) ([]string, error) {
 	return out, nil
 }
 
-// Dial makes an etcd client. It does not wait for etcd to answer: a node
-// starts (and keeps serving the clients it knows) while etcd is down.
+// Dial makes an etcd client. Without a user it does not wait for etcd;
+// with one, etcd's client logs in here and waits up to DialTimeout.
 func (c Config) Dial() (*clientv3.Client, error) {
 	if len(c.Endpoints) == 0 {
 		return nil, errors.New("cluster: no etcd endpoint given")
@@ -81,10 +85,23 @@ func (c Config) Dial() (*clientv3.Client, error) {
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
 	}
-	useTLS := c.CAFile != "" || c.CertFile != "" || c.KeyFile != ""
+	// etcd's client takes the scheme of the first endpoint for all of
+	// them and drops TLS for http:// ones, so a mix, or http:// with TLS
+	// files, would silently not do what was asked.
+	tlsFiles := c.CAFile != "" || c.CertFile != "" || c.KeyFile != ""
+	var plain, secure int
 	for _, e := range c.Endpoints {
-		useTLS = useTLS || strings.HasPrefix(e, "https://")
+		switch {
+		case strings.HasPrefix(e, "http://"):
+			plain++
+		case strings.HasPrefix(e, "https://"):
+			secure++
+		}
 	}
+	if plain > 0 && (secure > 0 || tlsFiles) {
+		return nil, fmt.Errorf("%w: an http:// etcd endpoint cannot use TLS: give https:// (or host:port) endpoints with --etcd-ca/--etcd-cert/--etcd-key, and do not mix http:// and https://", ErrConfig)
+	}
+	useTLS := tlsFiles || secure > 0
 	if useTLS {
 		t, err := c.tlsConfig()
 		if err != nil {
@@ -94,15 +111,15 @@ func (c Config) Dial() (*clientv3.Client, error) {
 	}
 	if c.Username != "" {
 		if c.PasswordFile == "" {
-			return nil, errors.New("cluster: --etcd-user needs --etcd-password-file")
+			return nil, fmt.Errorf("%w: --etcd-user needs --etcd-password-file", ErrConfig)
 		}
 		pw, err := os.ReadFile(c.PasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("cluster: etcd password: %w", err)
+			return nil, fmt.Errorf("%w: etcd password: %v", ErrConfig, err)
 		}
 		cfg.Username, cfg.Password = c.Username, strings.TrimRight(string(pw), "\r\n")
 	} else if c.PasswordFile != "" {
-		return nil, errors.New("cluster: --etcd-password-file needs --etcd-user")
+		return nil, fmt.Errorf("%w: --etcd-password-file needs --etcd-user", ErrConfig)
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
@@ -116,23 +133,60 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 	if c.CAFile != "" {
 		pem, err := os.ReadFile(c.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("cluster: etcd CA: %w", err)
+			return nil, fmt.Errorf("%w: etcd CA: %v", ErrConfig, err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("cluster: etcd CA %s: no PEM certificate in it", c.CAFile)
+			return nil, fmt.Errorf("%w: etcd CA %s: no PEM certificate in it", ErrConfig, c.CAFile)
 		}
 		t.RootCAs = pool
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, errors.New("cluster: --etcd-cert and --etcd-key go together")
+		return nil, fmt.Errorf("%w: --etcd-cert and --etcd-key go together", ErrConfig)
 	}
 	if c.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("cluster: etcd client certificate: %w", err)
+			return nil, fmt.Errorf("%w: etcd client certificate: %v", ErrConfig, err)
 		}
 		t.Certificates = []tls.Certificate{cert}
 	}
 	return t, nil
+}
+
+// Diagnose tries a TLS handshake with endpoint using c's TLS settings and
+// returns what went wrong ("" if nothing, or if c uses no TLS): etcd's
+// client reports every TLS failure as a timeout.
+func Diagnose(endpoint string, c Config) string {
+	tlsFiles := c.CAFile != "" || c.CertFile != "" || c.KeyFile != ""
+	if !tlsFiles && !strings.HasPrefix(endpoint, "https://") {
+		return ""
+	}
+	t, err := c.tlsConfig()
+	if err != nil {
+		return err.Error()
+	}
+	hostport := endpoint
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		hostport = u.Host
+	}
+	host, _, _ := net.SplitHostPort(hostport)
+	t.ServerName = host
+	d := &net.Dialer{Timeout: 3 * time.Second}
+	conn, err := tls.DialWithDialer(d, "tcp", hostport, t)
+	if err != nil {
+		return "TLS handshake with " + hostport + ": " + err.Error()
+	}
+	defer conn.Close()
+	// A server that wants a client certificate may refuse it only after
+	// the handshake: read once to see the alert.
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return ""
+		}
+		return "TLS with " + hostport + ": " + err.Error()
+	}
+	return ""
 }

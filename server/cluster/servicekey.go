@@ -2,11 +2,15 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
+
+// ErrServiceKey: this node's service key is not the cluster's.
+var ErrServiceKey = errors.New("cluster: service key mismatch")
 
 // CheckServiceKey makes sure every node of the cluster runs with the same
 // service key. The private key never goes to etcd; the first node to start
@@ -30,8 +34,8 @@ func CheckServiceKey(ctx context.Context, cli *clientv3.Client, prefix string, p
 		return fmt.Errorf("cluster: service key record vanished; try again")
 	}
 	if got := string(kvs[0].Value); got != pub.String() {
-		return fmt.Errorf("cluster: this node's service key (public %s) is not the cluster's (public %s): "+
-			"every node must run with the same --service-key file", pub, got)
+		return fmt.Errorf("%w: this node's service key (public %s) is not the cluster's (public %s): "+
+			"every node must run with the same --service-key file", ErrServiceKey, pub, got)
 	}
 	return nil
 }

@@ -7,6 +7,8 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -24,16 +26,44 @@ import (
 // Etcd is a running test etcd.
 type Etcd struct {
 	Endpoint string // host:port of the client URL
+	URL      string // the client URL: http://Endpoint, or https://Endpoint with TLS
 	cmd      *exec.Cmd
 	done     chan struct{}
 	out      *syncBuffer
 	dir      string
 	args     []string
+	tls      *TLSFiles
+}
+
+// Options change how StartWith runs etcd. The zero Options is Start.
+type Options struct {
+	// TLS, when set, has etcd serve its clients over https only.
+	TLS *TLSFiles
+}
+
+// TLSFiles are the PEM files of an https etcd.
+type TLSFiles struct {
+	CertFile string // etcd's server certificate, valid for 127.0.0.1
+	KeyFile  string
+	CAFile   string // the CA that signed CertFile (and, with ClientCertAuth, the client certificates)
+	// ClientCertAuth has etcd require a client certificate signed by
+	// CAFile (--client-cert-auth --trusted-ca-file).
+	ClientCertAuth bool
+	// ClientCertFile and ClientKeyFile are the certificate Client (and the
+	// check that etcd serves) presents; needed with ClientCertAuth.
+	ClientCertFile string
+	ClientKeyFile  string
 }
 
 // Start runs etcd in a temporary directory and waits until it serves. It is
 // stopped when the test ends.
 func Start(t testing.TB) *Etcd {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *Etcd {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -45,14 +75,25 @@ func Start(t testing.TB) *Etcd {
 	client, peer := freePort(t), freePort(t)
 	dir := t.TempDir()
 	curl := "http://" + client
+	if o.TLS != nil {
+		curl = "https://" + client
+	}
 	purl := "http://" + peer
-	e := &Etcd{Endpoint: client, dir: dir, args: []string{
+	e := &Etcd{Endpoint: client, URL: curl, dir: dir, tls: o.TLS, args: []string{
 		"--name", "test", "--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", curl, "--advertise-client-urls", curl,
 		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
 		"--initial-cluster", "test=" + purl,
 		"--logger", "zap", "--log-level", "error",
 	}}
+	if f := o.TLS; f != nil {
+		e.args = append(e.args, "--cert-file", f.CertFile, "--key-file", f.KeyFile)
+		if f.ClientCertAuth {
+			// A --trusted-ca-file alone already makes etcd demand client
+			// certificates, so it is only passed with ClientCertAuth.
+			e.args = append(e.args, "--client-cert-auth", "--trusted-ca-file", f.CAFile)
+		}
+	}
 	e.start(t, bin)
 	t.Cleanup(e.kill)
 	return e
@@ -118,13 +159,33 @@ func (e *Etcd) kill() {
 }
 
 // Client returns a new client of this etcd, closed when the test ends.
+// With TLS it trusts CAFile and presents ClientCertFile, if set.
 func (e *Etcd) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{e.Endpoint},
+	cfg := clientv3.Config{
+		Endpoints:   []string{e.URL},
 		DialTimeout: 2 * time.Second,
 		Logger:      zap.NewNop(),
-	})
+	}
+	if f := e.tls; f != nil {
+		pem, err := os.ReadFile(f.CAFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			t.Fatalf("etcdtest: no certificate in %s", f.CAFile)
+		}
+		cfg.TLS = &tls.Config{RootCAs: roots}
+		if f.ClientCertFile != "" {
+			cert, err := tls.LoadX509KeyPair(f.ClientCertFile, f.ClientKeyFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.TLS.Certificates = []tls.Certificate{cert}
+		}
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		t.Fatalf("etcd client: %v", err)
 	}
