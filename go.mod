@@ -3,6 +3,7 @@ module github.com/wedge-edge/wedge
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	go.etcd.io/bbolt v1.5.0
 	go.etcd.io/etcd/api/v3 v3.6.6
 	go.etcd.io/etcd/client/v3 v3.6.6

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * Definitions shared by the XDP front (xdp_lb.c) and its Go loader (lb/).
+ * bpf2go turns the structs below into Go types (wedgeLBConfig, wedgeLBNode,
+ * wedgeLBFlowKey); the constants and the counter order are mirrored by hand
+ * in lb/xdp.go. TestXDPLayout checks map sizes, struct sizes and the number
+ * of counters against the compiled object; the fixture tests check each
+ * counter by name.
+ * Byte order: every __be field is in network order, as on the wire.
+ */
+#ifndef WEDGE_LB_H
+#define WEDGE_LB_H
+
+#include "kernel.h"
+
+/* Slots in a Maglev table: prime, so that Maglev's permutation works. */
+#define TABLE_SIZE 65537
+/* Node indexes are 0..MAX_NODES-1. */
+#define MAX_NODES 256
+#define MAX_PINS (1 << 20)
+#define MAX_FLOWS (1 << 18)
+
+/* WireGuard: a 4-byte header (type, 3 reserved bytes that carry the 24-bit
+ * big-endian ClientID) and the fixed message sizes of types 1..3. */
+#define WG_HDR_LEN 4
+#define WG_INITIATION 1
+#define WG_RESPONSE 2
+#define WG_COOKIE 3
+#define WG_DATA 4
+#define WG_INITIATION_LEN 148
+#define WG_RESPONSE_LEN 92
+#define WG_COOKIE_LEN 64
+#define WG_DATA_MIN_LEN 32
+
+/* GUE variant 1: the inner IP packet directly after an outer IPv4 + UDP
+ * header, no GUE header. */
+#define GUE_OVERHEAD (sizeof(struct iphdr) + sizeof(struct udphdr)) /* 28 */
+#define GUE_TTL 64
+/* Outer source ports are 49152 + entropy % 16384. */
+#define GUE_SPORT_BASE 49152
+#define GUE_SPORT_RANGE 16384
+
+/* config.flags */
+#define CONFIG_ENABLED (1U << 0)
+/* node.flags */
+#define NODE_VALID (1U << 0)
+
+/* The single entry of the `config` map. */
+struct config {
+	__be32 vip4;          /* IPv4 anycast VIP */
+	__u8 vip6[16];        /* IPv6 anycast VIP */
+	__be16 wg_port;       /* WireGuard UDP port on the VIPs */
+	__be16 gue_port;      /* UDP port of the encapsulation, on underlays */
+	__u32 self;           /* this node's index in `nodes` */
+	__be32 self_underlay4; /* this node's underlay address */
+	__u32 flags;          /* CONFIG_* */
+};
+
+/* A value of the `nodes` map, indexed by node index. */
+struct node {
+	__be32 underlay4;
+	__u32 flags; /* NODE_* */
+};
+
+/* A key of the `flows` map: the client's source address (IPv4 mapped to
+ * ::ffff:a.b.c.d) and source port. */
+struct flow_key {
+	__u8 saddr[16];
+	__be16 sport;
+	__u16 pad; /* always zero */
+};
+
+/* Indexes of the per-CPU `counters` array. Every packet increments exactly
+ * one verdict counter; PIN_HIT and FLOW_HIT are counted in addition to the
+ * verdict when the owner came from a pin or a flow entry. Keep in sync with
+ * counterNames in lb/xdp.go. */
+enum counter {
+	CNT_NOT_OURS = 0, /* verdict: not WireGuard to a VIP nor GUE to us: PASS */
+	CNT_MALFORMED,    /* verdict: to VIP:wg_port but not plausible WireGuard: PASS */
+	CNT_LOCAL,        /* verdict: owner is this node: PASS */
+	CNT_FORWARDED,    /* verdict: encapsulated to the owner: TX */
+	CNT_PIN_HIT,      /* extra: owner taken from `pins` */
+	CNT_FLOW_HIT,     /* extra: owner taken from `flows` */
+	CNT_FALLBACK,     /* verdict: unstamped, no flow entry: PASS */
+	CNT_NO_NODE,      /* verdict: owner's node entry missing or not valid: PASS */
+	CNT_NO_TABLE,     /* verdict: stamped, no pin, no Maglev table: PASS */
+	CNT_ENCAP_ERR,    /* verdict: encapsulation failed: PASS (or DROP) */
+	CNT_DECAP,        /* verdict: GUE from a peer, outer header stripped: PASS */
+	CNT_DECAP_REJECT, /* verdict: GUE from an unknown source or bad inner: DROP */
+	CNT_MAX,
+};
+
+#endif /* WEDGE_LB_H */

@@ -1,0 +1,305 @@
+package lb
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Limits fixed by the XDP program (bpf/wedge_lb.h).
+const (
+	// XDPTableSize is the number of slots of every Maglev table handed to
+	// SetTable: the program looks up slot Hash(cid) % XDPTableSize.
+	XDPTableSize = 65537
+	// XDPMaxNodes bounds node indexes: 0 <= index < XDPMaxNodes.
+	XDPMaxNodes = 256
+)
+
+// Flag bits of the program's config and node entries.
+const (
+	configEnabled = 1 << 0
+	nodeValid     = 1 << 0
+)
+
+// counterNames are the names Counters reports, in the order of enum counter
+// in bpf/wedge_lb.h.
+var counterNames = [...]string{
+	"not_ours",
+	"malformed",
+	"local",
+	"forwarded",
+	"pin_hit",
+	"flow_hit",
+	"fallback",
+	"no_node",
+	"no_table",
+	"encap_err",
+	"decap",
+	"decap_reject",
+}
+
+// Objects is the loaded XDP program and its maps. The program is not
+// attached anywhere; attach Program() with link.AttachXDP. Until SetConfig
+// enables it, the program passes every packet untouched.
+//
+// The setters may be called concurrently with the program running; each
+// one updates a single map entry (SetTable swaps a whole table at once).
+type Objects struct {
+	objs      wedgeLBObjects
+	innerSpec *ebpf.MapSpec // of the Maglev tables in maglev_outer
+}
+
+// Load loads the XDP program and creates its maps. The caller must Close
+// the result. It needs CAP_BPF and CAP_NET_ADMIN (root).
+func Load() (*Objects, error) {
+	// Only kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; this is
+	// a no-op elsewhere.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("lb: remove memlock rlimit: %w", err)
+	}
+	spec, err := loadWedgeLB()
+	if err != nil {
+		return nil, fmt.Errorf("lb: %w", err)
+	}
+	outer, ok := spec.Maps[wedgeLBMapMaglevOuter]
+	if !ok || outer.InnerMap == nil {
+		return nil, errors.New("lb: program has no maglev_outer map of maps")
+	}
+	o := &Objects{innerSpec: outer.InnerMap.Copy()}
+	if o.innerSpec.MaxEntries != XDPTableSize {
+		return nil, fmt.Errorf("lb: program's Maglev table has %d slots, want %d", o.innerSpec.MaxEntries, XDPTableSize)
+	}
+	if err := spec.LoadAndAssign(&o.objs, nil); err != nil {
+		// A *ebpf.VerifierError prints the verifier log with %+v.
+		return nil, fmt.Errorf("lb: load xdp program: %w", err)
+	}
+	return o, nil
+}
+
+// Close releases the program and the maps. A program attached to an
+// interface stays attached as long as its link is open.
+func (o *Objects) Close() error {
+	return o.objs.Close()
+}
+
+// Program is the XDP program, for link.AttachXDP and tests.
+func (o *Objects) Program() *ebpf.Program {
+	return o.objs.XdpLb
+}
+
+// Config is the program's fixed view of this node.
+type Config struct {
+	VIP4          netip.Addr // IPv4 anycast VIP; the zero Addr for none
+	VIP6          netip.Addr // IPv6 anycast VIP; the zero Addr for none
+	WGPort        uint16     // WireGuard UDP port on the VIPs
+	GUEPort       uint16     // UDP port of the encapsulation between nodes
+	Self          uint32     // this node's index in the node entries
+	SelfUnderlay4 netip.Addr // this node's IPv4 underlay address
+	Enabled       bool       // false: pass every packet untouched
+}
+
+// SetConfig replaces the program's configuration.
+func (o *Objects) SetConfig(c Config) error {
+	var v wedgeLBConfig
+	switch {
+	case c.VIP4.IsValid() && !c.VIP4.Is4():
+		return fmt.Errorf("lb: config: VIP4 %s is not an IPv4 address", c.VIP4)
+	case c.VIP6.IsValid() && (!c.VIP6.Is6() || c.VIP6.Is4In6()):
+		return fmt.Errorf("lb: config: VIP6 %s is not an IPv6 address", c.VIP6)
+	case c.SelfUnderlay4.IsValid() && !c.SelfUnderlay4.Is4():
+		return fmt.Errorf("lb: config: underlay %s is not an IPv4 address", c.SelfUnderlay4)
+	case c.Self >= XDPMaxNodes:
+		return fmt.Errorf("lb: config: node index %d out of range [0, %d)", c.Self, XDPMaxNodes)
+	case c.Enabled && (c.WGPort == 0 || c.GUEPort == 0 || !c.SelfUnderlay4.IsValid()):
+		return errors.New("lb: config: enabled without WireGuard port, GUE port or underlay")
+	}
+	if c.VIP4.IsValid() {
+		v.Vip4 = be32(c.VIP4)
+	}
+	if c.VIP6.IsValid() {
+		v.Vip6 = c.VIP6.As16()
+	}
+	if c.SelfUnderlay4.IsValid() {
+		v.SelfUnderlay4 = be32(c.SelfUnderlay4)
+	}
+	v.WgPort = htons(c.WGPort)
+	v.GuePort = htons(c.GUEPort)
+	v.Self = c.Self
+	if c.Enabled {
+		v.Flags |= configEnabled
+	}
+	if err := o.objs.Config.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb: set config: %w", err)
+	}
+	return nil
+}
+
+// Node is the program's entry for one node index.
+type Node struct {
+	Underlay4 netip.Addr // where GUE packets for the node are sent
+	Valid     bool       // false: packets the node owns are delivered locally
+}
+
+// SetNode sets the entry of node index idx. Entries never set are invalid.
+func (o *Objects) SetNode(idx uint32, n Node) error {
+	if idx >= XDPMaxNodes {
+		return fmt.Errorf("lb: node index %d out of range [0, %d)", idx, XDPMaxNodes)
+	}
+	var v wedgeLBNode
+	if n.Valid {
+		if !n.Underlay4.Is4() {
+			return fmt.Errorf("lb: node %d: underlay %s is not an IPv4 address", idx, n.Underlay4)
+		}
+		v.Underlay4 = be32(n.Underlay4)
+		v.Flags = nodeValid
+	}
+	if err := o.objs.Nodes.Update(idx, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb: set node %d: %w", idx, err)
+	}
+	return nil
+}
+
+// SetPeer accepts GUE packets whose outer source is underlay, the address
+// of node idx. Packets from any other source to the GUE port are dropped.
+func (o *Objects) SetPeer(underlay netip.Addr, idx uint32) error {
+	if !underlay.Is4() {
+		return fmt.Errorf("lb: peer %s is not an IPv4 address", underlay)
+	}
+	if err := o.objs.Peers4.Update(be32(underlay), idx, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb: set peer %s: %w", underlay, err)
+	}
+	return nil
+}
+
+// DeletePeer stops accepting GUE packets from underlay. Deleting an
+// unknown peer is not an error.
+func (o *Objects) DeletePeer(underlay netip.Addr) error {
+	if !underlay.Is4() {
+		return fmt.Errorf("lb: peer %s is not an IPv4 address", underlay)
+	}
+	return deleteIgnoringMissing(o.objs.Peers4, be32(underlay), "peer "+underlay.String())
+}
+
+// SetTable makes slots the Maglev table: slot i holds the node index that
+// owns the ClientIDs with Hash(cid) % XDPTableSize == i. The program sees
+// either the old table or the new one, never a mix: the table is filled
+// in a new map that then replaces the old one in one update.
+func (o *Objects) SetTable(slots []uint32) error {
+	if len(slots) != XDPTableSize {
+		return fmt.Errorf("lb: table has %d slots, want %d", len(slots), XDPTableSize)
+	}
+	inner, err := ebpf.NewMap(o.innerSpec)
+	if err != nil {
+		return fmt.Errorf("lb: create table: %w", err)
+	}
+	// The outer map holds its own reference once the update succeeds.
+	defer inner.Close()
+
+	keys := make([]uint32, len(slots))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	n, err := inner.BatchUpdate(keys, slots, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		for i, s := range slots {
+			if err = inner.Update(uint32(i), s, ebpf.UpdateAny); err != nil {
+				break
+			}
+		}
+	} else if err == nil && n != len(slots) {
+		err = fmt.Errorf("updated %d of %d slots", n, len(slots))
+	}
+	if err != nil {
+		return fmt.Errorf("lb: fill table: %w", err)
+	}
+	if err := o.objs.MaglevOuter.Update(uint32(0), inner, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb: install table: %w", err)
+	}
+	return nil
+}
+
+// ClearTable removes the Maglev table: stamped packets without a pin are
+// then delivered locally (counted as no_table).
+func (o *Objects) ClearTable() error {
+	return deleteIgnoringMissing(o.objs.MaglevOuter, uint32(0), "table")
+}
+
+// SetPin makes node idx the owner of cid, whatever the table says.
+func (o *Objects) SetPin(cid, idx uint32) error {
+	if err := o.objs.Pins.Update(cid, idx, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb: set pin %d: %w", cid, err)
+	}
+	return nil
+}
+
+// DeletePin returns cid to the table. Deleting a missing pin is not an error.
+func (o *Objects) DeletePin(cid uint32) error {
+	return deleteIgnoringMissing(o.objs.Pins, cid, fmt.Sprintf("pin %d", cid))
+}
+
+// SetFlow makes node idx the owner of the unstamped client at src. The flow
+// table is an LRU: the kernel may evict entries when it is full.
+func (o *Objects) SetFlow(src netip.AddrPort, idx uint32) error {
+	if !src.IsValid() {
+		return errors.New("lb: set flow: invalid address")
+	}
+	if err := o.objs.Flows.Update(flowKey(src), idx, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb: set flow %s: %w", src, err)
+	}
+	return nil
+}
+
+// DeleteFlow removes the flow entry of src. Deleting a missing entry is not
+// an error.
+func (o *Objects) DeleteFlow(src netip.AddrPort) error {
+	return deleteIgnoringMissing(o.objs.Flows, flowKey(src), "flow "+src.String())
+}
+
+// Counters returns the program's counters summed over all CPUs, by name:
+// not_ours, malformed, local, forwarded, pin_hit, flow_hit, fallback,
+// no_node, no_table, encap_err, decap, decap_reject. See bpf/README.md.
+func (o *Objects) Counters() (map[string]uint64, error) {
+	out := make(map[string]uint64, len(counterNames))
+	var perCPU []uint64
+	for i, name := range counterNames {
+		if err := o.objs.Counters.Lookup(uint32(i), &perCPU); err != nil {
+			return nil, fmt.Errorf("lb: read counter %s: %w", name, err)
+		}
+		var sum uint64
+		for _, v := range perCPU {
+			sum += v
+		}
+		out[name] = sum
+	}
+	return out, nil
+}
+
+func deleteIgnoringMissing(m *ebpf.Map, key any, what string) error {
+	if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("lb: delete %s: %w", what, err)
+	}
+	return nil
+}
+
+// flowKey is the flows key of src: IPv4 as ::ffff:a.b.c.d.
+func flowKey(src netip.AddrPort) wedgeLBFlowKey {
+	return wedgeLBFlowKey{Saddr: src.Addr().As16(), Sport: htons(src.Port())}
+}
+
+// be32 is the IPv4 address a as a __be32 field: its bytes in memory are
+// the address in network order.
+func be32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+// htons is port as a __be16 field.
+func htons(port uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], port)
+	return binary.NativeEndian.Uint16(b[:])
+}
