@@ -107,21 +107,10 @@ type xState struct {
 // xTable4 is the fixture Maglev table: slot i is owned by node i % 4.
 func xTable4(slot uint32) uint32 { return slot % 4 }
 
-// xFmix32 is murmur3's finalizer, written out again so that these tests do
-// not depend on the Maglev code.
-func xFmix32(h uint32) uint32 {
-	h ^= h >> 16
-	h *= 0x85ebca6b
-	h ^= h >> 13
-	h *= 0xc2b2ae35
-	h ^= h >> 16
-	return h
-}
-
 // xCIDOwnedBy returns the n-th (from 0) ClientID that xTable4 gives to owner.
 func xCIDOwnedBy(owner uint32, n int) uint32 {
 	for cid := uint32(1); ; cid++ {
-		if xTable4(xFmix32(cid)%XDPTableSize) == owner {
+		if xTable4(Hash(cid)%XDPTableSize) == owner {
 			if n == 0 {
 				return cid
 			}
@@ -358,7 +347,7 @@ func (s *xState) steer(f []byte, cid uint32, src netip.AddrPort, ipLen int) xWan
 		} else if !s.hasTable {
 			return pass("no_table")
 		} else {
-			owner = s.table(xFmix32(cid) % XDPTableSize)
+			owner = s.table(Hash(cid) % XDPTableSize)
 		}
 	} else {
 		fl, ok := s.flows[key]
@@ -385,13 +374,13 @@ func (s *xState) steer(f []byte, cid uint32, src netip.AddrPort, ipLen int) xWan
 	// endian here) loads them from the key's wire-order bytes.
 	var entropy uint32
 	if cid != 0 {
-		entropy = xFmix32(cid)
+		entropy = Hash(cid)
 	} else {
 		a := key.Addr().As16()
 		var p [2]byte
 		binary.BigEndian.PutUint16(p[:], key.Port())
 		le := binary.LittleEndian
-		entropy = xFmix32(le.Uint32(a[0:]) ^ le.Uint32(a[4:]) ^ le.Uint32(a[8:]) ^ le.Uint32(a[12:]) ^
+		entropy = Hash(le.Uint32(a[0:]) ^ le.Uint32(a[4:]) ^ le.Uint32(a[8:]) ^ le.Uint32(a[12:]) ^
 			uint32(le.Uint16(p[:])))
 	}
 	return xWant{verdict: xdpTX, counts: counts, to: n.Underlay4, sport: uint16(49152 + entropy%16384)}
@@ -945,11 +934,11 @@ func TestXDPSlotHash(t *testing.T) {
 	for range 300 {
 		cid := 1 + r.Uint32N(1<<24-1)
 		f := xClient(xClient4, cid, 4)
-		owner := xFmix32(cid) % XDPTableSize % XDPMaxNodes
+		owner := Hash(cid) % XDPTableSize % XDPMaxNodes
 		want := xWant{verdict: xdpPass, counts: xCounts("local"), out: f}
 		if owner != 0 {
 			want = xWant{verdict: xdpTX, counts: xCounts("forwarded"), to: st.nodes[owner].Underlay4,
-				sport: uint16(49152 + xFmix32(cid)%16384)}
+				sport: uint16(49152 + Hash(cid)%16384)}
 		}
 		xCheck(t, o, f, want, st.underlay())
 		if t.Failed() {

@@ -16,18 +16,11 @@ import (
 // it (mode 0600, written to a temporary file, fsynced and renamed, so a crash
 // never leaves a half-written key) when the file does not exist.
 func LoadOrCreateKey(path string) (wgtypes.Key, error) {
-	raw, err := os.ReadFile(path)
-	if err == nil {
-		k, err := wgtypes.ParseKey(strings.TrimSpace(string(raw)))
-		if err != nil {
-			return wgtypes.Key{}, fmt.Errorf("server: key file %s: %w", path, err)
-		}
-		return k, nil
-	}
+	k, err := readKey(path)
 	if !errors.Is(err, fs.ErrNotExist) {
-		return wgtypes.Key{}, fmt.Errorf("server: read key: %w", err)
+		return k, err
 	}
-	k, err := wgtypes.GeneratePrivateKey()
+	k, err = wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
@@ -86,6 +79,12 @@ func LoadKey(path string) (wgtypes.Key, error) {
 	if st.Mode().Perm()&0o077 != 0 {
 		return wgtypes.Key{}, fmt.Errorf("server: key file %s is readable by others (mode %v): chmod 600 it", path, st.Mode().Perm())
 	}
+	return readKey(path)
+}
+
+// readKey parses the key file at path; a missing file's error wraps
+// fs.ErrNotExist.
+func readKey(path string) (wgtypes.Key, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return wgtypes.Key{}, fmt.Errorf("server: read key: %w", err)
