@@ -72,9 +72,10 @@ type Node struct {
 	// cannot remove the new peer.
 	regMu sync.Mutex
 
-	mu      sync.Mutex // guards clients and seen
-	clients map[wgtypes.Key]registry.Client
-	seen    map[wgtypes.Key]clientid.ID // ClientID last seen per peer
+	mu         sync.Mutex // guards clients, seen and extraStats
+	clients    map[wgtypes.Key]registry.Client
+	seen       map[wgtypes.Key]clientid.ID // ClientID last seen per peer
+	extraStats map[string]func() any
 
 	mismatches  atomic.Uint64
 	lastStamped uint64 // Bind's stamped count at the last ClientID check; watcher only

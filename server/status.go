@@ -96,9 +96,18 @@ func (n *Node) Status() Status {
 	if m := n.cfg.Cluster; m != nil {
 		s.Cluster = &ClusterStatus{Node: m.Self(), Etcd: m.Health(), Nodes: m.Members()}
 	}
-	if len(n.cfg.Stats) > 0 {
+	n.mu.Lock()
+	stats := make(map[string]func() any, len(n.cfg.Stats)+len(n.extraStats))
+	for name, f := range n.cfg.Stats {
+		stats[name] = f
+	}
+	for name, f := range n.extraStats {
+		stats[name] = f
+	}
+	n.mu.Unlock()
+	if len(stats) > 0 {
 		s.Sections = map[string]any{}
-		for name, f := range n.cfg.Stats {
+		for name, f := range stats {
 			s.Sections[name] = f()
 		}
 	}
@@ -123,4 +132,15 @@ func (n *Node) countActive() {
 		}
 	}
 	n.cfg.Cluster.SetClients(active)
+}
+
+// AddStats adds a section to the status report after the node started
+// (for parts started after it, like the XDP front).
+func (n *Node) AddStats(name string, f func() any) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.extraStats == nil {
+		n.extraStats = map[string]func() any{}
+	}
+	n.extraStats[name] = f
 }

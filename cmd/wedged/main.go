@@ -69,6 +69,9 @@ type config struct {
 	dc           string
 	underlay     string
 	leaseTTL     time.Duration
+	xdp          string
+	vips         multi
+	guePort      uint
 }
 
 func flags(args []string) (*config, error) {
@@ -121,6 +124,9 @@ the command line wins):
 	fs.StringVar(&c.dc, "dc", "default", "this node's data center `NAME`")
 	fs.StringVar(&c.underlay, "underlay", "", "`ADDR` other nodes reach this node on (default: the source address the kernel picks towards the first etcd endpoint)")
 	fs.DurationVar(&c.leaseTTL, "lease-ttl", 5*time.Second, "how long after this node dies the others drop it (`DURATION`, at least 2s)")
+	fs.StringVar(&c.xdp, "xdp", "", "attach the XDP front to `IFACE` (the uplink the VIP's packets arrive on): packets of clients another node owns go there in GUE (needs --vip)")
+	fs.Var(&c.vips, "vip", "anycast VIP `ADDR` the XDP front steers (repeatable: one IPv4, one IPv6)")
+	fs.UintVar(&c.guePort, "gue-port", defaultGUEPort, "UDP `PORT` nodes send each other GUE (IP in UDP) on")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -213,6 +219,18 @@ func run(c *config) error {
 	dnsUp, err := parseDNS(c.dnsUpstream)
 	if err != nil {
 		return err
+	}
+	vips, err := parseAddrs("--vip", c.vips)
+	if err != nil {
+		return err
+	}
+	switch {
+	case c.xdp != "" && len(vips) == 0:
+		return errors.New("--xdp needs --vip: the anycast address(es) whose packets it steers")
+	case c.xdp == "" && len(vips) > 0:
+		return errors.New("--vip is for the XDP front: give --xdp IFACE too")
+	case c.guePort == 0 || c.guePort > 65535 || c.guePort == c.listen:
+		return fmt.Errorf("--gue-port %d: want a port in 1..65535 other than --listen", c.guePort)
 	}
 	apiAddr, err := netip.ParseAddrPort(c.api)
 	if err != nil {
@@ -307,6 +325,32 @@ func run(c *config) error {
 		return err
 	}
 	defer node.Close()
+
+	if c.xdp != "" {
+		var id, dc string
+		var underlay netip.Addr
+		if member != nil {
+			self := member.Self()
+			id, dc, underlay = self.ID, self.DC, self.Underlay
+		} else {
+			id, dc = "self", c.dc
+			if underlay, err = netip.ParseAddr(c.underlay); err != nil {
+				return fmt.Errorf("--xdp without --etcd needs --underlay (this node's IPv4 address): %v", err)
+			}
+		}
+		x, err := startFront(c, id, dc, underlay, vips, member, log)
+		if err != nil {
+			return err
+		}
+		defer x.close()
+		node.AddStats("xdp", func() any {
+			m, err := x.objs.Counters()
+			if err != nil {
+				return map[string]string{"error": err.Error()}
+			}
+			return m
+		})
+	}
 
 	if c.pprof != "" {
 		pl, err := net.Listen("tcp", c.pprof)
