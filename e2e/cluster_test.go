@@ -123,7 +123,11 @@ func reachesAll(t *testing.T, nodes []*lab.Wedged, pub string, limit time.Durati
 	return time.Since(start)
 }
 
-func TestCluster(t *testing.T) {
+// newCluster builds the cluster lab with nodes namespaces and an etcd of
+// members, starts the origin and etcd, and writes the shared service key;
+// it returns the lab, the binaries and originsrv.
+func newCluster(t *testing.T, nodes, members int) (*lab.Cluster, lab.Bins, string) {
+	t.Helper()
 	needLab(t, slices.Concat(lab.ToolsOrigin, lab.ToolsClient, lab.ToolsEtcd)...)
 	bins, err := lab.Build(binDir)
 	if err != nil {
@@ -134,7 +138,7 @@ func TestCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := lab.NewCluster(l, 3, 3)
+	c, err := lab.NewCluster(l, nodes, members)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,6 +151,13 @@ func TestCluster(t *testing.T) {
 	if out, err := c.Router.Run(bins.Wedged, "genkey", filepath.Join(l.Dir, "service.key")); err != nil {
 		t.Fatalf("wedged genkey: %v\n%s", err, out)
 	}
+	return c, bins, srv
+}
+
+func TestCluster(t *testing.T) {
+	c, bins, srv := newCluster(t, 3, 3)
+	l := c.Lab
+	var err error
 	nodes := make([]*lab.Wedged, 3)
 	for i := range nodes {
 		if nodes[i], err = c.StartWedged(i+1, bins.Wedged); err != nil {

@@ -46,26 +46,9 @@ func xdpCounters(t *testing.T, w *lab.Wedged) map[string]uint64 {
 }
 
 func TestClusterXDPFront(t *testing.T) {
-	needLab(t, slices.Concat(lab.ToolsOrigin, lab.ToolsClient, lab.ToolsEtcd)...)
-	bins, err := lab.Build(binDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := originsrv(t)
-	l, err := lab.New(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := lab.NewCluster(l, 3, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.StartOrigin(srv); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.StartEtcdCluster(); err != nil {
-		t.Fatal(err)
-	}
+	c, bins, srv := newCluster(t, 3, 1)
+	l := c.Lab
+	var err error
 	// Frames a node sends back with XDP_TX reach the router only if its
 	// veth has an XDP program; a client checksum left to offload would
 	// never be finished once XDP moved the packet (DESIGN.md, the lab).
@@ -76,9 +59,6 @@ func TestClusterXDPFront(t *testing.T) {
 	}
 	if err := c.Client.TxOff(lab.ClientIf); err != nil {
 		t.Fatal(err)
-	}
-	if out, err := c.Router.Run(bins.Wedged, "genkey", filepath.Join(l.Dir, "service.key")); err != nil {
-		t.Fatalf("wedged genkey: %v\n%s", err, out)
 	}
 	nodes := make([]*lab.Wedged, 3)
 	for i := range nodes {
