@@ -25,26 +25,11 @@ import (
 
 func TestConnect(t *testing.T) {
 	needLab(t, slices.Concat(lab.ToolsOrigin, lab.ToolsClient)...)
-	bins, err := lab.Build(binDir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, mode := range []string{"socks", "tun"} {
 		t.Run(mode, func(t *testing.T) {
-			s, probe := newSingleNode(t)
-			w, err := s.StartWedged(bins.Wedged)
-			if err != nil {
-				t.Fatal(err)
-			}
-			conf, err := w.Register(bins.Wedge)
-			if err != nil {
-				t.Fatal(err)
-			}
-			path := s.Lab.Dir + "/connect.conf"
-			if err := writeFile(path, conf); err != nil {
-				t.Fatal(err)
-			}
-			args := []string{bins.Wedge, "connect", "--config", path, "--status-interval", "1s"}
+			l := newConnectLab(t)
+			s, probe, w, conf := l.s, l.probe, l.w, l.conf
+			args := []string{l.bins.Wedge, "connect", "--config", l.path, "--status-interval", "1s"}
 			var proxy string
 			if mode == "socks" {
 				proxy = "socks5://127.0.0.1:1080"

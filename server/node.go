@@ -258,6 +258,7 @@ func (n *Node) apply(ev registry.Event) {
 func (n *Node) addPeers(cs []registry.Client) error {
 	var b strings.Builder
 	var added []registry.Client
+	full := false
 	n.mu.Lock()
 	count := len(n.clients)
 	for _, c := range cs {
@@ -266,9 +267,7 @@ func (n *Node) addPeers(cs []registry.Client) error {
 			continue
 		}
 		if !ok && count >= MaxPeers {
-			n.mu.Unlock()
-			n.log.Error("more registered clients than one device holds; not loading the rest", "max", MaxPeers)
-			n.mu.Lock()
+			full = true
 			break
 		}
 		if !ok {
@@ -278,6 +277,9 @@ func (n *Node) addPeers(cs []registry.Client) error {
 		added = append(added, c)
 	}
 	n.mu.Unlock()
+	if full {
+		n.log.Error("more registered clients than one device holds; not loading the rest", "max", MaxPeers)
+	}
 	if len(added) == 0 {
 		return nil
 	}
