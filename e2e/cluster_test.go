@@ -128,7 +128,18 @@ func reachesAll(t *testing.T, nodes []*lab.Wedged, pub string, limit time.Durati
 // it returns the lab, the binaries and originsrv.
 func newCluster(t *testing.T, nodes, members int) (*lab.Cluster, lab.Bins, string) {
 	t.Helper()
-	needLab(t, slices.Concat(lab.ToolsOrigin, lab.ToolsClient, lab.ToolsEtcd)...)
+	return newClusterLab(t, nodes, members, false)
+}
+
+// newClusterLab is newCluster, with the client behind the home router when
+// home is set (lab.NewHomeCluster).
+func newClusterLab(t *testing.T, nodes, members int, home bool) (*lab.Cluster, lab.Bins, string) {
+	t.Helper()
+	tools := slices.Concat(lab.ToolsOrigin, lab.ToolsClient, lab.ToolsEtcd)
+	if home {
+		tools = append(tools, lab.ToolsHome...)
+	}
+	needLab(t, tools...)
 	bins, err := lab.Build(binDir)
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +149,11 @@ func newCluster(t *testing.T, nodes, members int) (*lab.Cluster, lab.Bins, strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := lab.NewCluster(l, nodes, members)
+	newc := lab.NewCluster
+	if home {
+		newc = lab.NewHomeCluster
+	}
+	c, err := newc(l, nodes, members)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,8 @@ func newConnectLab(t *testing.T) *connectLab {
 
 // socksClient is wedge connect --socks running in the client namespace.
 type socksClient struct {
-	l     *connectLab
+	ns    *lab.NS // where wedge connect and the probe run
+	probe string  // originsrv binary
 	proc  *lab.Proc
 	proxy string
 }
@@ -87,12 +88,19 @@ const socksAddr = "127.0.0.1:1080"
 // been sent by then (wireguard-go handshakes on the first packet).
 func (l *connectLab) connect(t *testing.T) *socksClient {
 	t.Helper()
-	p, err := l.s.Client.Start("wedge-connect", nil, l.bins.Wedge, "connect", "--config", l.path,
+	return startSocksClient(t, l.s.Client, l.bins.Wedge, l.probe.Bin, l.path)
+}
+
+// startSocksClient runs wedge connect (the wedge binary) in ns with the
+// config at path, as connectLab.connect does; probe is originsrv.
+func startSocksClient(t *testing.T, ns *lab.NS, wedge, probe, path string) *socksClient {
+	t.Helper()
+	p, err := ns.Start("wedge-connect", nil, wedge, "connect", "--config", path,
 		"--socks", socksAddr, "--status-interval", "1s", "-v")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &socksClient{l: l, proc: p, proxy: "socks5://" + socksAddr}
+	c := &socksClient{ns: ns, probe: probe, proc: p, proxy: "socks5://" + socksAddr}
 	if _, ok := c.waitOutput(regexp.MustCompile(`wedge connect: SOCKS5 on `), 20*time.Second); !ok {
 		t.Fatalf("wedge connect did not start its SOCKS proxy:\n%s", p.Output())
 	}
@@ -101,8 +109,8 @@ func (l *connectLab) connect(t *testing.T) *socksClient {
 
 // get fetches url through the proxy and returns the body.
 func (c *socksClient) get(url string, timeout time.Duration, flags ...string) (string, error) {
-	args := append([]string{c.l.probe.Bin, "get", "-proxy", c.proxy, "-timeout", timeout.String()}, flags...)
-	out, err := c.l.s.Client.Run(append(args, url)...)
+	args := append([]string{c.probe, "get", "-proxy", c.proxy, "-timeout", timeout.String()}, flags...)
+	out, err := c.ns.Run(append(args, url)...)
 	return strings.TrimSpace(out), err
 }
 

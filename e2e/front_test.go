@@ -45,14 +45,15 @@ func xdpCounters(t *testing.T, w *lab.Wedged) map[string]uint64 {
 	return s.Sections.XDP
 }
 
-func TestClusterXDPFront(t *testing.T) {
-	c, bins, srv := newCluster(t, 3, 1)
-	l := c.Lab
-	var err error
+// startFrontNodes starts wedged on every node of c, with the XDP front on
+// its uplink when xdp is set, readies the lab for packets XDP moves, and
+// waits until every node sees all of them active.
+func startFrontNodes(t *testing.T, c *lab.Cluster, bins lab.Bins, xdp bool) []*lab.Wedged {
+	t.Helper()
 	// Frames a node sends back with XDP_TX reach the router only if its
 	// veth has an XDP program; a client checksum left to offload would
 	// never be finished once XDP moved the packet (DESIGN.md, the lab).
-	for n := 1; n <= 3; n++ {
+	for n := 1; n <= len(c.Nodes); n++ {
 		if err := c.Router.AttachXDPPass(lab.RouterNodeIf(n)); err != nil {
 			t.Fatal(err)
 		}
@@ -60,22 +61,35 @@ func TestClusterXDPFront(t *testing.T) {
 	if err := c.Client.TxOff(lab.ClientIf); err != nil {
 		t.Fatal(err)
 	}
-	nodes := make([]*lab.Wedged, 3)
+	var extra []string
+	if xdp {
+		extra = []string{"--xdp", lab.NodeUplinkIf, "--vip", lab.VIP4.String(), "--vip", lab.VIP6.String()}
+	}
+	nodes := make([]*lab.Wedged, len(c.Nodes))
+	var want []string
 	for i := range nodes {
-		nodes[i], err = c.StartWedged(i+1, bins.Wedged, "--xdp", lab.NodeUplinkIf,
-			"--vip", lab.VIP4.String(), "--vip", lab.VIP6.String())
-		if err != nil {
+		var err error
+		if nodes[i], err = c.StartWedged(i+1, bins.Wedged, extra...); err != nil {
 			t.Fatal(err)
 		}
+		want = append(want, fmt.Sprintf("node%d:active", i+1))
 	}
-	waitUntil(t, 10*time.Second, "every node sees three active nodes", func() bool {
+	waitUntil(t, 10*time.Second, "every node sees every node active", func() bool {
 		for _, w := range nodes {
-			if liveNodes(t, w) != "node1:active,node2:active,node3:active" {
+			if liveNodes(t, w) != strings.Join(want, ",") {
 				return false
 			}
 		}
 		return true
 	})
+	return nodes
+}
+
+func TestClusterXDPFront(t *testing.T) {
+	c, bins, srv := newCluster(t, 3, 1)
+	l := c.Lab
+	var err error
+	nodes := startFrontNodes(t, c, bins, true)
 	conf, err := nodes[0].Register(bins.Wedge)
 	if err != nil {
 		t.Fatal(err)

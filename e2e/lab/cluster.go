@@ -29,6 +29,20 @@ package lab
 //	   no default route and no route to 203.0.113.0/24 or 2001:db8:c::/64,
 //	   so the client reaches the origin only through a node's egress.
 //
+// NewHomeCluster puts the client behind a "home router" instead, which
+// translates it (IPv4 only) to an address and port the test sets and
+// changes (SetHomeNAT), as a NAT rebinding does:
+//
+//	 client ns: eth0 203.0.113.130/25, default via home (no IPv6)
+//	 home ns wl-ID-home (forwarding on, nftables table ip wedge-home)
+//	   lan0 203.0.113.129/25
+//	   eth0 203.0.113.2/25 and 203.0.113.3/25 (HomeWAN), default via router
+//	 router: cl0 203.0.113.1/25 faces the home router
+//
+// Node uplinks and the router's node-facing interfaces have MTU 1600 so a
+// full-size client packet still fits once the front wraps it in GUE (+28
+// bytes), as an operator would size the underlay.
+//
 // The router is plain kernel forwarding: nothing here loads XDP. The ECMP
 // test (multipath VIP route) must attach a trivial XDP_PASS program on the
 // router's node-facing interfaces (RouterNodeIf) and turn TX checksum
@@ -40,6 +54,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -65,6 +80,29 @@ const (
 
 // Tools the cluster lab's etcd needs besides BaseTools.
 var ToolsEtcd = []string{"etcd", "etcdctl", "ss"}
+
+// Tools the home router (NewHomeCluster) needs besides BaseTools.
+var ToolsHome = []string{"nft"}
+
+// Addresses and names of the home router (NewHomeCluster).
+var (
+	HomeClient4 = netip.MustParsePrefix("203.0.113.130/25") // the client behind it
+	HomeLAN4    = netip.MustParsePrefix("203.0.113.129/25")
+	// HomeWAN are the home router's WAN addresses: SetHomeSNAT picks one.
+	HomeWAN       = []netip.Prefix{netip.MustParsePrefix("203.0.113.2/25"), netip.MustParsePrefix("203.0.113.3/25")}
+	homeRouterWAN = netip.MustParsePrefix("203.0.113.1/25")
+)
+
+const (
+	// HomeClientPort is the UDP port the client behind the home router
+	// must send from: the only one SetHomeNAT translates.
+	HomeClientPort = 51000
+
+	HomeLANIf = "lan0"
+	HomeWANIf = "eth0"
+	// UnderlayMTU is the MTU of the node links: room for GUE's 28 bytes.
+	UnderlayMTU = 1600
+)
 
 // Fixed addresses of the cluster lab (the rest are functions of N and M).
 var (
@@ -185,15 +223,27 @@ type Cluster struct {
 	Client, Router, Origin *NS
 	Nodes                  []*NS
 	Etcd                   []*NS
+	Home                   *NS // nil unless NewHomeCluster
 
-	mu   sync.Mutex
-	etcd []*Proc // the member's current process, nil when not started or stopped
+	mu       sync.Mutex
+	etcd     []*Proc          // the member's current process, nil when not started or stopped
+	homeMaps []netip.AddrPort // every translation SetHomeNAT made, oldest first
 }
 
 // NewCluster builds the cluster lab with nodes nodes (1..MaxClusterNodes)
 // and etcdMembers etcd namespaces (0..MaxEtcdMembers; nothing started: see
 // StartEtcdCluster). The VIP is routed via node 1.
 func NewCluster(l *Lab, nodes, etcdMembers int) (*Cluster, error) {
+	return newCluster(l, nodes, etcdMembers, false)
+}
+
+// NewHomeCluster is NewCluster with the client behind the home router
+// (pictured above), which translates nothing until SetHomeNAT.
+func NewHomeCluster(l *Lab, nodes, etcdMembers int) (*Cluster, error) {
+	return newCluster(l, nodes, etcdMembers, true)
+}
+
+func newCluster(l *Lab, nodes, etcdMembers int, home bool) (*Cluster, error) {
 	if nodes < 1 || nodes > MaxClusterNodes {
 		return nil, fmt.Errorf("lab: cluster of %d nodes: want 1..%d", nodes, MaxClusterNodes)
 	}
@@ -226,17 +276,42 @@ func NewCluster(l *Lab, nodes, etcdMembers int) (*Cluster, error) {
 		c.Etcd = append(c.Etcd, ns)
 	}
 
+	if home {
+		if c.Home, err = l.NewNS("home"); err != nil {
+			return nil, err
+		}
+	}
+
 	v4Default := netip.MustParsePrefix("0.0.0.0/0")
 	v6Default := netip.MustParsePrefix("::/0")
 	r := c.Router
-	steps := []func() error{
-		func() error { return l.Veth(c.Client, ClientIf, r, RouterClientIf) },
-		func() error { return c.Client.AddrAdd(ClientIf, ClientWAN4) },
-		func() error { return c.Client.AddrAdd(ClientIf, ClientWAN6) },
-		func() error { return r.AddrAdd(RouterClientIf, RouterWAN4) },
-		func() error { return r.AddrAdd(RouterClientIf, RouterWAN6) },
-		func() error { return c.Client.RouteAdd(v4Default, RouterWAN4.Addr()) },
-		func() error { return c.Client.RouteAdd(v6Default, RouterWAN6.Addr()) },
+	var steps []func() error
+	if home {
+		h := c.Home
+		steps = []func() error{
+			func() error { return l.Veth(c.Client, ClientIf, h, HomeLANIf) },
+			func() error { return c.Client.AddrAdd(ClientIf, HomeClient4) },
+			func() error { return h.AddrAdd(HomeLANIf, HomeLAN4) },
+			func() error { return c.Client.RouteAdd(v4Default, HomeLAN4.Addr()) },
+			func() error { return l.Veth(h, HomeWANIf, r, RouterClientIf) },
+			func() error { return h.AddrAdd(HomeWANIf, HomeWAN[0]) },
+			func() error { return h.AddrAdd(HomeWANIf, HomeWAN[1]) },
+			func() error { return r.AddrAdd(RouterClientIf, homeRouterWAN) },
+			func() error { return h.RouteAdd(v4Default, homeRouterWAN.Addr()) },
+			func() error { return h.SetForwarding(true) },
+		}
+	} else {
+		steps = []func() error{
+			func() error { return l.Veth(c.Client, ClientIf, r, RouterClientIf) },
+			func() error { return c.Client.AddrAdd(ClientIf, ClientWAN4) },
+			func() error { return c.Client.AddrAdd(ClientIf, ClientWAN6) },
+			func() error { return r.AddrAdd(RouterClientIf, RouterWAN4) },
+			func() error { return r.AddrAdd(RouterClientIf, RouterWAN6) },
+			func() error { return c.Client.RouteAdd(v4Default, RouterWAN4.Addr()) },
+			func() error { return c.Client.RouteAdd(v6Default, RouterWAN6.Addr()) },
+		}
+	}
+	steps = append(steps,
 		// As in the single-node lab: connection-rate runs reuse TIME_WAIT ports.
 		func() error { return c.Client.Sysctl("net.ipv4.tcp_tw_reuse", "1") },
 		func() error { return c.Client.Sysctl("net.ipv4.ip_local_port_range", "1024 65535") },
@@ -254,12 +329,14 @@ func NewCluster(l *Lab, nodes, etcdMembers int) (*Cluster, error) {
 		func() error { return r.SetForwarding(true) },
 		func() error { return r.Sysctl("net.ipv4.fib_multipath_hash_policy", "1") },
 		func() error { return r.Sysctl("net.ipv6.fib_multipath_hash_policy", "1") },
-	}
+	)
 	for i, node := range c.Nodes {
 		n := i + 1
 		rif := RouterNodeIf(n)
 		steps = append(steps,
 			func() error { return l.Veth(r, rif, node, NodeUplinkIf) },
+			func() error { return setMTU(r, rif, UnderlayMTU) },
+			func() error { return setMTU(node, NodeUplinkIf, UnderlayMTU) },
 			func() error { return r.AddrAdd(rif, netip.PrefixFrom(RouterNode4(n), 24)) },
 			func() error { return r.AddrAdd(rif, netip.PrefixFrom(RouterNode6(n), 64)) },
 			func() error { return node.AddrAdd(NodeUplinkIf, netip.PrefixFrom(NodeUnderlay(n), 24)) },
@@ -323,6 +400,94 @@ func (c *Cluster) SetVIPRoute(nodes ...int) error {
 	}
 	_, err := c.Router.Run(vipRouteArgs(VIP6, gw6)...)
 	return err
+}
+
+func setMTU(ns *NS, dev string, mtu int) error {
+	_, err := ns.Run("ip", "link", "set", dev, "mtu", fmt.Sprint(mtu))
+	return err
+}
+
+// SetHomeNAT makes the home router translate the client's UDP from
+// HomeClientPort (the client must use it: ListenPort) to out from now on.
+// The translation is stateless (nftables payload rewrites, no conntrack):
+// outbound packets leave from out at once, and inbound packets to out or
+// to any earlier translation still reach the client, as on a NAT whose
+// earlier mappings have not timed out (or a carrier NAT pool that moved
+// the client's outbound flow to another box). That is the NAT rebinding
+// of a busy client: its next packets, not a timer, tell the server.
+// Nothing else is translated.
+func (c *Cluster) SetHomeNAT(out netip.AddrPort) error {
+	if c.Home == nil {
+		return errors.New("lab: SetHomeNAT: the cluster has no home router (NewHomeCluster)")
+	}
+	if !out.Addr().Is4() || out.Port() == 0 || !slices.ContainsFunc(HomeWAN, func(p netip.Prefix) bool { return p.Addr() == out.Addr() }) {
+		return fmt.Errorf("lab: SetHomeNAT %v: want one of the home router's WAN addresses and a port", out)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	maps := append(slices.Clone(c.homeMaps), out)
+	var in []string
+	for _, m := range maps {
+		in = append(in, m.Addr().String()+" . "+fmt.Sprint(m.Port()))
+	}
+	client := HomeClient4.Addr()
+	rules := fmt.Sprintf(`table ip wedge-home
+delete table ip wedge-home
+table ip wedge-home {
+	chain pre {
+		type filter hook prerouting priority raw; policy accept;
+		notrack
+		iifname %[6]q ip daddr . udp dport { %[7]s } ip daddr set %[2]s udp dport set %[3]d
+	}
+	chain out {
+		type filter hook output priority raw; policy accept;
+		notrack
+	}
+	# The source is rewritten after routing: before it, a packet from the
+	# LAN with one of this router's own addresses as source is a martian.
+	chain post {
+		type filter hook postrouting priority srcnat; policy accept;
+		oifname %[6]q ip saddr %[2]s udp sport %[3]d ip saddr set %[4]s udp sport set %[5]d
+	}
+}
+`, HomeLANIf, client, HomeClientPort, out.Addr(), out.Port(), HomeWANIf, strings.Join(in, ", "))
+	if _, err := c.Home.RunStdin(rules, "nft", "-f", "-"); err != nil {
+		return err
+	}
+	c.homeMaps = maps
+	return nil
+}
+
+// ECMPNode returns the node the router's multipath route to the VIP
+// currently picks for UDP from src to the VIP's WireGuard port (51820),
+// as the kernel computes it (ip route get with the L4 hash inputs). It
+// answers for the router's view; a test confirms with counters.
+func (c *Cluster) ECMPNode(src netip.AddrPort) (int, error) {
+	vip := VIP4
+	if src.Addr().Is6() {
+		vip = VIP6
+	}
+	out, err := c.Router.Run("ip", "-j", "route", "get", vip.String(), "from", src.Addr().String(),
+		"iif", RouterClientIf, "ipproto", "udp", "sport", fmt.Sprint(src.Port()), "dport", "51820")
+	if err != nil {
+		return 0, err
+	}
+	var rs []struct {
+		Gateway string `json:"gateway"`
+	}
+	if err := json.Unmarshal([]byte(out), &rs); err != nil || len(rs) != 1 {
+		return 0, fmt.Errorf("lab: ip route get: %v: %.300s", err, out)
+	}
+	gw, err := netip.ParseAddr(rs[0].Gateway)
+	if err != nil {
+		return 0, fmt.Errorf("lab: ip route get: no gateway: %.300s", out)
+	}
+	for n := 1; n <= len(c.Nodes); n++ {
+		if gw == NodeUnderlay(n) || gw == NodeUnderlay6(n) {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("lab: ip route get: gateway %v is no node", gw)
 }
 
 // StartOrigin runs originsrv and iperf3 -s in the origin namespace, as the

@@ -153,6 +153,9 @@ type BytesResult struct {
 	N      int64  `json:"n"`
 	SHA256 string `json:"sha256"`
 	OK     bool   `json:"ok"` // the body is the deterministic pattern, n bytes long
+	// MaxGapMS is the longest wait, in milliseconds, between two reads
+	// of the body: the worst stall of the download.
+	MaxGapMS int64 `json:"max_gap_ms"`
 }
 
 // Bytes fetches http://origin/bytes?n=N and checks the body is the

@@ -161,6 +161,15 @@ func (ns *NS) RunEnv(env []string, argv ...string) (string, error) {
 	return ns.lab.run(ns.Name, cmd)
 }
 
+// RunStdin is Run with stdin fed from in.
+func (ns *NS) RunStdin(in string, argv ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), RunTimeout)
+	defer cancel()
+	cmd := ns.Command(ctx, argv...)
+	cmd.Stdin = strings.NewReader(in)
+	return ns.lab.run(ns.Name, cmd)
+}
+
 // labEnv is the environment of every lab process: the caller's, and for
 // binaries built with -race (WEDGE_LAB_BUILDFLAGS) no 1s sleep at exit.
 func labEnv() []string {

@@ -350,8 +350,19 @@ func get(args []string) error {
 	var n int64
 	ok := true
 	buf := make([]byte, 64<<10)
+	// maxGap is the longest wait for the next bytes once the body began:
+	// a stall a network change caused shows here even when the download
+	// completes.
+	var maxGap time.Duration
+	last := time.Now()
 	for {
 		m, err := resp.Body.Read(buf)
+		if now := time.Now(); m > 0 {
+			if n > 0 {
+				maxGap = max(maxGap, now.Sub(last))
+			}
+			last = now
+		}
 		for i, c := range buf[:m] {
 			if ok && c != Pattern(n+int64(i)) {
 				ok = false
@@ -368,6 +379,7 @@ func get(args []string) error {
 	}
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
 		"n": n, "sha256": hex.EncodeToString(h.Sum(nil)), "ok": ok && n == *check,
+		"max_gap_ms": maxGap.Milliseconds(),
 	})
 }
 
