@@ -34,6 +34,8 @@ type clusterMember struct {
 	DC      string `json:"dc"`
 	State   string `json:"state"`
 	Clients int    `json:"clients"`
+	Pinned  bool   `json:"pinned"`
+	Pins    []byte `json:"pins"` // 3 bytes per ClientID
 }
 
 type clusterView struct {

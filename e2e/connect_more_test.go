@@ -95,12 +95,19 @@ func (l *connectLab) connect(t *testing.T) *socksClient {
 // config at path, as connectLab.connect does; probe is originsrv.
 func startSocksClient(t *testing.T, ns *lab.NS, wedge, probe, path string) *socksClient {
 	t.Helper()
-	p, err := ns.Start("wedge-connect", nil, wedge, "connect", "--config", path,
-		"--socks", socksAddr, "--status-interval", "1s", "-v")
+	return startSocksClientAt(t, ns, wedge, probe, path, socksAddr)
+}
+
+// startSocksClientAt is startSocksClient with the proxy on addr, for
+// several clients in one namespace.
+func startSocksClientAt(t *testing.T, ns *lab.NS, wedge, probe, path, addr string) *socksClient {
+	t.Helper()
+	p, err := ns.Start("wedge-connect-"+addr[strings.LastIndexByte(addr, ':')+1:], nil, wedge, "connect", "--config", path,
+		"--socks", addr, "--status-interval", "1s", "-v")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &socksClient{ns: ns, probe: probe, proc: p, proxy: "socks5://" + socksAddr}
+	c := &socksClient{ns: ns, probe: probe, proc: p, proxy: "socks5://" + addr}
 	if _, ok := c.waitOutput(regexp.MustCompile(`wedge connect: SOCKS5 on `), 20*time.Second); !ok {
 		t.Fatalf("wedge connect did not start its SOCKS proxy:\n%s", p.Output())
 	}

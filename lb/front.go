@@ -21,6 +21,9 @@ type Member struct {
 	// (Active false) owns no slot but keeps its node entry, so its pinned
 	// clients still reach it and its GUE packets are still accepted.
 	Active bool
+	// Pins are ClientIDs that stay with this node whatever the table
+	// says: the clients a draining node keeps.
+	Pins []uint32
 }
 
 // FrontConfig is what a Front is started with.
@@ -45,6 +48,7 @@ type Front struct {
 	mu      sync.Mutex
 	index   map[string]uint32 // member id → node index, stable while it is a member
 	members map[string]Member
+	pins    map[uint32]uint32 // ClientID → node index, as in the pins map
 	table   *Table
 	link    link.Link
 }
@@ -64,7 +68,7 @@ func NewFront(objs *Objects, cfg FrontConfig) (*Front, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	f := &Front{objs: objs, cfg: cfg, log: cfg.Log, index: map[string]uint32{}, members: map[string]Member{}}
+	f := &Front{objs: objs, cfg: cfg, log: cfg.Log, index: map[string]uint32{}, members: map[string]Member{}, pins: map[uint32]uint32{}}
 	if err := f.Update([]Member{{ID: cfg.Self, Underlay: cfg.SelfUnderlay, Active: true}}); err != nil {
 		return nil, err
 	}
@@ -76,7 +80,10 @@ func NewFront(objs *Objects, cfg FrontConfig) (*Front, error) {
 // member of the table only if it is listed active. The order of changes
 // keeps every packet's path valid: new nodes get their entries before the
 // new table names them, and departed nodes lose theirs only after the
-// table that no longer names them is in place.
+// table that no longer names them is in place. Pins follow the same rule:
+// new ones are in place before the table that leaves their node out, and
+// withdrawn ones go after it. A ClientID pinned by two members stays with
+// the one whose id sorts first.
 func (f *Front) Update(members []Member) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -116,6 +123,24 @@ func (f *Front) Update(members []Member) error {
 			}
 		}
 	}
+	// 1b. Pins of live members, new or moved.
+	pins := map[uint32]uint32{}
+	for _, id := range sortedKeys(want) {
+		for _, cid := range want[id].Pins {
+			if _, dup := pins[cid]; !dup && cid != 0 {
+				pins[cid] = f.index[id]
+			}
+		}
+	}
+	for cid, idx := range pins {
+		if old, ok := f.pins[cid]; ok && old == idx {
+			continue
+		}
+		if err := f.objs.SetPin(cid, idx); err != nil {
+			return err
+		}
+		f.pins[cid] = idx
+	}
 	// 2. The table of the active members.
 	var active []string
 	for id, m := range want {
@@ -151,7 +176,17 @@ func (f *Front) Update(members []Member) error {
 	}); err != nil {
 		return err
 	}
-	// 3. Departed members lose their entries and their index.
+	// 3. Withdrawn pins go; departed members lose their entries and
+	// their index.
+	for cid := range f.pins {
+		if _, ok := pins[cid]; ok {
+			continue
+		}
+		if err := f.objs.DeletePin(cid); err != nil {
+			return err
+		}
+		delete(f.pins, cid)
+	}
 	for id, old := range f.members {
 		if _, ok := want[id]; ok {
 			continue
@@ -172,7 +207,7 @@ func (f *Front) Update(members []Member) error {
 		delete(f.index, id)
 	}
 	f.members = want
-	f.log.Info("lb: membership applied", "members", len(want), "active", len(active))
+	f.log.Info("lb: membership applied", "members", len(want), "active", len(active), "pins", len(pins))
 	return nil
 }
 
@@ -208,6 +243,13 @@ func (f *Front) Owner(cid uint32) (string, bool) {
 		return "", false
 	}
 	return f.table.Owner(cid)
+}
+
+// Pins returns how many ClientIDs are pinned.
+func (f *Front) Pins() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.pins)
 }
 
 // Index is member id's node index in the program's maps.

@@ -62,42 +62,59 @@ func TestFront(t *testing.T) {
 	}
 	check("alone", []string{"a"})
 
-	all := []Member{{"a", under["a"], true}, {"b", under["b"], true}, {"c", under["c"], true}}
+	all := []Member{{ID: "a", Underlay: under["a"], Active: true}, {ID: "b", Underlay: under["b"], Active: true}, {ID: "c", Underlay: under["c"], Active: true}}
 	if err := f.Update(all); err != nil {
 		t.Fatal(err)
 	}
 	check("a, b, c", []string{"a", "b", "c"})
 	bIdx, _ := f.Index("b")
 
-	// b drains: out of the table, but its entry and GUE peer stay, and a
-	// pinned client of b still reaches it.
-	if err := f.Update([]Member{all[0], {"b", under["b"], false}, all[2]}); err != nil {
+	// b drains: out of the table, but its entry and GUE peer stay, and
+	// its pinned clients still reach it. b pins 777 and 1000 (outside
+	// check's 1..300), c pins 1000 too: b's pin wins (ids sort b first).
+	// 0 is never a ClientID and is ignored.
+	drainB := []Member{all[0], {ID: "b", Underlay: under["b"], Pins: []uint32{777, 1000, 0}}, {ID: "c", Underlay: under["c"], Active: true, Pins: []uint32{1000}}}
+	if err := f.Update(drainB); err != nil {
 		t.Fatal(err)
 	}
 	check("b draining", []string{"a", "c"})
 	if i, _ := f.Index("b"); i != bIdx {
 		t.Fatalf("b's index changed from %d to %d while it stayed a member", bIdx, i)
 	}
-	if err := objs.SetPin(77, bIdx); err != nil {
-		t.Fatal(err)
+	if f.Pins() != 2 {
+		t.Fatalf("pins: got %d, want 2", f.Pins())
 	}
-	verdict, out, _, _ := xRun(t, objs, xClient(src, 77, 4))
-	if dst, _ := netip.AddrFromSlice(out[14+16 : 14+20]); verdict != uint32(xdpTX) || dst != under["b"] {
-		t.Fatalf("pinned client of draining b: %s to %v", xdpVerdictName(verdict), dst)
+	for _, cid := range []uint32{777, 1000} {
+		verdict, out, _, _ := xRun(t, objs, xClient(src, cid, 4))
+		if dst, _ := netip.AddrFromSlice(out[14+16 : 14+20]); verdict != uint32(xdpTX) || dst != under["b"] {
+			t.Fatalf("pinned client %d of draining b: %s to %v", cid, xdpVerdictName(verdict), dst)
+		}
 	}
 	gueFromB := xGUE(under["b"], under["a"], xGUEPort, xClient(src, 5, 4)[14:])
 	if v, _, _, _ := xRun(t, objs, gueFromB); v != uint32(xdpPass) {
 		t.Fatalf("GUE from draining b: %s, want PASS (decapsulated)", xdpVerdictName(v))
 	}
 
-	// b dies: its entry and peer go (its pins go with its lease, later).
-	if err := objs.DeletePin(77); err != nil {
+	// b dies: its entry, its peer and its pins go; c's pin of 1000 is
+	// now the one that counts.
+	if err := f.Update([]Member{all[0], drainB[2]}); err != nil {
 		t.Fatal(err)
+	}
+	check("b gone", []string{"a", "c"})
+	var idx uint32
+	if err := objs.objs.Pins.Lookup(uint32(777), &idx); err == nil {
+		t.Fatalf("b's pin of 777 outlived b (to node %d)", idx)
+	}
+	cIdx, _ := f.Index("c")
+	if err := objs.objs.Pins.Lookup(uint32(1000), &idx); err != nil || idx != cIdx {
+		t.Fatalf("pin of 1000 after b left: node %d, %v; want c's %d", idx, err, cIdx)
 	}
 	if err := f.Update([]Member{all[0], all[2]}); err != nil {
 		t.Fatal(err)
 	}
-	check("b gone", []string{"a", "c"})
+	if f.Pins() != 0 {
+		t.Fatalf("pins after c withdrew its own: %d", f.Pins())
+	}
 	var n wedgeLBNode
 	if err := objs.objs.Nodes.Lookup(bIdx, &n); err != nil || n.Flags&nodeValid != 0 {
 		t.Fatalf("b's node entry after it left: %+v, %v", n, err)

@@ -426,14 +426,34 @@ func (n *Node) Wait() <-chan struct{} { return n.dev.Wait() }
 // device's peers (endpoint per authenticated peer), so each peer's ClientID is
 // known and a ClientID that differs from the registered one is counted. It
 // runs every 2 s rather than per packet: the hot path stays untouched.
+//
+// In a cluster it also publishes, every 6 s and at once when this node's
+// state changes, how many clients it serves and, while it drains, which
+// (countActive).
 func (n *Node) watchClientIDs() {
 	defer n.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
+	kick := make(chan struct{}, 1)
+	if m := n.cfg.Cluster; m != nil {
+		var last cluster.State
+		unsub := m.Subscribe(func([]cluster.Member) {
+			if st := m.Self().State; st != last {
+				last = st
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			}
+		})
+		defer unsub()
+	}
 	for tick := 0; ; tick++ {
 		select {
 		case <-n.done:
 			return
+		case <-kick:
+			n.countActive()
 		case <-t.C:
 			n.checkClientIDs()
 			if n.cfg.Cluster != nil && tick%3 == 0 {

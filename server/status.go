@@ -119,19 +119,32 @@ func (n *Node) Status() Status {
 const activeWindow = 3 * time.Minute
 
 // countActive publishes how many clients have a session on this node to
-// the cluster, for wedge status on every node.
+// the cluster, for wedge status on every node. While this node drains it
+// also publishes their ClientIDs as pins, which keep them here while the
+// fronts send new clients elsewhere; a client whose session lapses loses
+// its pin and lands on its new owner when it comes back.
 func (n *Node) countActive() {
+	m := n.cfg.Cluster
 	peers, err := n.peers()
 	if err != nil {
 		return
 	}
+	draining := m.Self().State == cluster.Draining
 	active := 0
+	var pins []uint32
+	n.mu.Lock()
 	for _, p := range peers {
-		if !p.LastHandshake.IsZero() && time.Since(p.LastHandshake) < activeWindow {
-			active++
+		if p.LastHandshake.IsZero() || time.Since(p.LastHandshake) >= activeWindow {
+			continue
+		}
+		active++
+		if c, ok := n.clients[p.PublicKey]; ok && draining {
+			pins = append(pins, uint32(c.ClientID))
 		}
 	}
-	n.cfg.Cluster.SetClients(active)
+	n.mu.Unlock()
+	m.SetClients(active)
+	m.SetPins(draining, pins)
 }
 
 // AddStats adds a section to the status report after the node started

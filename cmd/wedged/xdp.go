@@ -55,9 +55,21 @@ func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr
 		x.unsub = member.Subscribe(func(ms []cluster.Member) {
 			var lms []lb.Member
 			for _, m := range ms {
-				if m.DC == dc {
-					lms = append(lms, lb.Member{ID: m.ID, Underlay: m.Underlay, Active: m.State == cluster.Active})
+				if m.DC != dc {
+					continue
 				}
+				lm := lb.Member{ID: m.ID, Underlay: m.Underlay, Active: m.State == cluster.Active}
+				// A draining node leaves the table only once its pins
+				// are published: until then its clients would go
+				// elsewhere and lose their sessions.
+				if m.State == cluster.Draining {
+					if m.Pinned {
+						lm.Pins = m.PinnedClientIDs()
+					} else {
+						lm.Active = true
+					}
+				}
+				lms = append(lms, lm)
 			}
 			if err := front.Update(lms); err != nil {
 				log.Error("xdp: membership not applied", "err", err)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/netip"
@@ -110,6 +111,16 @@ func TestMembership(t *testing.T) {
 	b.SetClients(7)
 	wa.waitFor(t, "b's client count", func(ms []Member) bool { return len(ms) == 2 && ms[1].Clients == 7 })
 
+	// b's pins: sorted and deduplicated on the way; withdrawn with false.
+	b.SetPins(true, []uint32{0x030201, 7, 0xffffff, 7})
+	wa.waitFor(t, "b's pins", func(ms []Member) bool {
+		return len(ms) == 2 && ms[1].Pinned && slices.Equal(ms[1].PinnedClientIDs(), []uint32{7, 0x030201, 0xffffff})
+	})
+	b.SetPins(false, []uint32{9})
+	wa.waitFor(t, "b's pins withdrawn", func(ms []Member) bool {
+		return len(ms) == 2 && !ms[1].Pinned && len(ms[1].Pins) == 0 && ms[1].Clients == 7
+	})
+
 	// b dies: its client stops, nothing is revoked; the lease runs out.
 	bcli.Close()
 	took := wa.waitFor(t, "b gone after its lease", func(ms []Member) bool { return ids(ms) == "a:active" })
@@ -172,6 +183,25 @@ func TestCheckServiceKey(t *testing.T) {
 	err := CheckServiceKey(ctx, cli, "/s/", k2.PublicKey())
 	if err == nil || !strings.Contains(err.Error(), "--service-key") {
 		t.Fatalf("another key: got %v, want a refusal naming --service-key", err)
+	}
+}
+
+func TestPinnedClientIDs(t *testing.T) {
+	for _, tc := range []struct {
+		pins []byte
+		want []uint32
+	}{
+		{nil, []uint32{}},
+		{[]byte{0, 0, 1, 1, 2, 3}, []uint32{1, 0x010203}},
+		{[]byte{0, 0, 1, 2}, nil}, // not a multiple of 3
+		{[]byte{0, 0, 0}, nil},    // ClientID 0 is never given out
+	} {
+		if got := (Member{Pins: tc.pins}).PinnedClientIDs(); !slices.Equal(got, tc.want) || (got == nil) != (tc.want == nil) {
+			t.Errorf("%x: got %v, want %v", tc.pins, got, tc.want)
+		}
+	}
+	if got := packPins([]uint32{5, 0, 1 << 24, 5, 2}); !bytes.Equal(got, []byte{0, 0, 2, 0, 0, 5}) {
+		t.Errorf("packPins: got %x", got)
 	}
 }
 

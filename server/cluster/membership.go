@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,6 +41,45 @@ type Member struct {
 	// last 3 minutes, as it last reported.
 	Clients int       `json:"clients"`
 	Started time.Time `json:"started"`
+	// Pinned is set by a draining node once Pins lists the clients it
+	// keeps (SetPins): until then fronts keep it in their Maglev tables,
+	// so its clients never go elsewhere before their pins exist.
+	Pinned bool `json:"pinned,omitempty"`
+	// Pins are the ClientIDs the node keeps while draining, 3 bytes each,
+	// big-endian, ascending (PinnedClientIDs decodes them).
+	Pins []byte `json:"pins,omitempty"`
+}
+
+// PinnedClientIDs decodes Pins; nil when they are malformed.
+func (mem Member) PinnedClientIDs() []uint32 {
+	if len(mem.Pins)%3 != 0 {
+		return nil
+	}
+	out := make([]uint32, 0, len(mem.Pins)/3)
+	for i := 0; i < len(mem.Pins); i += 3 {
+		id := uint32(mem.Pins[i])<<16 | uint32(mem.Pins[i+1])<<8 | uint32(mem.Pins[i+2])
+		if id == 0 {
+			return nil
+		}
+		out = append(out, id)
+	}
+	return out
+}
+
+// packPins encodes ClientIDs (24-bit, nonzero) for Member.Pins: sorted,
+// without duplicates.
+func packPins(ids []uint32) []byte {
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	out := make([]byte, 0, 3*len(ids))
+	for _, id := range ids {
+		if id == 0 || id > 0xffffff {
+			continue
+		}
+		out = append(out, byte(id>>16), byte(id>>8), byte(id))
+	}
+	return out
 }
 
 // Keys under the prefix:
@@ -344,6 +384,24 @@ func (m *Membership) SetClients(n int) {
 	m.mu.Lock()
 	changed := m.self.Clients != n
 	m.self.Clients = n
+	m.mu.Unlock()
+	if changed {
+		m.poke()
+	}
+}
+
+// SetPins publishes the clients this node keeps while draining (pinned
+// true) or withdraws them (pinned false, ids ignored). Written only when
+// it changed. A node's record can carry a few hundred thousand pins
+// within etcd's default 1.5 MiB request limit.
+func (m *Membership) SetPins(pinned bool, ids []uint32) {
+	var packed []byte
+	if pinned {
+		packed = packPins(ids)
+	}
+	m.mu.Lock()
+	changed := m.self.Pinned != pinned || !bytes.Equal(m.self.Pins, packed)
+	m.self.Pinned, m.self.Pins = pinned, packed
 	m.mu.Unlock()
 	if changed {
 		m.poke()
