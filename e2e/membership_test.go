@@ -8,6 +8,7 @@ package e2e
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -210,5 +211,97 @@ func TestClusterDrain(t *testing.T) {
 	})
 	if n := servedBy(t, sc); n != x {
 		t.Errorf("after the drain was undone the client is served by node%d, want node%d", n, x)
+	}
+}
+
+func TestClusterNodeDeath(t *testing.T) {
+	f := newFrontLab(t)
+	all, err := lb.NewTable(nodeIDs(1, 2, 3), lb.XDPTableSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Client a belongs to node x, which dies; client b to another node y,
+	// and keeps it when x leaves the table (Maglev moves a few of the
+	// survivors' ClientIDs too, under 1%: b is not one of them).
+	pathA, cidA := f.register(t)
+	ownerA, _ := all.Owner(uint32(cidA))
+	x := int(ownerA[len("node")] - '0')
+	var rest []int
+	for n := 1; n <= 3; n++ {
+		if n != x {
+			rest = append(rest, n)
+		}
+	}
+	left, err := lb.NewTable(nodeIDs(rest...), lb.XDPTableSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pathB string
+	var cidB clientid.ID
+	for i := 0; ; i++ {
+		if i == 40 {
+			t.Fatal("40 registrations and no client of another node that stays there")
+		}
+		pathB, cidB = f.register(t)
+		before, _ := all.Owner(uint32(cidB))
+		after, _ := left.Owner(uint32(cidB))
+		if before != ownerA && before == after {
+			break
+		}
+	}
+	a, b := f.connect(t, pathA), f.connect(t, pathB)
+	if n := servedBy(t, a); n != x {
+		t.Fatalf("client a (%s) is served by node%d, want its owner node%d", cidA, n, x)
+	}
+	y := servedBy(t, b)
+	t.Logf("client a %s on node%d (dies), client b %s on node%d", cidA, x, cidB, y)
+
+	const size = 40 << 20 // about 8 s at 40 Mbit/s
+	done := startBytes(b, size, 25*time.Second)
+	time.Sleep(2 * time.Second)
+
+	// kill -9, and the router withdraws the node's route at once (as BFD
+	// or a BGP session going down would; the lab has no routing daemon).
+	f.nodes[x-1].Proc.Kill()
+	killAt := time.Now()
+	if err := f.c.SetVIPRoute(rest...); err != nil {
+		t.Fatal(err)
+	}
+	wantA, _ := left.Owner(uint32(cidA))
+	survivor := f.nodes[rest[0]-1]
+	// When the survivors see the lease gone, measured on its own.
+	gone := make(chan time.Time, 1)
+	go func() {
+		for deadline := killAt.Add(40 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if out, err := survivor.NS.Run(f.bins.Wedge, "status", "--api", survivor.API); err == nil && !strings.Contains(out, fmt.Sprintf("node%d ", x)) {
+				gone <- time.Now()
+				return
+			}
+		}
+		gone <- time.Time{}
+	}()
+	var backAt time.Time
+	for deadline := killAt.Add(40 * time.Second); time.Now().Before(deadline) && backAt.IsZero(); {
+		if seen, err := a.remoteAddr(lab.Origin4.Addr(), 2*time.Second); err == nil {
+			if seen.Addr() != lab.NodeEgress4(int(wantA[len("node")]-'0')) {
+				t.Fatalf("after node%d died client a is served from %v, want its new owner %s", x, seen, wantA)
+			}
+			backAt = time.Now()
+		}
+	}
+	goneAt := <-gone
+	if goneAt.IsZero() || backAt.IsZero() {
+		t.Fatalf("node%d's lease gone after %v, client a back after %v (zero: never)", x, goneAt.Sub(killAt), backAt.Sub(killAt))
+	}
+	t.Logf("node%d killed: its lease gone after %v; client a works on %s %v after the kill, %v after the lease",
+		x, goneAt.Sub(killAt).Round(time.Millisecond), wantA, backAt.Sub(killAt).Round(time.Millisecond), backAt.Sub(goneAt).Round(time.Millisecond))
+	if d := backAt.Sub(goneAt); d > 4*time.Second {
+		t.Errorf("client a took %v after node%d's lease expired to work again, want a few seconds", d, x)
+	}
+	newOwner := f.nodes[int(wantA[len("node")]-'0')-1]
+	t.Logf("%s started %d handshakes for clients that sent data without a session", wantA, status(t, newOwner).Bind.HandshakesStarted)
+	checkUndisturbed(t, fmt.Sprintf("client b on node%d while node%d died", y, x), <-done, size)
+	if n := servedBy(t, b); n != y {
+		t.Errorf("client b moved from node%d to node%d", y, n)
 	}
 }

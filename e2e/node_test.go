@@ -262,6 +262,8 @@ type nodeStatus struct {
 		Stamped    uint64 `json:"stamped"`
 		Unstamped  uint64 `json:"unstamped"`
 		Mismatches uint64 `json:"client_id_mismatches"`
+		// HandshakesStarted: session recovery (server/recover.go).
+		HandshakesStarted uint64 `json:"handshakes_started"`
 	} `json:"bind"`
 	Sections struct {
 		Egress struct {

@@ -38,6 +38,9 @@ const seenSlots = 1 << 14
 type seenEntry struct {
 	ep netip.AddrPort
 	id clientid.ID
+	// data counts transport messages since the last TakeData: a client
+	// sending data here, session or not.
+	data uint32
 }
 
 // NewBind wraps inner.
@@ -80,6 +83,9 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			if e.ep != ap || e.id != id {
 				*e = seenEntry{ep: ap, id: id}
 			}
+			if packets[i][0] == msgTransport {
+				e.data++
+			}
 		}
 		if locked {
 			b.mu.Unlock()
@@ -103,6 +109,33 @@ func (b *Bind) Seen(ep netip.AddrPort) clientid.ID {
 		return e.id
 	}
 	return 0
+}
+
+// msgTransport is WireGuard's transport data message type.
+const msgTransport = 4
+
+// DataSeen is a client that sent stamped transport messages.
+type DataSeen struct {
+	Endpoint netip.AddrPort
+	ClientID clientid.ID
+	Messages uint32
+}
+
+// TakeData returns the endpoints that sent stamped transport messages
+// since the last call, and starts counting afresh. It scans the whole
+// table: call it about once a second, not per packet.
+func (b *Bind) TakeData() []DataSeen {
+	var out []DataSeen
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range b.seen {
+		e := &b.seen[i]
+		if e.data != 0 {
+			out = append(out, DataSeen{e.ep, e.id, e.data})
+			e.data = 0
+		}
+	}
+	return out
 }
 
 // Counts returns how many received messages were stamped and unstamped.

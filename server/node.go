@@ -78,6 +78,7 @@ type Node struct {
 	extraStats map[string]func() any
 
 	mismatches  atomic.Uint64
+	recovered   atomic.Uint64 // handshakes started by session recovery
 	lastStamped uint64 // Bind's stamped count at the last ClientID check; watcher only
 	done        chan struct{}
 	closeOnce   sync.Once
@@ -154,8 +155,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.watchClientIDs()
+	go n.recoverSessions()
 	if shared {
 		if err := n.follow(ctx, watcher); err != nil {
 			n.Close()

@@ -35,6 +35,9 @@ type BindStatus struct {
 	Stamped    uint64 `json:"stamped"`
 	Unstamped  uint64 `json:"unstamped"`
 	Mismatches uint64 `json:"client_id_mismatches"`
+	// HandshakesStarted counts handshakes the node initiated for stamped
+	// clients that sent data without a session here (recover.go).
+	HandshakesStarted uint64 `json:"handshakes_started"`
 }
 
 // PeerStatus is one client with a session (it has handshaken since the
@@ -64,6 +67,7 @@ func (n *Node) Status() Status {
 	}
 	s.Bind.Stamped, s.Bind.Unstamped = n.bind.Counts()
 	s.Bind.Mismatches = n.mismatches.Load()
+	s.Bind.HandshakesStarted = n.recovered.Load()
 	peers, _ := n.peers()
 	n.mu.Lock()
 	s.Clients = len(n.clients)
