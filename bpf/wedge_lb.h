@@ -19,6 +19,10 @@
 #define MAX_NODES 256
 #define MAX_PINS (1 << 20)
 #define MAX_FLOWS (1 << 18)
+/* ClientIDs are 24 bits; 0 means not stamped. */
+#define CID_BITS 24
+/* `pin_bits` has one bit per ClientID, 64 to a word. */
+#define PIN_WORDS ((1 << CID_BITS) / 64)
 
 /* WireGuard: a 4-byte header (type, 3 reserved bytes that carry the 24-bit
  * big-endian ClientID) and the fixed message sizes of types 1..3. */
@@ -42,6 +46,10 @@
 
 /* config.flags */
 #define CONFIG_ENABLED (1U << 0)
+/* Some ClientID may have a pin: its bit in `pin_bits` is set. Clear: no
+ * pins, and the program reads neither `pin_bits` nor `pins`. Maintained by
+ * lb.Objects (SetPin, DeletePin), not by SetConfig's caller. */
+#define CONFIG_PINS (1U << 1)
 /* node.flags */
 #define NODE_VALID (1U << 0)
 
@@ -70,10 +78,10 @@ struct flow_key {
 	__u16 pad; /* always zero */
 };
 
-/* Indexes of the per-CPU `counters` array. Every packet increments exactly
- * one verdict counter; PIN_HIT and FLOW_HIT are counted in addition to the
- * verdict when the owner came from a pin or a flow entry. Keep in sync with
- * counterNames in lb/xdp.go. */
+/* Indexes into struct counters. Every packet increments exactly one verdict
+ * counter; PIN_HIT, FLOW_HIT and PIN_STALE are counted in addition to the
+ * verdict (at most one of them per packet). Keep in sync with counterNames
+ * in lb/xdp.go; new counters go at the end. */
 enum counter {
 	CNT_NOT_OURS = 0, /* verdict: not WireGuard to a VIP nor GUE to us: PASS */
 	CNT_MALFORMED,    /* verdict: to VIP:wg_port but not plausible WireGuard: PASS */
@@ -87,7 +95,17 @@ enum counter {
 	CNT_ENCAP_ERR,    /* verdict: encapsulation failed: PASS (or DROP) */
 	CNT_DECAP,        /* verdict: GUE from a peer, outer header stripped: PASS */
 	CNT_DECAP_REJECT, /* verdict: GUE from an unknown source or bad inner: DROP */
+	CNT_PIN_STALE,    /* extra: a pin names a node that is not valid; the table decided */
 	CNT_MAX,
+};
+
+/* No extra counter (the verdict only). */
+#define CNT_NONE CNT_MAX
+
+/* The single entry of the per-CPU `counters` map: one lookup per packet
+ * serves the verdict and the extra counter. */
+struct counters {
+	__u64 n[CNT_MAX];
 };
 
 #endif /* WEDGE_LB_H */

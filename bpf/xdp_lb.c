@@ -6,7 +6,8 @@
  * the packet walk, the maps and the counters.
  *
  * WireGuard to a VIP is steered to the node that owns the client:
- *   ClientID != 0: pins[cid], else maglev[fmix32(cid) % TABLE_SIZE]
+ *   ClientID != 0: pins[cid] if its node is valid (or is this node), else
+ *                  maglev[fmix32(cid) % TABLE_SIZE]
  *   ClientID == 0: flows[src addr, src port], else deliver locally
  * and, when the owner is another node, sent back out (XDP_TX) inside a GUE
  * variant 1 (IP in UDP) packet to the owner's underlay address. The owner
@@ -61,8 +62,12 @@ struct {
 	__array(values, struct maglev_inner);
 } maglev_outer SEC(".maps");
 
-/* ClientID -> node index, overriding the table. Not preallocated: a full
- * preallocation of 1<<20 entries would cost ~80 MiB per loaded copy. */
+/* ClientID -> node index, overriding the table while that node is valid
+ * (a draining node keeps its clients; a departed one does not black-hole
+ * them). Not preallocated: a full preallocation of 1<<20 entries would cost
+ * ~80 MiB per loaded copy. A hash lookup is a real call (and jhash), the
+ * most expensive step of the stamped path, so it is only made for a
+ * ClientID whose bit is set in pin_bits. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_PINS);
@@ -70,6 +75,18 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } pins SEC(".maps");
+
+/* One bit per ClientID (bit cid % 64 of word cid / 64): set for every
+ * ClientID that has an entry in pins. Userspace sets the bit before it adds
+ * the entry and clears it after it deletes the entry, so a set bit without
+ * an entry costs one wasted lookup and a pin never lacks its bit. Read only
+ * while config.flags has CONFIG_PINS. 2 MiB, preallocated. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PIN_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} pin_bits SEC(".maps");
 
 /* (source address, source port) of unstamped clients -> node index. */
 struct {
@@ -81,30 +98,24 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CNT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct counters);
 } counters SEC(".maps");
 
-/* What the parser hands to owner selection. */
-struct wg_pkt {
-	struct flow_key key; /* for unstamped clients */
-	__u32 cid;           /* ClientID, 0 when not stamped */
-	__u32 ip_len;        /* length of the whole IP packet, from its header */
-};
-
-static __always_inline void count(__u32 idx)
+/* verdict counts the outcome cnt and the extra counter extra (CNT_NONE for
+ * none) and returns action. The only counter lookup of a packet. */
+static __always_inline int verdict(__u32 cnt, __u32 extra, int action)
 {
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	__u32 zero = 0;
+	struct counters *c = bpf_map_lookup_elem(&counters, &zero);
 
-	if (v)
-		*v += 1;
-}
-
-/* verdict counts the outcome cnt and returns action. */
-static __always_inline int verdict(__u32 cnt, int action)
-{
-	count(cnt);
+	if (c) {
+		if (cnt < CNT_MAX)
+			c->n[cnt] += 1;
+		if (extra < CNT_MAX)
+			c->n[extra] += 1;
+	}
 	return action;
 }
 
@@ -119,6 +130,22 @@ static __always_inline __u32 fmix32(__u32 h)
 	return h;
 }
 
+/* table_slot is h % TABLE_SIZE without a division (the JIT makes `%` a
+ * 64-bit div, the slowest instruction of the stamped path). With
+ * m = 0xffff0001 = ceil(2^48 / 65537), m * 65537 = 2^48 + 1, so
+ * h * m / 2^48 = h / 65537 + h / (65537 * 2^48). The second term is below
+ * 1 / (65537 * 65536) for h < 2^32, while h / 65537 is at least 1/65537
+ * below the next integer, so the floor is the same: (h * m) >> 48 is
+ * exactly h / 65537 for every 32-bit h, and h * m fits in 64 bits.
+ * lb.TestXDPTableSlot checks it for every ClientID. */
+_Static_assert(TABLE_SIZE == 65537, "table_slot is written for 65537 slots");
+static __always_inline __u32 table_slot(__u32 h)
+{
+	__u32 q = (__u32)(((__u64)h * 0xffff0001ULL) >> 48);
+
+	return h - q * TABLE_SIZE;
+}
+
 static __always_inline int addr6_eq(const __u8 *a, const __u8 *b)
 {
 	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
@@ -126,21 +153,31 @@ static __always_inline int addr6_eq(const __u8 *a, const __u8 *b)
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
 }
 
+/* The fixed sizes of message types 1, 2 and 3 as the bytes 0, 1 and 2 of
+ * one constant, so that checking them takes no branch per type. */
+_Static_assert(WG_RESPONSE == WG_INITIATION + 1 && WG_COOKIE == WG_INITIATION + 2 &&
+		       WG_INITIATION_LEN < 256 && WG_RESPONSE_LEN < 256 && WG_COOKIE_LEN < 256,
+	       "types 1..3 index the bytes of WG_FIXED_LENS");
+#define WG_FIXED_LENS (WG_INITIATION_LEN | WG_RESPONSE_LEN << 8 | WG_COOKIE_LEN << 16)
+
 /* wg_plausible reports whether a UDP payload of len bytes starting with
- * message type typ can be WireGuard. */
+ * message type typ can be WireGuard: a data message (the common case) of at
+ * least 32 bytes, or an initiation, response or cookie reply of exactly its
+ * size. */
 static __always_inline int wg_plausible(__u8 typ, __u32 len)
 {
-	switch (typ) {
-	case WG_INITIATION:
-		return len == WG_INITIATION_LEN;
-	case WG_RESPONSE:
-		return len == WG_RESPONSE_LEN;
-	case WG_COOKIE:
-		return len == WG_COOKIE_LEN;
-	case WG_DATA:
+	__u32 i = (__u32)typ - WG_INITIATION;
+
+	if (typ == WG_DATA)
 		return len >= WG_DATA_MIN_LEN;
-	}
-	return 0;
+	return i < 3 && len == ((WG_FIXED_LENS >> (i * 8)) & 0xff);
+}
+
+/* wg_cid is the ClientID in the reserved bytes 1..3 (big-endian) of the
+ * WireGuard header at wg. */
+static __always_inline __u32 wg_cid(const __u8 *wg)
+{
+	return (__u32)wg[1] << 16 | (__u32)wg[2] << 8 | wg[3];
 }
 
 static __always_inline __u16 ip_csum(const struct iphdr *ip)
@@ -159,25 +196,20 @@ static __always_inline __u16 ip_csum(const struct iphdr *ip)
 /* encap prepends an outer Ethernet + IPv4 + UDP header to the IP packet
  * and sends the frame back out where it came from, to the owner's underlay. */
 static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
-				 __be32 dst, const struct wg_pkt *p)
+				 __be32 dst, __u32 ip_len, __u32 entropy, __u32 extra)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u8 mac_dst[ETH_ALEN], mac_src[ETH_ALEN];
-	__u32 entropy;
 
-	if ((void *)(eth + 1) > data_end || p->ip_len > 0xffff - GUE_OVERHEAD) {
-		count(CNT_ENCAP_ERR);
-		return XDP_PASS;
-	}
+	if ((void *)(eth + 1) > data_end || ip_len > 0xffff - GUE_OVERHEAD)
+		return verdict(CNT_ENCAP_ERR, extra, XDP_PASS);
 	__builtin_memcpy(mac_dst, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(mac_src, eth->h_source, ETH_ALEN);
 
-	if (bpf_xdp_adjust_head(ctx, -(int)GUE_OVERHEAD)) {
-		count(CNT_ENCAP_ERR);
-		return XDP_PASS; /* nothing was changed */
-	}
+	if (bpf_xdp_adjust_head(ctx, -(int)GUE_OVERHEAD))
+		return verdict(CNT_ENCAP_ERR, extra, XDP_PASS); /* nothing was changed */
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
@@ -188,10 +220,9 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
 	if ((void *)(udp + 1) > data_end) {
 		/* Cannot happen (the head grew by exactly this much), but the
 		 * verifier needs the check. Put the original back if we can. */
-		count(CNT_ENCAP_ERR);
 		if (bpf_xdp_adjust_head(ctx, (int)GUE_OVERHEAD))
-			return XDP_DROP;
-		return XDP_PASS;
+			return verdict(CNT_ENCAP_ERR, extra, XDP_DROP);
+		return verdict(CNT_ENCAP_ERR, extra, XDP_PASS);
 	}
 
 	/* Back to the L2 neighbour that delivered the packet (the router). */
@@ -201,7 +232,7 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
 
 	struct iphdr oip = {
 		.ver_ihl = 0x45,
-		.tot_len = bpf_htons((__u16)(p->ip_len + GUE_OVERHEAD)),
+		.tot_len = bpf_htons((__u16)(ip_len + GUE_OVERHEAD)),
 		.frag_off = bpf_htons(IP_DF),
 		.ttl = GUE_TTL,
 		.protocol = IPPROTO_UDP,
@@ -211,61 +242,95 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
 	oip.check = ip_csum(&oip);
 	*ip = oip;
 
-	/* Receiver RSS entropy: per client, stable across NAT rebinding when
-	 * the client is stamped. */
-	if (p->cid) {
-		entropy = fmix32(p->cid);
-	} else {
-		const __u32 *a = (const __u32 *)p->key.saddr;
-
-		entropy = fmix32(a[0] ^ a[1] ^ a[2] ^ a[3] ^ p->key.sport);
-	}
 	udp->source = bpf_htons((__u16)(GUE_SPORT_BASE + entropy % GUE_SPORT_RANGE));
 	udp->dest = cfg->gue_port;
-	udp->len = bpf_htons((__u16)(p->ip_len + sizeof(struct udphdr)));
+	udp->len = bpf_htons((__u16)(ip_len + sizeof(struct udphdr)));
 	udp->check = 0;
 
-	count(CNT_FORWARDED);
-	return XDP_TX;
+	return verdict(CNT_FORWARDED, extra, XDP_TX);
 }
 
-/* steer picks the owner of a WireGuard packet and delivers or forwards it. */
-static __always_inline int steer(struct xdp_md *ctx, const struct config *cfg,
-				 const struct wg_pkt *p)
+/* deliver passes up a packet that node owner owns, or sends it there.
+ * entropy picks the outer source port (receiver RSS); extra is counted
+ * with the verdict. */
+static __always_inline int deliver(struct xdp_md *ctx, const struct config *cfg,
+				   __u32 owner, __u32 ip_len, __u32 entropy, __u32 extra)
 {
-	__u32 zero = 0, owner, slot;
-	__u32 *v;
-
-	if (p->cid) {
-		v = bpf_map_lookup_elem(&pins, &p->cid);
-		if (v) {
-			count(CNT_PIN_HIT);
-		} else {
-			void *table = bpf_map_lookup_elem(&maglev_outer, &zero);
-
-			if (!table)
-				return verdict(CNT_NO_TABLE, XDP_PASS);
-			slot = fmix32(p->cid) % TABLE_SIZE;
-			v = bpf_map_lookup_elem(table, &slot);
-			if (!v)
-				return verdict(CNT_NO_TABLE, XDP_PASS);
-		}
-	} else {
-		v = bpf_map_lookup_elem(&flows, &p->key);
-		if (!v)
-			return verdict(CNT_FALLBACK, XDP_PASS);
-		count(CNT_FLOW_HIT);
-	}
-	owner = *v;
-
 	if (owner == cfg->self)
-		return verdict(CNT_LOCAL, XDP_PASS);
+		return verdict(CNT_LOCAL, extra, XDP_PASS);
 
 	struct node *n = bpf_map_lookup_elem(&nodes, &owner);
 
 	if (!n || !(n->flags & NODE_VALID))
-		return verdict(CNT_NO_NODE, XDP_PASS);
-	return encap(ctx, cfg, n->underlay4, p);
+		return verdict(CNT_NO_NODE, extra, XDP_PASS);
+	return encap(ctx, cfg, n->underlay4, ip_len, entropy, extra);
+}
+
+/* pin_bit reports whether ClientID cid (0 < cid < 1<<24) may have a pin. */
+static __always_inline int pin_bit(const struct config *cfg, __u32 cid)
+{
+	__u32 word = cid / 64;
+	__u64 *bits;
+
+	if (!(cfg->flags & CONFIG_PINS))
+		return 0;
+	bits = bpf_map_lookup_elem(&pin_bits, &word);
+	return bits && ((*bits >> (cid % 64)) & 1);
+}
+
+/* steer_stamped picks the owner of a packet stamped with ClientID cid: its
+ * pin while the pinned node is valid (or is this node), else the table. The
+ * outer source port's entropy is fmix32(cid), stable across NAT rebinding. */
+static __always_inline int steer_stamped(struct xdp_md *ctx, const struct config *cfg,
+					 __u32 cid, __u32 ip_len)
+{
+	__u32 h = fmix32(cid), extra = CNT_NONE, zero = 0, owner, slot;
+	__u32 *v;
+
+	if (pin_bit(cfg, cid)) {
+		v = bpf_map_lookup_elem(&pins, &cid);
+		if (v) {
+			owner = *v;
+			extra = CNT_PIN_HIT;
+			if (owner == cfg->self)
+				goto found;
+
+			struct node *n = bpf_map_lookup_elem(&nodes, &owner);
+
+			if (n && (n->flags & NODE_VALID))
+				goto found;
+			/* The pinned node is gone: the table decides. */
+			extra = CNT_PIN_STALE;
+		}
+	}
+
+	void *table = bpf_map_lookup_elem(&maglev_outer, &zero);
+
+	if (!table)
+		return verdict(CNT_NO_TABLE, extra, XDP_PASS);
+	slot = table_slot(h);
+	v = bpf_map_lookup_elem(table, &slot);
+	if (!v)
+		return verdict(CNT_NO_TABLE, extra, XDP_PASS);
+	owner = *v;
+found:
+	return deliver(ctx, cfg, owner, ip_len, h, extra);
+}
+
+/* steer_flow picks the owner of an unstamped packet from its flow entry;
+ * without one it is delivered here. */
+static __always_inline int steer_flow(struct xdp_md *ctx, const struct config *cfg,
+				      const struct flow_key *key, __u32 ip_len)
+{
+	__u32 *v = bpf_map_lookup_elem(&flows, key);
+
+	if (!v)
+		return verdict(CNT_FALLBACK, CNT_NONE, XDP_PASS);
+
+	const __u32 *a = (const __u32 *)key->saddr;
+	__u32 entropy = fmix32(a[0] ^ a[1] ^ a[2] ^ a[3] ^ key->sport);
+
+	return deliver(ctx, cfg, *v, ip_len, entropy, CNT_FLOW_HIT);
 }
 
 /* decap strips the outer IPv4 + UDP header of a GUE packet from a peer and
@@ -280,113 +345,129 @@ static __always_inline int decap(struct xdp_md *ctx, struct iphdr *ip, struct ud
 	__be16 proto;
 
 	if (!bpf_map_lookup_elem(&peers4, &ip->saddr))
-		return verdict(CNT_DECAP_REJECT, XDP_DROP);
+		return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
 	/* We never send options; the strip below is a fixed 28 bytes. */
 	if (ip->ver_ihl != 0x45 || (void *)(eth + 1) > data_end)
-		return verdict(CNT_DECAP_REJECT, XDP_DROP);
+		return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
 
 	switch (inner[0] >> 4) {
 	case 4:
 		if ((void *)(inner + sizeof(struct iphdr)) > data_end)
-			return verdict(CNT_DECAP_REJECT, XDP_DROP);
+			return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
 		proto = bpf_htons(ETH_P_IP);
 		break;
 	case 6:
 		if ((void *)(inner + sizeof(struct ipv6hdr)) > data_end)
-			return verdict(CNT_DECAP_REJECT, XDP_DROP);
+			return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
 		proto = bpf_htons(ETH_P_IPV6);
 		break;
 	default:
-		return verdict(CNT_DECAP_REJECT, XDP_DROP);
+		return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
 	}
 
 	__builtin_memcpy(mac_dst, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(mac_src, eth->h_source, ETH_ALEN);
 	if (bpf_xdp_adjust_head(ctx, (int)GUE_OVERHEAD))
-		return verdict(CNT_DECAP_REJECT, XDP_DROP);
+		return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
 
 	eth = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if ((void *)(eth + 1) > data_end)
-		return verdict(CNT_DECAP_REJECT, XDP_DROP); /* cannot happen */
+		return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP); /* cannot happen */
 	__builtin_memcpy(eth->h_dest, mac_dst, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, mac_src, ETH_ALEN);
 	eth->h_proto = proto;
-	return verdict(CNT_DECAP, XDP_PASS);
+	return verdict(CNT_DECAP, CNT_NONE, XDP_PASS);
 }
 
-static __always_inline int handle_ipv4(struct xdp_md *ctx, const struct config *cfg)
+/* What the parser hands to owner selection. */
+struct wg_pkt {
+	struct flow_key key; /* the source, for unstamped clients only */
+	__u32 cid;           /* ClientID, 0 when not stamped */
+	__u32 ip_len;        /* length of the whole IP packet, from its header */
+};
+
+/* parse_ipv4 and parse_ipv6 return STEER with *p filled for a plausible
+ * WireGuard packet to the VIP; for anything else they count the verdict and
+ * return the action. */
+#define STEER (-1)
+
+static __always_inline int parse_ipv4(struct xdp_md *ctx, const struct config *cfg,
+				      struct wg_pkt *p)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
-	struct wg_pkt p = {};
 	__u32 ihl, tot_len, udp_len;
 
 	if ((void *)(ip + 1) > data_end)
-		return verdict(CNT_NOT_OURS, XDP_PASS);
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
 	ihl = (ip->ver_ihl & 0x0f) * 4;
 	if ((ip->ver_ihl >> 4) != 4 || ihl < sizeof(struct iphdr) ||
 	    ip->protocol != IPPROTO_UDP ||
 	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
-		return verdict(CNT_NOT_OURS, XDP_PASS);
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
 
 	/* The one bounds check for UDP and the WireGuard (or inner) header. */
 	struct udphdr *udp = (void *)ip + ihl;
 	__u8 *wg = (void *)(udp + 1);
 
 	if ((void *)(wg + WG_HDR_LEN) > data_end)
-		return verdict(CNT_NOT_OURS, XDP_PASS);
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
 
 	if (cfg->self_underlay4 && ip->daddr == cfg->self_underlay4 &&
 	    udp->dest == cfg->gue_port)
 		return decap(ctx, ip, udp);
 	if (ip->daddr != cfg->vip4 || udp->dest != cfg->wg_port)
-		return verdict(CNT_NOT_OURS, XDP_PASS);
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
 
 	tot_len = bpf_ntohs(ip->tot_len);
 	udp_len = bpf_ntohs(udp->len);
 	if ((void *)ip + tot_len > data_end || udp_len < sizeof(*udp) ||
 	    ihl + udp_len > tot_len || !wg_plausible(wg[0], udp_len - sizeof(*udp)))
-		return verdict(CNT_MALFORMED, XDP_PASS);
+		return verdict(CNT_MALFORMED, CNT_NONE, XDP_PASS);
 
-	p.cid = (__u32)wg[1] << 16 | (__u32)wg[2] << 8 | wg[3];
-	p.ip_len = tot_len;
+	p->cid = wg_cid(wg);
+	p->ip_len = tot_len;
+	if (p->cid)
+		return STEER; /* the flow key is for unstamped clients only */
 	/* ::ffff:a.b.c.d */
-	((__u32 *)p.key.saddr)[2] = bpf_htonl(0x0000ffff);
-	((__u32 *)p.key.saddr)[3] = ip->saddr;
-	p.key.sport = udp->source;
-	return steer(ctx, cfg, &p);
+	((__u32 *)p->key.saddr)[2] = bpf_htonl(0x0000ffff);
+	((__u32 *)p->key.saddr)[3] = ip->saddr;
+	p->key.sport = udp->source;
+	return STEER;
 }
 
-static __always_inline int handle_ipv6(struct xdp_md *ctx, const struct config *cfg)
+static __always_inline int parse_ipv6(struct xdp_md *ctx, const struct config *cfg,
+				      struct wg_pkt *p)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	struct udphdr *udp = (void *)(ip6 + 1);
 	__u8 *wg = (void *)(udp + 1);
-	struct wg_pkt p = {};
 	__u32 payload_len, udp_len;
 
 	/* The one bounds check: fixed header, UDP directly, WireGuard header. */
 	if ((void *)(wg + WG_HDR_LEN) > data_end)
-		return verdict(CNT_NOT_OURS, XDP_PASS);
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
 	if ((ip6->ver_tc_flow[0] >> 4) != 6 || ip6->nexthdr != IPPROTO_UDP ||
 	    !addr6_eq(ip6->daddr, cfg->vip6) || udp->dest != cfg->wg_port)
-		return verdict(CNT_NOT_OURS, XDP_PASS);
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
 
 	payload_len = bpf_ntohs(ip6->payload_len);
 	udp_len = bpf_ntohs(udp->len);
 	if ((void *)udp + payload_len > data_end || udp_len < sizeof(*udp) ||
 	    udp_len > payload_len || !wg_plausible(wg[0], udp_len - sizeof(*udp)))
-		return verdict(CNT_MALFORMED, XDP_PASS);
+		return verdict(CNT_MALFORMED, CNT_NONE, XDP_PASS);
 
-	p.cid = (__u32)wg[1] << 16 | (__u32)wg[2] << 8 | wg[3];
-	p.ip_len = sizeof(*ip6) + payload_len;
-	__builtin_memcpy(p.key.saddr, ip6->saddr, sizeof(p.key.saddr));
-	p.key.sport = udp->source;
-	return steer(ctx, cfg, &p);
+	p->cid = wg_cid(wg);
+	p->ip_len = sizeof(*ip6) + payload_len;
+	if (p->cid)
+		return STEER;
+	__builtin_memcpy(p->key.saddr, ip6->saddr, sizeof(p->key.saddr));
+	p->key.sport = udp->source;
+	return STEER;
 }
 
 SEC("xdp")
@@ -399,10 +480,21 @@ int xdp_lb(struct xdp_md *ctx)
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 
 	if (!cfg || !(cfg->flags & CONFIG_ENABLED) || (void *)(eth + 1) > data_end)
-		return verdict(CNT_NOT_OURS, XDP_PASS);
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
+	/* Zeroed: the parsers do not write the flow key's pad, nor the
+	 * leading zeros of an IPv4 source's ::ffff:a.b.c.d. */
+	struct wg_pkt p = {};
+	int act;
+
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return handle_ipv4(ctx, cfg);
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return handle_ipv6(ctx, cfg);
-	return verdict(CNT_NOT_OURS, XDP_PASS);
+		act = parse_ipv4(ctx, cfg, &p);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		act = parse_ipv6(ctx, cfg, &p);
+	else
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
+	if (act != STEER)
+		return act;
+	if (p.cid)
+		return steer_stamped(ctx, cfg, p.cid, p.ip_len);
+	return steer_flow(ctx, cfg, &p.key, p.ip_len);
 }

@@ -24,6 +24,11 @@ type wedgeLBConfig struct {
 	Flags         uint32
 }
 
+type wedgeLBCounters struct {
+	_ structs.HostLayout
+	N [13]uint64
+}
+
 type wedgeLBFlowKey struct {
 	_     structs.HostLayout
 	Saddr [16]uint8
@@ -47,6 +52,7 @@ const (
 	wedgeLBMapMaglevOuter = "maglev_outer"
 	wedgeLBMapNodes       = "nodes"
 	wedgeLBMapPeers4      = "peers4"
+	wedgeLBMapPinBits     = "pin_bits"
 	wedgeLBMapPins        = "pins"
 	wedgeLBProgXdpLb      = "xdp_lb"
 )
@@ -106,6 +112,7 @@ type wedgeLBMapSpecs struct {
 	MaglevOuter *ebpf.MapSpec `ebpf:"maglev_outer"`
 	Nodes       *ebpf.MapSpec `ebpf:"nodes"`
 	Peers4      *ebpf.MapSpec `ebpf:"peers4"`
+	PinBits     *ebpf.MapSpec `ebpf:"pin_bits"`
 	Pins        *ebpf.MapSpec `ebpf:"pins"`
 }
 
@@ -141,6 +148,7 @@ type wedgeLBMaps struct {
 	MaglevOuter *ebpf.Map `ebpf:"maglev_outer"`
 	Nodes       *ebpf.Map `ebpf:"nodes"`
 	Peers4      *ebpf.Map `ebpf:"peers4"`
+	PinBits     *ebpf.Map `ebpf:"pin_bits"`
 	Pins        *ebpf.Map `ebpf:"pins"`
 }
 
@@ -152,6 +160,7 @@ func (m *wedgeLBMaps) Close() error {
 		m.MaglevOuter,
 		m.Nodes,
 		m.Peers4,
+		m.PinBits,
 		m.Pins,
 	)
 }

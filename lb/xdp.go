@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
@@ -17,11 +18,14 @@ const (
 	XDPTableSize = 65537
 	// XDPMaxNodes bounds node indexes: 0 <= index < XDPMaxNodes.
 	XDPMaxNodes = 256
+	// xdpCIDLimit bounds ClientIDs: they are 24 bits, and 0 is unstamped.
+	xdpCIDLimit = 1 << 24
 )
 
 // Flag bits of the program's config and node entries.
 const (
 	configEnabled = 1 << 0
+	configPins    = 1 << 1 // some bit of pin_bits is set; kept by SetPin and DeletePin
 	nodeValid     = 1 << 0
 )
 
@@ -40,17 +44,30 @@ var counterNames = [...]string{
 	"encap_err",
 	"decap",
 	"decap_reject",
+	"pin_stale",
 }
+
+// One name per counter of struct counters (compile error otherwise).
+var _ = [1]struct{}{}[len(counterNames)-len(wedgeLBCounters{}.N)]
 
 // Objects is the loaded XDP program and its maps. The program is not
 // attached anywhere; attach Program() with link.AttachXDP. Until SetConfig
 // enables it, the program passes every packet untouched.
 //
-// The setters may be called concurrently with the program running; each
-// one updates a single map entry (SetTable swaps a whole table at once).
+// The setters may be called concurrently with the program running and with
+// each other. Each one updates a single map entry (SetTable swaps a whole
+// table at once), except SetPin and DeletePin, which also keep the pin's
+// bit in pin_bits and the config's pins flag, in an order that never
+// leaves a pin without them (see SetPin).
 type Objects struct {
 	objs      wedgeLBObjects
 	innerSpec *ebpf.MapSpec // of the Maglev tables in maglev_outer
+
+	// mu serializes SetConfig, SetPin and DeletePin: the config entry and
+	// the words of pin_bits are read-modify-written.
+	mu      sync.Mutex
+	cfg     wedgeLBConfig // as last set by SetConfig, without configPins
+	pinBits int           // bits set in pin_bits
 }
 
 // Load loads the XDP program and creates its maps. The caller must Close
@@ -131,6 +148,21 @@ func (o *Objects) SetConfig(c Config) error {
 	v.Self = c.Self
 	if c.Enabled {
 		v.Flags |= configEnabled
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.writeConfig(v, o.pinBits > 0); err != nil {
+		return err
+	}
+	o.cfg = v
+	return nil
+}
+
+// writeConfig stores v, with the pins flag if pins is set. The caller
+// holds o.mu.
+func (o *Objects) writeConfig(v wedgeLBConfig, pins bool) error {
+	if pins {
+		v.Flags |= configPins
 	}
 	if err := o.objs.Config.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("lb: set config: %w", err)
@@ -228,17 +260,92 @@ func (o *Objects) ClearTable() error {
 	return deleteIgnoringMissing(o.objs.MaglevOuter, uint32(0), "table")
 }
 
-// SetPin makes node idx the owner of cid, whatever the table says.
+// SetPin makes node idx the owner of ClientID cid (1 <= cid < 1<<24),
+// whatever the table says, for as long as idx is this node or its node
+// entry is valid: a draining node keeps its clients. While node idx is
+// not valid (a node that is gone) the pin is ignored, counted as
+// pin_stale, and the table decides; the pin takes effect again if the
+// entry becomes valid.
+//
+// The program looks a ClientID up in pins only when the config's pins
+// flag and the ClientID's bit in pin_bits are set, which spares every
+// other stamped packet a hash lookup. SetPin sets the flag and the bit
+// before it adds the entry, and DeletePin clears them after it removes
+// the entry, so that a pin is never without them.
 func (o *Objects) SetPin(cid, idx uint32) error {
+	if cid == 0 || cid >= xdpCIDLimit {
+		return fmt.Errorf("lb: set pin: ClientID %d out of range [1, %d)", cid, xdpCIDLimit)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	set, err := o.setPinBit(cid, true)
+	if err != nil {
+		return err
+	}
 	if err := o.objs.Pins.Update(cid, idx, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("lb: set pin %d: %w", cid, err)
+		err = fmt.Errorf("lb: set pin %d: %w", cid, err)
+		if set {
+			// The bit was clear, so there was no entry and there is
+			// none now: take the bit back (left set, it would only
+			// cost a lookup).
+			if _, err2 := o.setPinBit(cid, false); err2 != nil {
+				err = errors.Join(err, err2)
+			}
+		}
+		return err
 	}
 	return nil
 }
 
 // DeletePin returns cid to the table. Deleting a missing pin is not an error.
 func (o *Objects) DeletePin(cid uint32) error {
-	return deleteIgnoringMissing(o.objs.Pins, cid, fmt.Sprintf("pin %d", cid))
+	if cid == 0 || cid >= xdpCIDLimit {
+		return nil // SetPin never made one
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := deleteIgnoringMissing(o.objs.Pins, cid, fmt.Sprintf("pin %d", cid)); err != nil {
+		return err
+	}
+	_, err := o.setPinBit(cid, false)
+	return err
+}
+
+// setPinBit sets (on) or clears the bit of cid in pin_bits and reports
+// whether it changed. The config's pins flag is set before the first bit
+// and cleared after the last one. The caller holds o.mu; no one else
+// writes pin_bits, so the word read here is current.
+func (o *Objects) setPinBit(cid uint32, on bool) (bool, error) {
+	key, bit := cid/64, uint64(1)<<(cid%64)
+	var word uint64
+	if err := o.objs.PinBits.Lookup(key, &word); err != nil {
+		return false, fmt.Errorf("lb: read pin bits of %d: %w", cid, err)
+	}
+	if (word&bit != 0) == on {
+		return false, nil
+	}
+	if on && o.pinBits == 0 {
+		if err := o.writeConfig(o.cfg, true); err != nil {
+			return false, err
+		}
+	}
+	// The program sees the old word or the new one: only this bit differs.
+	if err := o.objs.PinBits.Update(key, word^bit, ebpf.UpdateExist); err != nil {
+		return false, fmt.Errorf("lb: write pin bits of %d: %w", cid, err)
+	}
+	if on {
+		o.pinBits++
+		return true, nil
+	}
+	o.pinBits--
+	if o.pinBits == 0 {
+		// Left set on failure, the flag costs a bit lookup per packet;
+		// the next SetConfig or DeletePin clears it.
+		if err := o.writeConfig(o.cfg, false); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
 }
 
 // SetFlow makes node idx the owner of the unstamped client at src. The flow
@@ -261,17 +368,18 @@ func (o *Objects) DeleteFlow(src netip.AddrPort) error {
 
 // Counters returns the program's counters summed over all CPUs, by name:
 // not_ours, malformed, local, forwarded, pin_hit, flow_hit, fallback,
-// no_node, no_table, encap_err, decap, decap_reject. See bpf/README.md.
+// no_node, no_table, encap_err, decap, decap_reject, pin_stale. See
+// bpf/README.md.
 func (o *Objects) Counters() (map[string]uint64, error) {
+	var perCPU []wedgeLBCounters
+	if err := o.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {
+		return nil, fmt.Errorf("lb: read counters: %w", err)
+	}
 	out := make(map[string]uint64, len(counterNames))
-	var perCPU []uint64
 	for i, name := range counterNames {
-		if err := o.objs.Counters.Lookup(uint32(i), &perCPU); err != nil {
-			return nil, fmt.Errorf("lb: read counter %s: %w", name, err)
-		}
 		var sum uint64
-		for _, v := range perCPU {
-			sum += v
+		for _, c := range perCPU {
+			sum += c.N[i]
 		}
 		out[name] = sum
 	}
