@@ -79,7 +79,7 @@ type Node struct {
 
 	mismatches  atomic.Uint64
 	recovered   atomic.Uint64 // handshakes started by session recovery
-	lastStamped uint64 // Bind's stamped count at the last ClientID check; watcher only
+	lastStamped uint64        // Bind's stamped count at the last ClientID check; watcher only
 	done        chan struct{}
 	closeOnce   sync.Once
 	wg          sync.WaitGroup

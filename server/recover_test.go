@@ -66,12 +66,14 @@ func TestSessionless(t *testing.T) {
 	}
 	now := time.Now()
 	peers := []peerState{
-		{PublicKey: keys[0], LastHandshake: now.Add(-10 * time.Second)},  // live session
-		{PublicKey: keys[1]},                                             // never handshaken here
+		{PublicKey: keys[0], LastHandshake: now.Add(-10 * time.Second)}, // live session
+		{PublicKey: keys[1]}, // never handshaken here
 		{PublicKey: keys[2], LastHandshake: now.Add(-200 * time.Second)}, // expired
-		{PublicKey: keys[3]},                                             // sent nothing
+		{PublicKey: keys[3]}, // sent nothing
 	}
-	ep := func(i int) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr("203.0.113.7"), uint16(4000+i)) }
+	ep := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.MustParseAddr("203.0.113.7"), uint16(4000+i))
+	}
 	seen := []DataSeen{{ep(0), ids[0], 3}, {ep(1), ids[1], 1}, {ep(2), ids[2], 9}, {ep(9), ids[3] + 1000, 1}}
 	got := n.sessionless(seen, peers, now)
 	slices.SortFunc(got, func(a, b sessionCandidate) int { return int(a.id) - int(b.id) })
