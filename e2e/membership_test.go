@@ -7,7 +7,9 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,12 +81,20 @@ func servedBy(t *testing.T, sc *socksClient) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	n := egressNode(seen.Addr())
+	if n == 0 {
+		t.Fatalf("the origin saw %v, no node's egress", seen)
+	}
+	return n
+}
+
+// egressNode is the cluster node whose egress address a is, 0 if none.
+func egressNode(a netip.Addr) int {
 	for n := 1; n <= lab.MaxClusterNodes; n++ {
-		if lab.NodeEgress4(n) == seen.Addr() {
+		if lab.NodeEgress4(n) == a {
 			return n
 		}
 	}
-	t.Fatalf("the origin saw %v, no node's egress", seen)
 	return 0
 }
 
@@ -113,6 +123,12 @@ func checkUndisturbed(t *testing.T, what string, res downloadResult, n int64) {
 		t.Fatalf("%s: the download stalled for %d ms", what, res.r.MaxGapMS)
 	}
 	t.Logf("%s: download complete, worst stall %d ms", what, res.r.MaxGapMS)
+}
+
+// nodeNum is n for the lab's node id "nodeN".
+func nodeNum(id string) int {
+	n, _ := strconv.Atoi(strings.TrimPrefix(id, "node"))
+	return n
 }
 
 func nodeIDs(ns ...int) []string {
@@ -225,7 +241,7 @@ func TestClusterNodeDeath(t *testing.T) {
 	// survivors' ClientIDs too, under 1%: b is not one of them).
 	pathA, cidA := f.register(t)
 	ownerA, _ := all.Owner(uint32(cidA))
-	x := int(ownerA[len("node")] - '0')
+	x := nodeNum(ownerA)
 	var rest []int
 	for n := 1; n <= 3; n++ {
 		if n != x {
@@ -283,7 +299,7 @@ func TestClusterNodeDeath(t *testing.T) {
 	var backAt time.Time
 	for deadline := killAt.Add(40 * time.Second); time.Now().Before(deadline) && backAt.IsZero(); {
 		if seen, err := a.remoteAddr(lab.Origin4.Addr(), 2*time.Second); err == nil {
-			if seen.Addr() != lab.NodeEgress4(int(wantA[len("node")]-'0')) {
+			if seen.Addr() != lab.NodeEgress4(nodeNum(wantA)) {
 				t.Fatalf("after node%d died client a is served from %v, want its new owner %s", x, seen, wantA)
 			}
 			backAt = time.Now()
@@ -298,7 +314,7 @@ func TestClusterNodeDeath(t *testing.T) {
 	if d := backAt.Sub(goneAt); d > 4*time.Second {
 		t.Errorf("client a took %v after node%d's lease expired to work again, want a few seconds", d, x)
 	}
-	newOwner := f.nodes[int(wantA[len("node")]-'0')-1]
+	newOwner := f.nodes[nodeNum(wantA)-1]
 	t.Logf("%s started %d handshakes for clients that sent data without a session", wantA, status(t, newOwner).Bind.HandshakesStarted)
 	checkUndisturbed(t, fmt.Sprintf("client b on node%d while node%d died", y, x), <-done, size)
 	if n := servedBy(t, b); n != y {

@@ -19,7 +19,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -78,14 +77,7 @@ func testRebinding(t *testing.T, xdp bool) {
 	cid := configMeta(conf, "ClientID")
 	sc := startSocksClient(t, c.Client, bins.Wedge, srv, path)
 	sc.waitUp(t, 20*time.Second)
-	seen, err := sc.remoteAddr(lab.Origin4.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	owner := slices.IndexFunc([]int{1, 2, 3}, func(n int) bool { return lab.NodeEgress4(n) == seen.Addr() }) + 1
-	if owner == 0 {
-		t.Fatalf("the origin saw %v, no node's egress", seen)
-	}
+	owner := servedBy(t, sc)
 	if !xdp && owner != first {
 		t.Fatalf("without the front the client's flows ended on node%d, but ECMP sends %v to node%d", owner, before, first)
 	}
@@ -114,16 +106,8 @@ func testRebinding(t *testing.T, xdp bool) {
 	}
 	t.Logf("owner node%d; ECMP sends %v to node%d, and %v to node%d", owner, before, first, after, next)
 
-	type result struct {
-		r   lab.BytesResult
-		err error
-	}
-	done := make(chan result, 1)
 	start := time.Now()
-	go func() {
-		r, err := sc.bytes(lab.Origin4.Addr(), rebindDownload, 25*time.Second)
-		done <- result{r, err}
-	}()
+	done := startBytes(sc, rebindDownload, 25*time.Second)
 	// Let the download get going, then rebind.
 	time.Sleep(2 * time.Second)
 	var cntBefore map[string]uint64
@@ -153,15 +137,7 @@ func testRebinding(t *testing.T, xdp bool) {
 		}
 		return
 	}
-	if res.err != nil {
-		t.Fatalf("the download across the rebinding failed: %v", res.err)
-	}
-	if res.r.N != rebindDownload || !res.r.OK {
-		t.Fatalf("the download got %d bytes (pattern ok: %v), want %d", res.r.N, res.r.OK, rebindDownload)
-	}
-	if res.r.MaxGapMS >= 2000 {
-		t.Fatalf("the download stalled for %d ms across the rebinding, want < 2 s", res.r.MaxGapMS)
-	}
+	checkUndisturbed(t, "across the rebinding", res, rebindDownload)
 	cnt := xdpCounters(t, nodes[next-1])
 	if cnt["forwarded"] <= cntBefore["forwarded"] {
 		t.Fatalf("node%d forwarded nothing after the rebinding: %v", next, cnt)
