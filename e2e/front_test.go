@@ -48,40 +48,68 @@ func xdpCounters(t *testing.T, w *lab.Wedged) map[string]uint64 {
 // its uplink when xdp is set, readies the lab for packets XDP moves, and
 // waits until every node sees all of them active.
 func startFrontNodes(t *testing.T, c *lab.Cluster, bins lab.Bins, xdp bool) []*lab.Wedged {
+	return startFrontNodesN(t, c, bins, xdp, len(c.Nodes))
+}
+
+// startFrontNodesN is startFrontNodes for nodes 1..n only; the others can
+// join later with startFrontNode. With the front, it also waits until
+// every front's table holds the n nodes (a node joins the tables a few
+// seconds after it appears).
+func startFrontNodesN(t *testing.T, c *lab.Cluster, bins lab.Bins, xdp bool, n int) []*lab.Wedged {
 	t.Helper()
 	// Frames a node sends back with XDP_TX reach the router only if its
 	// veth has an XDP program; a client checksum left to offload would
 	// never be finished once XDP moved the packet (DESIGN.md, the lab).
-	for n := 1; n <= len(c.Nodes); n++ {
-		if err := c.Router.AttachXDPPass(lab.RouterNodeIf(n)); err != nil {
+	for k := 1; k <= len(c.Nodes); k++ {
+		if err := c.Router.AttachXDPPass(lab.RouterNodeIf(k)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := c.Client.TxOff(lab.ClientIf); err != nil {
 		t.Fatal(err)
 	}
+	nodes := make([]*lab.Wedged, n)
+	for i := range nodes {
+		nodes[i] = startFrontNode(t, c, bins, xdp, i+1)
+	}
+	waitFrontNodes(t, nodes, xdp)
+	return nodes
+}
+
+// startFrontNode starts wedged on node k.
+func startFrontNode(t *testing.T, c *lab.Cluster, bins lab.Bins, xdp bool, k int) *lab.Wedged {
+	t.Helper()
 	var extra []string
 	if xdp {
 		extra = []string{"--xdp", lab.NodeUplinkIf, "--vip", lab.VIP4.String(), "--vip", lab.VIP6.String()}
 	}
-	nodes := make([]*lab.Wedged, len(c.Nodes))
+	w, err := c.StartWedged(k, bins.Wedged, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// waitFrontNodes waits until every node sees all of nodes (node1..n, in
+// order) active and,
+// with the front, every front's table holds them all.
+func waitFrontNodes(t *testing.T, nodes []*lab.Wedged, xdp bool) time.Duration {
+	t.Helper()
 	var want []string
 	for i := range nodes {
-		var err error
-		if nodes[i], err = c.StartWedged(i+1, bins.Wedged, extra...); err != nil {
-			t.Fatal(err)
-		}
 		want = append(want, fmt.Sprintf("node%d:active", i+1))
 	}
-	waitUntil(t, 10*time.Second, "every node sees every node active", func() bool {
+	return waitUntil(t, 15*time.Second, "every node sees every node active, in its table", func() bool {
 		for _, w := range nodes {
 			if liveNodes(t, w) != strings.Join(want, ",") {
+				return false
+			}
+			if xdp && xdpCounters(t, w)["table_nodes"] != uint64(len(nodes)) {
 				return false
 			}
 		}
 		return true
 	})
-	return nodes
 }
 
 func TestClusterXDPFront(t *testing.T) {

@@ -29,7 +29,11 @@ type frontLab struct {
 	next  int // next SOCKS port
 }
 
-func newFrontLab(t *testing.T) *frontLab {
+func newFrontLab(t *testing.T) *frontLab { return newFrontLabN(t, 3) }
+
+// newFrontLabN is the lab of three nodes with only nodes 1..n running and
+// the VIP spread over them.
+func newFrontLabN(t *testing.T, n int) *frontLab {
 	t.Helper()
 	needLab(t, "tc")
 	c, bins, srv := newCluster(t, 3, 1)
@@ -38,8 +42,12 @@ func newFrontLab(t *testing.T) *frontLab {
 		t.Fatal(err)
 	}
 	f := &frontLab{c: c, bins: bins, srv: srv, next: 1080}
-	f.nodes = startFrontNodes(t, c, bins, true)
-	if err := c.SetVIPRoute(1, 2, 3); err != nil {
+	f.nodes = startFrontNodesN(t, c, bins, true, n)
+	var up []int
+	for k := 1; k <= n; k++ {
+		up = append(up, k)
+	}
+	if err := c.SetVIPRoute(up...); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -319,5 +327,80 @@ func TestClusterNodeDeath(t *testing.T) {
 	checkUndisturbed(t, fmt.Sprintf("client b on node%d while node%d died", y, x), <-done, size)
 	if n := servedBy(t, b); n != y {
 		t.Errorf("client b moved from node%d to node%d", y, n)
+	}
+}
+
+// TestClusterJoin: a third node joins two. Maglev gives it a third of
+// every node's ClientIDs; the nodes pin the ones they hold a session
+// with before the fronts' tables take the new node in, so a download in
+// progress for a client the new table gives to the new node stays where
+// it is, and a new client of the new node lands there.
+func TestClusterJoin(t *testing.T) {
+	f := newFrontLabN(t, 2)
+	three, err := lb.NewTable(nodeIDs(1, 2, 3), lb.XDPTableSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// registerFor registers clients until one belongs to node3 once it
+	// has joined (a third of them do).
+	registerFor := func() (string, clientid.ID) {
+		for range 30 {
+			path, cid := f.register(t)
+			if o, _ := three.Owner(uint32(cid)); o == "node3" {
+				return path, cid
+			}
+		}
+		t.Fatal("30 registrations and none for node3")
+		return "", 0
+	}
+	path, cid := registerFor()
+	sc := f.connect(t, path)
+	y := servedBy(t, sc)
+	t.Logf("client %s on node%d; node3 will own it once it joins", cid, y)
+
+	const size = 60 << 20 // about 12 s at 40 Mbit/s
+	done := startBytes(sc, size, 40*time.Second)
+	time.Sleep(2 * time.Second)
+	joinAt := time.Now()
+	f.nodes = append(f.nodes, startFrontNode(t, f.c, f.bins, true, 3))
+	if err := f.c.SetVIPRoute(1, 2, 3); err != nil {
+		t.Fatal(err)
+	}
+	waitFrontNodes(t, f.nodes, true)
+	t.Logf("node3 in every front's table %v after it started", time.Since(joinAt).Round(time.Millisecond))
+	// From now on every packet reaches node3 first, whose table says
+	// the client is its own: only the pin sends it on.
+	if err := f.c.SetVIPRoute(3); err != nil {
+		t.Fatal(err)
+	}
+	pinned := false
+	for _, m := range clusterStatus(t, f.nodes[0]).Cluster.Nodes {
+		if m.ID == fmt.Sprintf("node%d", y) {
+			for i := 0; i+3 <= len(m.Pins); i += 3 {
+				pinned = pinned || clientid.ID(uint32(m.Pins[i])<<16|uint32(m.Pins[i+1])<<8|uint32(m.Pins[i+2])) == cid
+			}
+			if m.Pinned {
+				t.Errorf("node%d is active but its record says pinned (the drain flag)", y)
+			}
+		}
+	}
+	if !pinned {
+		t.Errorf("node%d does not pin client %s, which the new table gives to node3", y, cid)
+	}
+	checkUndisturbed(t, fmt.Sprintf("client on node%d while node3 joined", y), <-done, size)
+	if n := servedBy(t, sc); n != y {
+		t.Errorf("the client moved from node%d to node%d", y, n)
+	}
+	if c := xdpCounters(t, f.nodes[2]); c["forwarded"] == 0 || c["pin_hit"] == 0 {
+		t.Errorf("node3 xdp: %v; want packets forwarded on a pin", c)
+	} else {
+		t.Logf("node3 forwarded %d packets, %d on a pin", c["forwarded"], c["pin_hit"])
+	}
+
+	// A new client of node3 lands there.
+	path2, cid2 := registerFor()
+	nc := f.connect(t, path2)
+	if n := servedBy(t, nc); n != 3 {
+		t.Errorf("new client %s, node3's in the new table, is served by node%d", cid2, n)
 	}
 }

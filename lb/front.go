@@ -252,6 +252,16 @@ func (f *Front) Pins() int {
 	return len(f.pins)
 }
 
+// TableNodes returns how many members the current table holds.
+func (f *Front) TableNodes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.table == nil {
+		return 0
+	}
+	return len(f.table.Backends())
+}
+
 // Index is member id's node index in the program's maps.
 func (f *Front) Index(id string) (uint32, bool) {
 	f.mu.Lock()

@@ -57,6 +57,13 @@ type Config struct {
 	// registry Store is shared: registrations are refused while etcd is
 	// unreachable, the status reports the cluster, and drain is served.
 	Cluster *cluster.Membership
+	// Owners, in a cluster, builds the function the fronts use to give a
+	// ClientID to one of the active nodes (lb.NewTable). With it the node
+	// pins each client it holds a session with that the table gives to
+	// another node, so no membership change (a node joining, dying or
+	// draining) moves a live session; without it only a draining node
+	// pins.
+	Owners func(active []string) (func(cid uint32) string, error)
 }
 
 // Node is a running WireGuard side of a wedge node.
@@ -77,12 +84,17 @@ type Node struct {
 	seen       map[wgtypes.Key]clientid.ID // ClientID last seen per peer
 	extraStats map[string]func() any
 
-	mismatches  atomic.Uint64
-	recovered   atomic.Uint64 // handshakes started by session recovery
-	lastStamped uint64        // Bind's stamped count at the last ClientID check; watcher only
-	done        chan struct{}
-	closeOnce   sync.Once
-	wg          sync.WaitGroup
+	mismatches atomic.Uint64
+	recovered  atomic.Uint64 // handshakes started by session recovery
+	// membershipChanged is when (UnixNano) the active nodes of this data
+	// center or this node's state last changed; session recovery waits
+	// for the other nodes' pins after it (recover.go).
+	membershipChanged atomic.Int64
+	lastStamped       uint64     // Bind's stamped count at the last ClientID check; watcher only
+	owners            ownerCache // watcher only
+	done              chan struct{}
+	closeOnce         sync.Once
+	wg                sync.WaitGroup
 }
 
 // MaxPeers is the most clients one device holds (wireguard-go's limit).
@@ -429,19 +441,21 @@ func (n *Node) Wait() <-chan struct{} { return n.dev.Wait() }
 // known and a ClientID that differs from the registered one is counted. It
 // runs every 2 s rather than per packet: the hot path stays untouched.
 //
-// In a cluster it also publishes, every 6 s and at once when this node's
-// state changes, how many clients it serves and, while it drains, which
-// (countActive).
+// In a cluster it also publishes, every 6 s and at once when the active
+// nodes of its data center or its own state change, how many clients it
+// serves and which it pins (countActive).
 func (n *Node) watchClientIDs() {
 	defer n.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	kick := make(chan struct{}, 1)
 	if m := n.cfg.Cluster; m != nil {
-		var last cluster.State
-		unsub := m.Subscribe(func([]cluster.Member) {
-			if st := m.Self().State; st != last {
-				last = st
+		var last string
+		unsub := m.Subscribe(func(ms []cluster.Member) {
+			self := m.Self()
+			if key := string(self.State) + "|" + strings.Join(activeIDs(ms, self.DC), ","); key != last {
+				last = key
+				n.membershipChanged.Store(time.Now().UnixNano())
 				select {
 				case kick <- struct{}{}:
 				default:

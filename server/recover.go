@@ -32,9 +32,18 @@ import (
 // ever sends an initiation (148 bytes) to it, at most once per client per
 // recoverEvery and recoverBurst a second in all: a forged flood buys the
 // forger little traffic towards anyone.
+//
+// A membership change moves some ClientIDs to a new owner in the fronts'
+// tables before the nodes that hold their sessions have pinned them
+// (countActive): for that moment their data reaches a node without their
+// session. Recovery waits pinSettle after every change and then leaves
+// alone a client another node pins, or it would steal a session that
+// is about to flow back to its holder.
 const (
 	recoverEvery = 5 * time.Second
 	recoverBurst = 100
+	recoverTick  = 250 * time.Millisecond
+	pinSettle    = 500 * time.Millisecond
 )
 
 // sessionCandidate is a registered client that sent data with no session
@@ -45,12 +54,12 @@ type sessionCandidate struct {
 	ep  netip.AddrPort
 }
 
-// recoverSessions runs once a second: it takes what the Bind saw and
+// recoverSessions runs every recoverTick: it takes what the Bind saw and
 // starts a handshake with every registered client that sent data here
 // without holding a live session.
 func (n *Node) recoverSessions() {
 	defer n.wg.Done()
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(recoverTick)
 	defer t.Stop()
 	last := map[clientid.ID]time.Time{}
 	// live caches the last handshake of clients with a session, so the
@@ -61,6 +70,9 @@ func (n *Node) recoverSessions() {
 		case <-n.done:
 			return
 		case now := <-t.C:
+			if now.Sub(time.Unix(0, n.membershipChanged.Load())) < pinSettle {
+				continue // what the Bind saw waits for the next tick
+			}
 			seen := n.bind.TakeData()
 			seen = slices.DeleteFunc(seen, func(s DataSeen) bool {
 				h, ok := live[s.ClientID]
@@ -81,8 +93,15 @@ func (n *Node) recoverSessions() {
 				}
 			}
 			n.mu.Unlock()
+			var pinned map[clientid.ID]bool
 			for _, c := range n.sessionless(seen, peers, now) {
 				if now.Sub(last[c.id]) < recoverEvery {
+					continue
+				}
+				if pinned == nil {
+					pinned = n.pinnedElsewhere()
+				}
+				if pinned[c.id] {
 					continue
 				}
 				if len(last) >= recoverBurst*10 {
@@ -99,6 +118,25 @@ func (n *Node) recoverSessions() {
 			}
 		}
 	}
+}
+
+// pinnedElsewhere are the ClientIDs other nodes of this data center pin.
+func (n *Node) pinnedElsewhere() map[clientid.ID]bool {
+	out := map[clientid.ID]bool{}
+	m := n.cfg.Cluster
+	if m == nil {
+		return out
+	}
+	self := m.Self()
+	for _, mem := range m.Members() {
+		if mem.ID == self.ID || mem.DC != self.DC {
+			continue
+		}
+		for _, id := range mem.PinnedClientIDs() {
+			out[clientid.ID(id)] = true
+		}
+	}
+	return out
 }
 
 // sessionless picks, from what the Bind saw, the registered clients whose

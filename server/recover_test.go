@@ -11,6 +11,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/server/registry"
 )
 
 func TestBindTakeData(t *testing.T) {
@@ -81,5 +82,45 @@ func TestSessionless(t *testing.T) {
 	slices.SortFunc(want, func(a, b sessionCandidate) int { return int(a.id) - int(b.id) })
 	if !slices.Equal(got, want) {
 		t.Fatalf("sessionless: got %+v, want %+v", got, want)
+	}
+}
+
+// TestPinsFor: a draining node pins every client with a session; an active
+// one pins those the table gives to another node, and never a client
+// without a session or one it does not know.
+func TestPinsFor(t *testing.T) {
+	now := time.Now()
+	key := func(i byte) wgtypes.Key { return wgtypes.Key{i} }
+	clients := map[wgtypes.Key]registry.Client{
+		key(1): {ClientID: 1}, key(2): {ClientID: 2}, key(3): {ClientID: 3}, key(4): {ClientID: 4},
+	}
+	peers := []peerState{
+		{PublicKey: key(1), LastHandshake: now.Add(-time.Minute)},
+		{PublicKey: key(2), LastHandshake: now.Add(-time.Minute)},
+		{PublicKey: key(3), LastHandshake: now.Add(-4 * time.Minute)}, // lapsed
+		{PublicKey: key(4)},                     // never
+		{PublicKey: key(9), LastHandshake: now}, // not registered
+	}
+	owner := func(cid uint32) string {
+		if cid%2 == 0 {
+			return "self"
+		}
+		return "other"
+	}
+	for _, tc := range []struct {
+		name     string
+		draining bool
+		owner    func(uint32) string
+		pins     []uint32
+	}{
+		{"active, table moved 1 and 3 away", false, owner, []uint32{1}},
+		{"active, no table", false, nil, nil},
+		{"draining", true, owner, []uint32{1, 2}},
+	} {
+		active, pins := pinsFor(peers, clients, now, tc.draining, tc.owner, "self")
+		slices.Sort(pins)
+		if active != 3 || !slices.Equal(pins, tc.pins) {
+			t.Errorf("%s: active %d, pins %v; want 3 and %v", tc.name, active, pins, tc.pins)
+		}
 	}
 }

@@ -1,10 +1,16 @@
 package server
 
 import (
+	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/wedge-edge/wedge/server/cluster"
+	"github.com/wedge-edge/wedge/server/registry"
 )
 
 // Status is the node's report for GET /v1/status and `wedge status`.
@@ -123,32 +129,86 @@ func (n *Node) Status() Status {
 const activeWindow = 3 * time.Minute
 
 // countActive publishes how many clients have a session on this node to
-// the cluster, for wedge status on every node. While this node drains it
-// also publishes their ClientIDs as pins, which keep them here while the
-// fronts send new clients elsewhere; a client whose session lapses loses
-// its pin and lands on its new owner when it comes back.
+// the cluster, for wedge status on every node, and the ClientIDs it pins:
+// while it drains, every client with a session; otherwise those the table
+// of the active nodes gives to another node (one joined, or the table
+// moved when one left: Maglev moves a few of the survivors' ClientIDs
+// too). The fronts send a pinned ClientID here whatever the table says,
+// so a live session never moves; a client whose session lapses loses its
+// pin and lands on its owner when it comes back.
 func (n *Node) countActive() {
 	m := n.cfg.Cluster
 	peers, err := n.peers()
 	if err != nil {
 		return
 	}
-	draining := m.Self().State == cluster.Draining
-	active := 0
-	var pins []uint32
-	n.mu.Lock()
-	for _, p := range peers {
-		if p.LastHandshake.IsZero() || time.Since(p.LastHandshake) >= activeWindow {
-			continue
-		}
-		active++
-		if c, ok := n.clients[p.PublicKey]; ok && draining {
-			pins = append(pins, uint32(c.ClientID))
-		}
+	self := m.Self()
+	draining := self.State == cluster.Draining
+	var owner func(uint32) string
+	if !draining && n.cfg.Owners != nil {
+		owner = n.owners.get(n.cfg.Owners, activeIDs(m.Members(), self.DC), n.log)
 	}
+	n.mu.Lock()
+	active, pins := pinsFor(peers, n.clients, time.Now(), draining, owner, self.ID)
 	n.mu.Unlock()
 	m.SetClients(active)
 	m.SetPins(draining, pins)
+}
+
+// pinsFor counts the clients with a session and picks the ones to pin:
+// all of them when draining, else those owner gives to another node.
+func pinsFor(peers []peerState, clients map[wgtypes.Key]registry.Client, now time.Time, draining bool, owner func(uint32) string, self string) (active int, pins []uint32) {
+	for _, p := range peers {
+		if p.LastHandshake.IsZero() || now.Sub(p.LastHandshake) >= activeWindow {
+			continue
+		}
+		active++
+		c, ok := clients[p.PublicKey]
+		if !ok {
+			continue
+		}
+		if draining || owner != nil && owner(uint32(c.ClientID)) != self {
+			pins = append(pins, uint32(c.ClientID))
+		}
+	}
+	return active, pins
+}
+
+// activeIDs are the ids of the active (not draining) nodes of data center
+// dc, sorted: the membership the fronts build their tables from.
+func activeIDs(ms []cluster.Member, dc string) []string {
+	var ids []string
+	for _, m := range ms {
+		if m.DC == dc && m.State == cluster.Active {
+			ids = append(ids, m.ID)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// ownerCache keeps the owner function of the last membership: building a
+// table costs milliseconds, and the membership rarely changes.
+type ownerCache struct {
+	key   string
+	owner func(uint32) string
+}
+
+func (c *ownerCache) get(build func([]string) (func(uint32) string, error), active []string, log *slog.Logger) func(uint32) string {
+	if len(active) == 0 {
+		return nil
+	}
+	key := strings.Join(active, ",")
+	if key == c.key {
+		return c.owner
+	}
+	owner, err := build(active)
+	if err != nil {
+		log.Error("cluster: no owner table, so no pins for moved clients", "err", err)
+		owner = nil
+	}
+	c.key, c.owner = key, owner
+	return owner
 }
 
 // AddStats adds a section to the status report after the node started

@@ -315,6 +315,7 @@ func run(c *config) error {
 		Logger:     log,
 		UAPI:       true,
 		Cluster:    member,
+		Owners:     tableOwners,
 		Stats: map[string]func() any{
 			"netstack": func() any { return stack.Stats() },
 			"egress":   func() any { return dialer.Stats() },
@@ -348,6 +349,8 @@ func run(c *config) error {
 			if err != nil {
 				return map[string]string{"error": err.Error()}
 			}
+			m["table_nodes"] = uint64(x.front.TableNodes())
+			m["pins"] = uint64(x.front.Pins())
 			return m
 		})
 	}

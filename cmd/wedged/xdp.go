@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
+	"time"
 
 	"github.com/wedge-edge/wedge/lb"
 	"github.com/wedge-edge/wedge/server/cluster"
@@ -13,19 +15,113 @@ import (
 // port works; it must be the same on every node and open between them.
 const defaultGUEPort = 6080
 
+// tableOwners is the ClientID → node function of the table every front
+// builds from the active nodes ids (server.Config.Owners).
+func tableOwners(active []string) (func(cid uint32) string, error) {
+	t, err := lb.NewTable(active, lb.XDPTableSize)
+	if err != nil {
+		return nil, err
+	}
+	return func(cid uint32) string { id, _ := t.Owner(cid); return id }, nil
+}
+
 // xdpFront is the loaded XDP program and what feeds it.
 type xdpFront struct {
 	objs  *lb.Objects
 	front *lb.Front
 	unsub func()
+	// mu guards timer and closed (nil without a cluster).
+	mu     *sync.Mutex
+	timer  *time.Timer // re-applies the membership when a joining node is due
+	closed bool
 }
 
 func (x *xdpFront) close() {
 	if x.unsub != nil {
 		x.unsub()
 	}
+	if x.mu != nil {
+		x.mu.Lock()
+		x.closed = true
+		if x.timer != nil {
+			x.timer.Stop()
+		}
+		x.mu.Unlock()
+	}
 	x.front.Close()
 	x.objs.Close()
+}
+
+// joinGrace is how long a node that joins the data center stays out of
+// the fronts' tables after they first see it. The nodes holding sessions
+// of the ClientIDs the new table gives it pin them as soon as they see it
+// (server.Node countActive, well under a second); entering the table at
+// once would send those clients to a node without their sessions first.
+const joinGrace = 3 * time.Second
+
+// memberView turns membership snapshots into the front's members: the
+// nodes of its data center, each with its pins, in the table while active
+// (a draining node until its pins are published) and past its joinGrace.
+type memberView struct {
+	self, dc string
+	// first is when each live node was first seen; zero for the nodes
+	// already there when this front started, which are not joining.
+	first  map[string]time.Time
+	primed bool
+}
+
+// members returns the front's members at now and, if a node is still
+// joining, how long until the next one is due (0: none).
+func (v *memberView) members(ms []cluster.Member, now time.Time) ([]lb.Member, time.Duration) {
+	live := map[string]bool{}
+	for _, m := range ms {
+		if m.DC != v.dc {
+			continue
+		}
+		live[m.ID] = true
+		if _, ok := v.first[m.ID]; !ok {
+			// This node itself joins like any other: the others hold
+			// it out of their tables for the same time.
+			if v.primed || m.ID == v.self {
+				v.first[m.ID] = now
+			} else {
+				v.first[m.ID] = time.Time{}
+			}
+		}
+	}
+	v.primed = true
+	for id := range v.first {
+		if !live[id] {
+			delete(v.first, id) // one that comes back joins again
+		}
+	}
+	var out []lb.Member
+	var next time.Duration
+	for _, m := range ms {
+		if m.DC != v.dc {
+			continue
+		}
+		lm := lb.Member{ID: m.ID, Underlay: m.Underlay, Pins: m.PinnedClientIDs()}
+		switch m.State {
+		case cluster.Active:
+			lm.Active = true
+		case cluster.Draining:
+			// A draining node leaves the table only once its pins are
+			// published: until then its clients would go elsewhere and
+			// lose their sessions.
+			lm.Active = !m.Pinned
+		}
+		if f := v.first[m.ID]; !f.IsZero() {
+			if wait := f.Add(joinGrace).Sub(now); wait > 0 {
+				lm.Active = false
+				if next == 0 || wait < next {
+					next = wait
+				}
+			}
+		}
+		out = append(out, lm)
+	}
+	return out, next
 }
 
 // startFront loads the XDP program, attaches it to iface and, in a
@@ -52,28 +148,33 @@ func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr
 	}
 	x := &xdpFront{objs: objs, front: front}
 	if member != nil {
-		x.unsub = member.Subscribe(func(ms []cluster.Member) {
-			var lms []lb.Member
-			for _, m := range ms {
-				if m.DC != dc {
-					continue
-				}
-				lm := lb.Member{ID: m.ID, Underlay: m.Underlay, Active: m.State == cluster.Active}
-				// A draining node leaves the table only once its pins
-				// are published: until then its clients would go
-				// elsewhere and lose their sessions.
-				if m.State == cluster.Draining {
-					if m.Pinned {
-						lm.Pins = m.PinnedClientIDs()
-					} else {
-						lm.Active = true
-					}
-				}
-				lms = append(lms, lm)
+		view := &memberView{self: id, dc: dc, first: map[string]time.Time{}}
+		var mu sync.Mutex
+		var last []cluster.Member
+		var apply func()
+		apply = func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if x.closed {
+				return
 			}
+			lms, next := view.members(last, time.Now())
 			if err := front.Update(lms); err != nil {
 				log.Error("xdp: membership not applied", "err", err)
 			}
+			if next > 0 {
+				if x.timer != nil {
+					x.timer.Stop()
+				}
+				x.timer = time.AfterFunc(next, apply)
+			}
+		}
+		x.mu = &mu
+		x.unsub = member.Subscribe(func(ms []cluster.Member) {
+			mu.Lock()
+			last = ms
+			mu.Unlock()
+			apply()
 		})
 	}
 	if err := front.Attach(c.xdp); err != nil {

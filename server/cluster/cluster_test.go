@@ -116,7 +116,13 @@ func TestMembership(t *testing.T) {
 	wa.waitFor(t, "b's pins", func(ms []Member) bool {
 		return len(ms) == 2 && ms[1].Pinned && slices.Equal(ms[1].PinnedClientIDs(), []uint32{7, 0x030201, 0xffffff})
 	})
+	// An active node's pins (clients a membership change moved away
+	// from it) are published without the drain's flag.
 	b.SetPins(false, []uint32{9})
+	wa.waitFor(t, "b's pins without the flag", func(ms []Member) bool {
+		return len(ms) == 2 && !ms[1].Pinned && slices.Equal(ms[1].PinnedClientIDs(), []uint32{9})
+	})
+	b.SetPins(false, nil)
 	wa.waitFor(t, "b's pins withdrawn", func(ms []Member) bool {
 		return len(ms) == 2 && !ms[1].Pinned && len(ms[1].Pins) == 0 && ms[1].Clients == 7
 	})

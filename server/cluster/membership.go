@@ -45,8 +45,11 @@ type Member struct {
 	// keeps (SetPins): until then fronts keep it in their Maglev tables,
 	// so its clients never go elsewhere before their pins exist.
 	Pinned bool `json:"pinned,omitempty"`
-	// Pins are the ClientIDs the node keeps while draining, 3 bytes each,
-	// big-endian, ascending (PinnedClientIDs decodes them).
+	// Pins are the ClientIDs the node keeps although the table gives them
+	// to another node: all its clients while it drains, and otherwise the
+	// ones a membership change moved away from it while they held a
+	// session here. 3 bytes each, big-endian, ascending (PinnedClientIDs
+	// decodes them).
 	Pins []byte `json:"pins,omitempty"`
 }
 
@@ -390,13 +393,14 @@ func (m *Membership) SetClients(n int) {
 	}
 }
 
-// SetPins publishes the clients this node keeps while draining (pinned
-// true) or withdraws them (pinned false, ids ignored). Written only when
-// it changed. A node's record can carry a few hundred thousand pins
-// within etcd's default 1.5 MiB request limit.
+// SetPins publishes the clients this node keeps (Member.Pins; nil
+// withdraws them all); pinned tells the fronts that a draining node's
+// list is complete. Written only when it changed. A node's record can
+// carry a few hundred thousand pins within etcd's default 1.5 MiB
+// request limit.
 func (m *Membership) SetPins(pinned bool, ids []uint32) {
 	var packed []byte
-	if pinned {
+	if len(ids) > 0 {
 		packed = packPins(ids)
 	}
 	m.mu.Lock()
