@@ -4,18 +4,33 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/wedge-edge/wedge/e2e/lab"
 )
 
+const labUsage = `lab: usage: wedge lab bench [--seconds N] [--rounds N] [--cps D]
+       wedge lab bench-front [--seconds N] [--rounds N]`
+
 func labCmd(args []string) error {
-	if len(args) == 0 || args[0] != "bench" {
-		return errors.New("lab: usage: wedge lab bench [--seconds N] [--rounds N] [--cps D]")
+	if len(args) == 0 {
+		return errors.New(labUsage)
 	}
+	switch args[0] {
+	case "bench":
+		return labBench(args[1:])
+	case "bench-front":
+		return labBenchFront(args[1:])
+	}
+	return errors.New(labUsage)
+}
+
+func labBench(args []string) error {
 	fs := flag.NewFlagSet("wedge lab bench", flag.ContinueOnError)
 	seconds := fs.Int("seconds", 5, "length of each iperf3 run")
 	rounds := fs.Int("rounds", 3, "measurements per side, interleaved; the median is reported")
@@ -33,13 +48,58 @@ wedged/baseline ratios. Everything is removed afterwards.
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	return runLab(slices.Concat(lab.ToolsOrigin, lab.ToolsClient), func(cl *lab.Cleanups, bins lab.Bins) (func(io.Writer), error) {
+		res, err := lab.Bench(cl, bins, lab.BenchOpts{
+			Seconds: *seconds, Rounds: *rounds, CPS: *cps, Logf: stderrf,
+		})
+		return res.Print, err
+	})
+}
+
+func labBenchFront(args []string) error {
+	fs := flag.NewFlagSet("wedge lab bench-front", flag.ContinueOnError)
+	seconds := fs.Int("seconds", 5, "length of each iperf3 run")
+	rounds := fs.Int("rounds", 3, "measurements per path, interleaved; the median is reported")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: wedge lab bench-front [flags]
+
+Builds a netns cluster lab from this source tree (run it from the
+repository, as root): two nodes running wedged with the XDP front on their
+uplinks, one etcd member, and a stamped client (wedge connect, TUN mode,
+inside the client namespace). Measures iperf3 TCP throughput both ways
+through the client's tunnel with the VIP routed to the client's owner
+(direct) and to the other node, which forwards every packet of the client to
+the owner over GUE (forward), alternating between the two. Prints medians and
+the forward/direct ratios; fails if the XDP counters show a phase did not
+take its path. Everything is removed afterwards.
+
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return runLab(lab.ToolsBenchFront, func(cl *lab.Cleanups, bins lab.Bins) (func(io.Writer), error) {
+		res, err := lab.BenchFront(cl, bins, lab.BenchOpts{
+			Seconds: *seconds, Rounds: *rounds, Logf: stderrf,
+		})
+		return res.Print, err
+	})
+}
+
+func stderrf(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+
+// runLab checks for root and tools, builds wedged, wedge and originsrv from
+// this source tree, runs bench with a Cleanups that is run on return and on
+// Ctrl-C, and prints its result to stdout.
+func runLab(tools []string, bench func(cl *lab.Cleanups, bins lab.Bins) (func(io.Writer), error)) error {
 	if os.Geteuid() != 0 {
 		return errors.New("lab: needs root (it makes network namespaces)")
 	}
-	if err := lab.Check(append(lab.ToolsOrigin, lab.ToolsClient...)...); err != nil {
+	if err := lab.Check(tools...); err != nil {
 		return fmt.Errorf("lab: %w (sudo .ci/run installs everything)", err)
 	}
 	dir, err := os.MkdirTemp("", "wedge-bench-")
@@ -59,14 +119,11 @@ wedged/baseline ratios. Everything is removed afterwards.
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() { <-sig; cl.Run(); os.Exit(130) }()
 
-	res, err := lab.Bench(&cl, bins, lab.BenchOpts{
-		Seconds: *seconds, Rounds: *rounds, CPS: *cps,
-		Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
-	})
+	show, err := bench(&cl, bins)
 	if err != nil {
 		return err
 	}
 	fmt.Println()
-	res.Print(os.Stdout)
+	show(os.Stdout)
 	return nil
 }
