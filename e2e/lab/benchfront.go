@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -49,7 +50,11 @@ type FrontBenchResult struct {
 	// Local how many the owner took straight from the router during the
 	// direct phases (the "forwarded", "decap" and "local" counters).
 	Forwarded, Decap, Local uint64
-	Opts                    BenchOpts
+	// DirectCPU and ForwardCPU are how busy the whole machine was during
+	// each run (0..1 of all cores): every node, the router and the client
+	// share its cores, so work the hop adds is work the tunnel loses.
+	DirectCPU, ForwardCPU BenchSide
+	Opts                  BenchOpts
 }
 
 // frontStatus is the part of GET /v1/status BenchFront reads.
@@ -244,9 +249,10 @@ func BenchFront(owner Cleaner, bins Bins, o BenchOpts) (FrontBenchResult, error)
 		name string
 		via  int // the node the VIP is routed to
 		out  *BenchSide
+		cpu  *BenchSide // Up and Down: the machine's busy fraction
 	}
-	direct := phase{"direct", res.Owner, &res.Direct}
-	forward := phase{"forward", res.Front, &res.Forward}
+	direct := phase{"direct", res.Owner, &res.Direct, &res.DirectCPU}
+	forward := phase{"forward", res.Front, &res.Forward, &res.ForwardCPU}
 	for round := 1; round <= o.Rounds; round++ {
 		// direct, forward in odd rounds, forward, direct in even ones, so
 		// a drift of the machine's speed hits both alike.
@@ -273,16 +279,27 @@ func BenchFront(owner Cleaner, bins Bins, o BenchOpts) (FrontBenchResult, error)
 				return res, err
 			}
 			for _, reverse := range []bool{false, true} {
+				cpu0, err := readCPU()
+				if err != nil {
+					return res, err
+				}
 				r, err := c.Client.Iperf3(origin, IperfOpts{Seconds: o.Seconds, Reverse: reverse})
 				if err != nil {
 					return res, fmt.Errorf("%s iperf3 (reverse %v): %w", ph.name, reverse, err)
 				}
+				cpu1, err := readCPU()
+				if err != nil {
+					return res, err
+				}
+				busy := cpu1.busysince(cpu0)
 				if reverse {
 					ph.out.Down = append(ph.out.Down, r.BitsPerSecond)
+					ph.cpu.Down = append(ph.cpu.Down, busy)
 				} else {
 					ph.out.Up = append(ph.out.Up, r.BitsPerSecond)
+					ph.cpu.Up = append(ph.cpu.Up, busy)
 				}
-				logf("round %d %-7s %-4s %s", round, ph.name, map[bool]string{false: "up", true: "down"}[reverse], r)
+				logf("round %d %-7s %-4s %s, machine %.0f%% busy", round, ph.name, map[bool]string{false: "up", true: "down"}[reverse], r, 100*busy)
 			}
 			after, err := frontCounters(nodes)
 			if err != nil {
@@ -345,5 +362,45 @@ func (r FrontBenchResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "direct: VIP routed to the owner node%d (XDP local: %d packets); "+
 		"forward: VIP routed to node%d, which forwarded %d packets over GUE (owner decap: %d)\n",
 		r.Owner, r.Local, r.Front, r.Forwarded, r.Decap)
+	fmt.Fprintf(w, "machine busy (all cores, median): direct up %.0f%% down %.0f%%, forward up %.0f%% down %.0f%%\n",
+		100*median(r.DirectCPU.Up), 100*median(r.DirectCPU.Down), 100*median(r.ForwardCPU.Up), 100*median(r.ForwardCPU.Down))
 	fmt.Fprintln(w, "issue target: forward/direct >= 0.9 (one run on a noisy machine: compare ratios, not times)")
+}
+
+// cpuTimes are the host's CPU time counters, all cores (/proc/stat).
+type cpuTimes struct{ busy, total uint64 }
+
+func readCPU() (cpuTimes, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return cpuTimes{}, fmt.Errorf("lab: /proc/stat: unexpected first line %q", line)
+	}
+	var t cpuTimes
+	for i, v := range f[1:] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return cpuTimes{}, fmt.Errorf("lab: /proc/stat: %q: %w", line, err)
+		}
+		if i >= 8 { // guest time is already counted in user
+			break
+		}
+		t.total += n
+		if i != 3 && i != 4 { // idle, iowait
+			t.busy += n
+		}
+	}
+	return t, nil
+}
+
+// busysince is the fraction of all cores' time spent busy since a.
+func (t cpuTimes) busysince(a cpuTimes) float64 {
+	if t.total <= a.total {
+		return 0
+	}
+	return float64(t.busy-a.busy) / float64(t.total-a.total)
 }
