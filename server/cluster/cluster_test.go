@@ -173,6 +173,47 @@ func TestMembershipOutage(t *testing.T) {
 	e.Restart(t)
 	waitHealth("back", func(h Health) bool { return h.Connected && h.Lease != "" })
 	watch(m).waitFor(t, "listed again", func(ms []Member) bool { return ids(ms) == "a:active" })
+	if m.Self().Slot != 1 {
+		t.Errorf("after the outage a holds slot %d, want its old 1", m.Self().Slot)
+	}
+}
+
+// TestMembershipSlots: live nodes of a data center hold distinct slots; a
+// dead node's slot is free again once its lease is gone; a restart takes
+// its old slot back; another data center counts from 1.
+func TestMembershipSlots(t *testing.T) {
+	e := etcdtest.Start(t)
+	ctx := context.Background()
+	join := func(id, underlay, dc string) *Membership {
+		t.Helper()
+		mem := member(id, underlay)
+		mem.DC = dc
+		m, err := Join(ctx, e.Client(t), "/s/", mem, Options{TTL: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	a := join("a", "198.18.1.1", "dc1")
+	b := join("b", "198.18.2.1", "dc1")
+	c := join("c", "198.18.3.1", "dc1")
+	x := join("x", "198.18.9.1", "dc2")
+	if got := []uint8{a.Self().Slot, b.Self().Slot, c.Self().Slot, x.Self().Slot}; !slices.Equal(got, []uint8{1, 2, 3, 1}) {
+		t.Fatalf("slots of a, b, c (dc1) and x (dc2): %v, want [1 2 3 1]", got)
+	}
+	watch(a).waitFor(t, "slots in the records", func(ms []Member) bool {
+		return len(ms) == 4 && ms[0].Slot == 1 && ms[1].Slot == 2 && ms[2].Slot == 3 && ms[3].Slot == 1
+	})
+	// b leaves cleanly (its lease is revoked): d takes slot 2.
+	b.Close()
+	if d := join("d", "198.18.4.1", "dc1"); d.Self().Slot != 2 {
+		t.Errorf("d took slot %d, want b's 2", d.Self().Slot)
+	}
+	// c restarts (same id and underlay, its lease still live): slot 3 again.
+	if c2 := join("c", "198.18.3.1", "dc1"); c2.Self().Slot != 3 {
+		t.Errorf("c restarted with slot %d, want 3", c2.Self().Slot)
+	}
 }
 
 func TestCheckServiceKey(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +42,12 @@ type Member struct {
 	// last 3 minutes, as it last reported.
 	Clients int       `json:"clients"`
 	Started time.Time `json:"started"`
+	// Slot is the node's number in its data center, 1..255, unique among
+	// its live nodes (claimed on the node's lease under members/slots/):
+	// the session indexes the node hands out carry it, so fronts can
+	// route a standard client's transport messages to the node that holds
+	// the session (server/wgmsg).
+	Slot uint8 `json:"slot,omitempty"`
 	// Pinned is set by a draining node once Pins lists the clients it
 	// keeps (SetPins): until then fronts keep it in their Maglev tables,
 	// so its clients never go elsewhere before their pins exist.
@@ -89,11 +96,18 @@ func packPins(ids []uint32) []byte {
 //
 //	PREFIX members/nodes/ID   the Member as JSON, attached to the node's lease
 //	PREFIX members/drain/ID   present while ID is draining (no lease)
+//	PREFIX members/slots/DC/N the id of the node holding slot N (1..255) of
+//	                          data center DC, attached to its lease
 //	PREFIX service/public_key the service's public key, set by the first node
 const (
 	nodesDir = "members/nodes/"
 	drainDir = "members/drain/"
+	slotsDir = "members/slots/"
 )
+
+// MaxSlot is the most nodes one data center can hold: a session index has
+// 8 bits for the node (server/wgmsg).
+const MaxSlot = 255
 
 // Options for Join.
 type Options struct {
@@ -216,7 +230,8 @@ func (m *Membership) claim(ctx context.Context) error {
 				ErrIDInUse, m.self.ID, old.Underlay, old.DC)
 		}
 		// Our own previous run: end its lease now rather than wait for
-		// it, so the others see one clean change.
+		// it, so the others see one clean change; take its slot again.
+		m.self.Slot = old.Slot
 		if l := clientv3.LeaseID(resp.Kvs[0].Lease); l != 0 {
 			m.cli.Revoke(ctx, l)
 		}
@@ -230,15 +245,68 @@ func (m *Membership) grant(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster: etcd lease: %w", err)
 	}
+	slot, err := m.claimSlot(ctx, l.ID)
+	if err != nil {
+		m.cli.Revoke(ctx, l.ID)
+		return err
+	}
 	m.mu.Lock()
 	m.lease = l.ID
 	m.health.Lease = fmt.Sprintf("%x", int64(l.ID))
+	m.self.Slot = slot
 	val, _ := json.Marshal(m.self)
 	m.mu.Unlock()
 	if _, err := m.cli.Put(ctx, m.prefix+nodesDir+m.self.ID, string(val), clientv3.WithLease(l.ID)); err != nil {
 		return fmt.Errorf("cluster: etcd: %w", err)
 	}
 	return nil
+}
+
+// claimSlot takes a free slot of the node's data center on lease l: the
+// one it had before (a new lease after an outage, or a restart), so the
+// sessions it still holds keep routing, else the lowest free one.
+func (m *Membership) claimSlot(ctx context.Context, l clientv3.LeaseID) (uint8, error) {
+	m.mu.Lock()
+	prev, id, dir := m.self.Slot, m.self.ID, m.prefix+slotsDir+m.self.DC+"/"
+	m.mu.Unlock()
+	resp, err := m.cli.Get(ctx, dir, clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("cluster: etcd: %w", err)
+	}
+	holder := map[uint8]string{}
+	for _, kv := range resp.Kvs {
+		n, err := strconv.Atoi(strings.TrimPrefix(string(kv.Key), dir))
+		if err == nil && n >= 1 && n <= MaxSlot {
+			holder[uint8(n)] = string(kv.Value)
+		}
+	}
+	order := make([]uint8, 0, MaxSlot+1)
+	if prev != 0 {
+		order = append(order, prev)
+	}
+	for n := 1; n <= MaxSlot; n++ {
+		order = append(order, uint8(n))
+	}
+	for _, n := range order {
+		h, taken := holder[n]
+		if taken && h != id {
+			continue
+		}
+		key := fmt.Sprintf("%s%d", dir, n)
+		cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+		if taken { // ours, on a lease about to lapse
+			cond = clientv3.Compare(clientv3.Value(key), "=", id)
+		}
+		r, err := m.cli.Txn(ctx).If(cond).Then(clientv3.OpPut(key, id, clientv3.WithLease(l))).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("cluster: etcd: %w", err)
+		}
+		if r.Succeeded {
+			return n, nil
+		}
+		holder[n] = "" // lost a race for it: try the next
+	}
+	return 0, fmt.Errorf("cluster: data center %q has no free node slot (at most %d live nodes)", m.self.DC, MaxSlot)
 }
 
 // keepAlive holds the lease; when it is lost (an outage longer than the
@@ -271,6 +339,9 @@ func (m *Membership) keepAlive(ctx context.Context) {
 		}
 		m.hold(ctx, ch, lease)
 		cancel()
+		if ctx.Err() != nil {
+			break // Close: the lease stays set, for Close to revoke
+		}
 		m.dropLease(lease)
 	}
 }
