@@ -35,6 +35,18 @@
 #define WG_RESPONSE_LEN 92
 #define WG_COOKIE_LEN 64
 #define WG_DATA_MIN_LEN 32
+/* Where the receiver index (a little-endian u32) is: byte 8 of a response,
+ * byte 4 of a cookie reply or data message. An initiation has none. */
+#define WG_RECEIVER_OFF 4
+#define WG_RESPONSE_RECEIVER_OFF 8
+
+/* A tagged session index (server/wgmsg, a contract): bits 24..31 the slot
+ * of the node that handed it out (1..255, 0: untagged), bits 20..23 the
+ * check fmix32(r ^ index_key ^ slot << 20) >> 28, bits 0..19 random r. A
+ * node's slot is its node index. */
+#define INDEX_SLOT_SHIFT 24
+#define INDEX_CHECK_SHIFT 20
+#define INDEX_RANDOM_MASK 0xfffff
 
 /* GUE variant 1: the inner IP packet directly after an outer IPv4 + UDP
  * header, no GUE header. */
@@ -50,6 +62,10 @@
  * pins, and the program reads neither `pin_bits` nor `pins`. Maintained by
  * lb.Objects (SetPin, DeletePin), not by SetConfig's caller. */
 #define CONFIG_PINS (1U << 1)
+/* Route unstamped responses, cookie replies and data messages by the slot
+ * of a tagged receiver index (checked with config.index_key). Set by
+ * lb.Objects.SetConfig when the index key is not 0. */
+#define CONFIG_INDEX (1U << 2)
 /* node.flags */
 #define NODE_VALID (1U << 0)
 
@@ -62,6 +78,7 @@ struct config {
 	__u32 self;           /* this node's index in `nodes` */
 	__be32 self_underlay4; /* this node's underlay address */
 	__u32 flags;          /* CONFIG_* */
+	__u32 index_key;      /* the cluster's index key (CONFIG_INDEX) */
 };
 
 /* A value of the `nodes` map, indexed by node index. */
@@ -79,9 +96,10 @@ struct flow_key {
 };
 
 /* Indexes into struct counters. Every packet increments exactly one verdict
- * counter; PIN_HIT, FLOW_HIT and PIN_STALE are counted in addition to the
- * verdict (at most one of them per packet). Keep in sync with counterNames
- * in lb/xdp.go; new counters go at the end. */
+ * counter; PIN_HIT, FLOW_HIT, PIN_STALE and INDEX_HIT are counted in
+ * addition to the verdict (at most one of them per packet), and INDEX_BAD
+ * too (alone, or with FLOW_HIT). Keep in sync with counterNames in
+ * lb/xdp.go; new counters go at the end. */
 enum counter {
 	CNT_NOT_OURS = 0, /* verdict: not WireGuard to a VIP nor GUE to us: PASS */
 	CNT_MALFORMED,    /* verdict: to VIP:wg_port but not plausible WireGuard: PASS */
@@ -96,6 +114,8 @@ enum counter {
 	CNT_DECAP,        /* verdict: GUE from a peer, outer header stripped: PASS */
 	CNT_DECAP_REJECT, /* verdict: GUE from an unknown source or bad inner: DROP */
 	CNT_PIN_STALE,    /* extra: a pin names a node that is not valid; the table decided */
+	CNT_INDEX_HIT,    /* extra: owner taken from the slot of a tagged receiver index */
+	CNT_INDEX_BAD,    /* extra: receiver index with a slot but a wrong check; flows decided */
 	CNT_MAX,
 };
 

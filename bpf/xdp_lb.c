@@ -8,7 +8,9 @@
  * WireGuard to a VIP is steered to the node that owns the client:
  *   ClientID != 0: pins[cid] if its node is valid (or is this node), else
  *                  maglev[fmix32(cid) % TABLE_SIZE]
- *   ClientID == 0: flows[src addr, src port], else deliver locally
+ *   ClientID == 0: the slot of a tagged receiver index (responses, cookie
+ *                  replies, data), else flows[src addr, src port], else
+ *                  deliver locally
  * and, when the owner is another node, sent back out (XDP_TX) inside a GUE
  * variant 1 (IP in UDP) packet to the owner's underlay address. The owner
  * strips that outer header here too and passes the inner packet up.
@@ -103,9 +105,13 @@ struct {
 	__type(value, struct counters);
 } counters SEC(".maps");
 
-/* verdict counts the outcome cnt and the extra counter extra (CNT_NONE for
- * none) and returns action. The only counter lookup of a packet. */
-static __always_inline int verdict(__u32 cnt, __u32 extra, int action)
+/* verdict2 counts the outcome cnt, the extra counter extra (CNT_NONE for
+ * none) and, if bad is 1, index_bad, and returns action. The only counter
+ * lookup of a packet. bad is 0 or 1 and added without a branch: a
+ * variable counter index here would need a bound the verifier can follow,
+ * and outside the unstamped path bad is the constant 0, which compiles to
+ * nothing. */
+static __always_inline int verdict2(__u32 cnt, __u32 extra, __u32 bad, int action)
 {
 	__u32 zero = 0;
 	struct counters *c = bpf_map_lookup_elem(&counters, &zero);
@@ -115,8 +121,14 @@ static __always_inline int verdict(__u32 cnt, __u32 extra, int action)
 			c->n[cnt] += 1;
 		if (extra < CNT_MAX)
 			c->n[extra] += 1;
+		c->n[CNT_INDEX_BAD] += bad;
 	}
 	return action;
+}
+
+static __always_inline int verdict(__u32 cnt, __u32 extra, int action)
+{
+	return verdict2(cnt, extra, 0, action);
 }
 
 /* murmur3's 32-bit finalizer; lb.Hash in Go is the same function. */
@@ -196,7 +208,7 @@ static __always_inline __u16 ip_csum(const struct iphdr *ip)
 /* encap prepends an outer Ethernet + IPv4 + UDP header to the IP packet
  * and sends the frame back out where it came from, to the owner's underlay. */
 static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
-				 __be32 dst, __u32 ip_len, __u32 entropy, __u32 extra)
+				 __be32 dst, __u32 ip_len, __u32 entropy, __u32 extra, __u32 bad)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -204,12 +216,12 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
 	__u8 mac_dst[ETH_ALEN], mac_src[ETH_ALEN];
 
 	if ((void *)(eth + 1) > data_end || ip_len > 0xffff - GUE_OVERHEAD)
-		return verdict(CNT_ENCAP_ERR, extra, XDP_PASS);
+		return verdict2(CNT_ENCAP_ERR, extra, bad, XDP_PASS);
 	__builtin_memcpy(mac_dst, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(mac_src, eth->h_source, ETH_ALEN);
 
 	if (bpf_xdp_adjust_head(ctx, -(int)GUE_OVERHEAD))
-		return verdict(CNT_ENCAP_ERR, extra, XDP_PASS); /* nothing was changed */
+		return verdict2(CNT_ENCAP_ERR, extra, bad, XDP_PASS); /* nothing was changed */
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
@@ -221,8 +233,8 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
 		/* Cannot happen (the head grew by exactly this much), but the
 		 * verifier needs the check. Put the original back if we can. */
 		if (bpf_xdp_adjust_head(ctx, (int)GUE_OVERHEAD))
-			return verdict(CNT_ENCAP_ERR, extra, XDP_DROP);
-		return verdict(CNT_ENCAP_ERR, extra, XDP_PASS);
+			return verdict2(CNT_ENCAP_ERR, extra, bad, XDP_DROP);
+		return verdict2(CNT_ENCAP_ERR, extra, bad, XDP_PASS);
 	}
 
 	/* Back to the L2 neighbour that delivered the packet (the router). */
@@ -247,23 +259,24 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
 	udp->len = bpf_htons((__u16)(ip_len + sizeof(struct udphdr)));
 	udp->check = 0;
 
-	return verdict(CNT_FORWARDED, extra, XDP_TX);
+	return verdict2(CNT_FORWARDED, extra, bad, XDP_TX);
 }
 
 /* deliver passes up a packet that node owner owns, or sends it there.
- * entropy picks the outer source port (receiver RSS); extra is counted
- * with the verdict. */
+ * entropy picks the outer source port (receiver RSS); extra and bad are
+ * counted with the verdict (see verdict2). */
 static __always_inline int deliver(struct xdp_md *ctx, const struct config *cfg,
-				   __u32 owner, __u32 ip_len, __u32 entropy, __u32 extra)
+				   __u32 owner, __u32 ip_len, __u32 entropy, __u32 extra,
+				   __u32 bad)
 {
 	if (owner == cfg->self)
-		return verdict(CNT_LOCAL, extra, XDP_PASS);
+		return verdict2(CNT_LOCAL, extra, bad, XDP_PASS);
 
 	struct node *n = bpf_map_lookup_elem(&nodes, &owner);
 
 	if (!n || !(n->flags & NODE_VALID))
-		return verdict(CNT_NO_NODE, extra, XDP_PASS);
-	return encap(ctx, cfg, n->underlay4, ip_len, entropy, extra);
+		return verdict2(CNT_NO_NODE, extra, bad, XDP_PASS);
+	return encap(ctx, cfg, n->underlay4, ip_len, entropy, extra, bad);
 }
 
 /* pin_bit reports whether ClientID cid (0 < cid < 1<<24) may have a pin. */
@@ -314,23 +327,77 @@ static __always_inline int steer_stamped(struct xdp_md *ctx, const struct config
 		return verdict(CNT_NO_TABLE, extra, XDP_PASS);
 	owner = *v;
 found:
-	return deliver(ctx, cfg, owner, ip_len, h, extra);
+	return deliver(ctx, cfg, owner, ip_len, h, extra, 0);
 }
 
-/* steer_flow picks the owner of an unstamped packet from its flow entry;
- * without one it is delivered here. */
-static __always_inline int steer_flow(struct xdp_md *ctx, const struct config *cfg,
-				      const struct flow_key *key, __u32 ip_len)
+/* What the parser hands to owner selection. */
+struct wg_pkt {
+	struct flow_key key; /* the source, for unstamped clients only */
+	__u32 cid;           /* ClientID, 0 when not stamped */
+	__u32 ip_len;        /* length of the whole IP packet, from its header */
+	__u32 wg_off;        /* where the WireGuard message starts (unstamped only) */
+};
+
+/* wg_receiver is the receiver index of the plausible WireGuard message at
+ * offset off of the frame: the little-endian u32 at byte 8 of a response,
+ * at byte 4 of a cookie reply or data message; 0 (untagged) for an
+ * initiation. Read here rather than in the parsers, so that the stamped
+ * path's code stays as it was. */
+static __always_inline __u32 wg_receiver(struct xdp_md *ctx, __u32 off)
 {
-	__u32 *v = bpf_map_lookup_elem(&flows, key);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	/* off is at most 14 + 60 + 8; the mask tells the verifier so. */
+	__u8 *wg = data + (off & 0xff);
+
+	/* For the verifier only: a plausible message of these types is at
+	 * least 32 bytes, all of them inside the frame. */
+	if ((void *)(wg + WG_RESPONSE_RECEIVER_OFF + 4) > data_end || wg[0] == WG_INITIATION)
+		return 0;
+	if (wg[0] == WG_RESPONSE)
+		return *(const __u32 *)(wg + WG_RESPONSE_RECEIVER_OFF);
+	return *(const __u32 *)(wg + WG_RECEIVER_OFF);
+}
+
+/* steer_unstamped picks the owner of an unstamped packet: the node whose
+ * slot a tagged receiver index names (the slot is the node index), else its
+ * flow entry; without one it is delivered here. The outer source port's
+ * entropy is the check's hash for a tagged index (stable for the session,
+ * across NAT rebinding), else a hash of the flow key. */
+static __always_inline int steer_unstamped(struct xdp_md *ctx, const struct config *cfg,
+					   const struct wg_pkt *p)
+{
+	__u32 ridx = 0, slot, bad = 0, owner, entropy, extra;
+
+	if (cfg->flags & CONFIG_INDEX)
+		ridx = wg_receiver(ctx, p->wg_off);
+	slot = ridx >> INDEX_SLOT_SHIFT;
+	if (slot) {
+		__u32 h = fmix32((ridx & INDEX_RANDOM_MASK) ^ cfg->index_key ^
+				 (slot << INDEX_CHECK_SHIFT));
+
+		/* The top nibble of h against bits 20..23 of the index. */
+		if (((h ^ (ridx << (28 - INDEX_CHECK_SHIFT))) >> 28) == 0) {
+			owner = slot;
+			entropy = h;
+			extra = CNT_INDEX_HIT;
+			goto found;
+		}
+		bad = 1; /* a slot, but not our check: not a tagged index */
+	}
+
+	__u32 *v = bpf_map_lookup_elem(&flows, &p->key);
 
 	if (!v)
-		return verdict(CNT_FALLBACK, CNT_NONE, XDP_PASS);
+		return verdict2(CNT_FALLBACK, CNT_NONE, bad, XDP_PASS);
 
-	const __u32 *a = (const __u32 *)key->saddr;
-	__u32 entropy = fmix32(a[0] ^ a[1] ^ a[2] ^ a[3] ^ key->sport);
+	const __u32 *a = (const __u32 *)p->key.saddr;
 
-	return deliver(ctx, cfg, *v, ip_len, entropy, CNT_FLOW_HIT);
+	owner = *v;
+	entropy = fmix32(a[0] ^ a[1] ^ a[2] ^ a[3] ^ p->key.sport);
+	extra = CNT_FLOW_HIT;
+found:
+	return deliver(ctx, cfg, owner, p->ip_len, entropy, extra, bad);
 }
 
 /* decap strips the outer IPv4 + UDP header of a GUE packet from a peer and
@@ -380,13 +447,6 @@ static __always_inline int decap(struct xdp_md *ctx, struct iphdr *ip, struct ud
 	return verdict(CNT_DECAP, CNT_NONE, XDP_PASS);
 }
 
-/* What the parser hands to owner selection. */
-struct wg_pkt {
-	struct flow_key key; /* the source, for unstamped clients only */
-	__u32 cid;           /* ClientID, 0 when not stamped */
-	__u32 ip_len;        /* length of the whole IP packet, from its header */
-};
-
 /* parse_ipv4 and parse_ipv6 return STEER with *p filled for a plausible
  * WireGuard packet to the VIP; for anything else they count the verdict and
  * return the action. */
@@ -430,7 +490,8 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, const struct config *c
 	p->cid = wg_cid(wg);
 	p->ip_len = tot_len;
 	if (p->cid)
-		return STEER; /* the flow key is for unstamped clients only */
+		return STEER; /* the index and flow key are for unstamped clients only */
+	p->wg_off = (__u32)((void *)wg - data);
 	/* ::ffff:a.b.c.d */
 	((__u32 *)p->key.saddr)[2] = bpf_htonl(0x0000ffff);
 	((__u32 *)p->key.saddr)[3] = ip->saddr;
@@ -465,6 +526,7 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, const struct config *c
 	p->ip_len = sizeof(*ip6) + payload_len;
 	if (p->cid)
 		return STEER;
+	p->wg_off = ETH_HLEN + sizeof(*ip6) + sizeof(*udp);
 	__builtin_memcpy(p->key.saddr, ip6->saddr, sizeof(p->key.saddr));
 	p->key.sport = udp->source;
 	return STEER;
@@ -496,5 +558,5 @@ int xdp_lb(struct xdp_md *ctx)
 		return act;
 	if (p.cid)
 		return steer_stamped(ctx, cfg, p.cid, p.ip_len);
-	return steer_flow(ctx, cfg, &p.key, p.ip_len);
+	return steer_unstamped(ctx, cfg, &p);
 }

@@ -24,6 +24,12 @@ type Member struct {
 	// Pins are ClientIDs that stay with this node whatever the table
 	// says: the clients a draining node keeps.
 	Pins []uint32
+	// Slot is the node's slot in its data center (1..255), which every
+	// session index it hands out carries (server/wgmsg); the node's index
+	// in the program's maps is its slot, so that the program can route a
+	// tagged index to it. 0: no slot (a standalone node): the node gets a
+	// free index counted down from 255.
+	Slot uint8
 }
 
 // FrontConfig is what a Front is started with.
@@ -33,29 +39,59 @@ type FrontConfig struct {
 	GUEPort      uint16
 	Self         string     // this node's member id
 	SelfUnderlay netip.Addr // this node's IPv4 underlay
-	Log          *slog.Logger
+	// SelfSlot is this node's slot (0: none) until a membership lists
+	// this node with its slot.
+	SelfSlot uint8
+	// IndexKey is the cluster's index key (wgmsg.IndexKey of the service
+	// private key). Not 0: the program routes unstamped responses, cookie
+	// replies and data messages by the slot of their tagged receiver index.
+	IndexKey uint32
+	Log      *slog.Logger
 }
 
-// Front turns cluster membership into the XDP program's maps: a stable
-// node index per member, node entries, the GUE peers accepted, and the
-// Maglev table of the active members. Create it with NewFront, feed it
+// Front turns cluster membership into the XDP program's maps: a node
+// index per member (its slot), node entries, the GUE peers accepted, and
+// the Maglev table of the active members. Create it with NewFront, feed it
 // with Update, attach it with Attach.
 type Front struct {
-	objs *Objects
+	objs *Objects  // the program, for Attach
+	maps frontMaps // what Update writes: objs, or a test's recorder
 	cfg  FrontConfig
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	index   map[string]uint32 // member id → node index, stable while it is a member
-	members map[string]Member
-	pins    map[uint32]uint32 // ClientID → node index, as in the pins map
-	table   *Table
-	link    link.Link
+	mu       sync.Mutex
+	index    map[string]uint32 // member id → node index in the maps
+	members  map[string]Member // the members the maps hold
+	selfSlot uint8             // this node's slot, as last listed
+	pins     map[uint32]uint32 // ClientID → node index, as in the pins map
+	table    *Table
+	link     link.Link
+}
+
+// frontMaps are the writes Update makes; *Objects has them.
+type frontMaps interface {
+	SetConfig(Config) error
+	SetNode(uint32, Node) error
+	SetPeer(netip.Addr, uint32) error
+	DeletePeer(netip.Addr) error
+	SetPin(cid, idx uint32) error
+	DeletePin(cid uint32) error
+	SetTable([]uint32) error
+	ClearTable() error
 }
 
 // NewFront configures objs for this node. Until the first Update the node
 // owns every ClientID (everything is delivered locally).
 func NewFront(objs *Objects, cfg FrontConfig) (*Front, error) {
+	f, err := newFront(objs, cfg)
+	if err != nil {
+		return nil, err
+	}
+	f.objs = objs
+	return f, nil
+}
+
+func newFront(maps frontMaps, cfg FrontConfig) (*Front, error) {
 	if cfg.Self == "" {
 		return nil, errors.New("lb: front needs this node's id")
 	}
@@ -68,8 +104,9 @@ func NewFront(objs *Objects, cfg FrontConfig) (*Front, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	f := &Front{objs: objs, cfg: cfg, log: cfg.Log, index: map[string]uint32{}, members: map[string]Member{}, pins: map[uint32]uint32{}}
-	if err := f.Update([]Member{{ID: cfg.Self, Underlay: cfg.SelfUnderlay, Active: true}}); err != nil {
+	f := &Front{maps: maps, cfg: cfg, log: cfg.Log, index: map[string]uint32{}, members: map[string]Member{},
+		selfSlot: cfg.SelfSlot, pins: map[uint32]uint32{}}
+	if err := f.Update([]Member{{ID: cfg.Self, Underlay: cfg.SelfUnderlay, Active: true, Slot: cfg.SelfSlot}}); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -77,13 +114,33 @@ func NewFront(objs *Objects, cfg FrontConfig) (*Front, error) {
 
 // Update makes the maps match members (every live member of this node's
 // data center, draining ones included). This node is always kept, as a
-// member of the table only if it is listed active. The order of changes
-// keeps every packet's path valid: new nodes get their entries before the
-// new table names them, and departed nodes lose theirs only after the
-// table that no longer names them is in place. Pins follow the same rule:
-// new ones are in place before the table that leaves their node out, and
-// withdrawn ones go after it. A ClientID pinned by two members stays with
-// the one whose id sorts first.
+// member of the table only if it is listed active, with the slot it was
+// last listed with (FrontConfig.SelfSlot before that).
+//
+// A member's node index is its slot: the program sends a tagged session
+// index to the node entry its slot names. A member without a slot gets an
+// index counted down from 255 (and keeps it while no slot claims it). Two
+// members claiming one slot: this node keeps it, else the member holding
+// it, else the id that sorts first; the other is logged and treated as
+// slotless.
+//
+// The order of changes keeps every packet's path valid: new nodes get
+// their entries before the new table names them, and departed nodes lose
+// theirs only after the table that no longer names them is in place. Pins
+// follow the same rule: new ones are in place before the table that leaves
+// their node out, and withdrawn ones go after it. A ClientID pinned by two
+// members stays with the one whose id sorts first.
+//
+// So an index changes hands only once the table that named it for its
+// old holder is gone: a member whose target index another member (one
+// that departs, or moves itself) still holds keeps its old index for one
+// more step (a new member waits outside the table, its pins too), and
+// Update applies as many steps as that takes, each as above. Two members
+// that swapped slots take a third, unused index for one step. This node's
+// own entry is written just after the config that names its index: until
+// then a table that names its new index finds no valid entry there, and
+// its packets are delivered here (no_node) rather than sent out to this
+// node's own underlay.
 func (f *Front) Update(members []Member) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -95,40 +152,213 @@ func (f *Front) Update(members []Member) error {
 		}
 		want[m.ID] = m
 	}
-	if _, ok := want[f.cfg.Self]; !ok {
-		want[f.cfg.Self] = Member{ID: f.cfg.Self, Underlay: f.cfg.SelfUnderlay}
+	if m, ok := want[f.cfg.Self]; ok {
+		f.selfSlot = m.Slot
+	} else {
+		want[f.cfg.Self] = Member{ID: f.cfg.Self, Underlay: f.cfg.SelfUnderlay, Slot: f.selfSlot}
 	}
-	// 1. Entries for new and changed members.
-	for _, id := range sortedKeys(want) {
-		m := want[id]
-		idx, ok := f.index[id]
-		if !ok {
-			var err error
-			if idx, err = f.freeIndex(); err != nil {
-				return err
-			}
-			f.index[id] = idx
-		}
-		if old, ok := f.members[id]; ok && old.Underlay != m.Underlay {
-			if err := f.objs.DeletePeer(old.Underlay); err != nil {
-				return err
-			}
-		}
-		if err := f.objs.SetNode(idx, Node{Underlay4: m.Underlay, Valid: true}); err != nil {
+	target, err := f.targets(want)
+	if err != nil {
+		return err
+	}
+	// Each step moves a member, removes the departed ones or (swap) moves
+	// a member aside, so 2 steps per index are more than enough.
+	for step := 1; ; step++ {
+		assign, done, err := f.nextStep(want, target)
+		if err != nil {
 			return err
 		}
-		if id != f.cfg.Self {
-			if err := f.objs.SetPeer(m.Underlay, idx); err != nil {
+		if err := f.apply(want, assign); err != nil {
+			return err
+		}
+		if done {
+			break
+		}
+		if step > 2*XDPMaxNodes {
+			return errors.New("lb: node indexes did not settle")
+		}
+	}
+	active := 0
+	if f.table != nil {
+		active = len(f.table.Backends())
+	}
+	f.log.Info("lb: membership applied", "members", len(want), "active", active, "pins", len(f.pins))
+	return nil
+}
+
+// targets returns the node index each member of want is to have: its slot,
+// or, without one (or when it loses its slot to another member), its
+// current index if no slot claims it, else the highest index neither
+// claimed nor held by anyone.
+func (f *Front) targets(want map[string]Member) (map[string]uint32, error) {
+	ids := sortedKeys(want)
+	holds := func(id string, i uint32) bool { cur, ok := f.index[id]; return ok && cur == i }
+	claim := map[uint32]string{} // slot → the member that gets it
+	for _, id := range ids {
+		s := uint32(want[id].Slot)
+		if s == 0 {
+			continue
+		}
+		prev, taken := claim[s]
+		if !taken || prev != f.cfg.Self && (id == f.cfg.Self || holds(id, s) && !holds(prev, s)) {
+			claim[s] = id
+		}
+	}
+	target := make(map[string]uint32, len(want))
+	taken := make([]bool, XDPMaxNodes)
+	for s, id := range claim {
+		target[id] = s
+		taken[s] = true
+	}
+	var rest []string
+	for _, id := range ids {
+		if _, ok := target[id]; ok {
+			continue
+		}
+		if s := want[id].Slot; s != 0 {
+			f.log.Warn("lb: two members claim one slot; this one gets an index without it", "slot", s, "node", id, "holder", claim[uint32(s)])
+		}
+		if cur, ok := f.index[id]; ok && !taken[cur] {
+			target[id] = cur
+			taken[cur] = true
+			continue
+		}
+		rest = append(rest, id)
+	}
+	held := make([]bool, XDPMaxNodes)
+	for _, i := range f.index {
+		held[i] = true
+	}
+	for _, id := range rest {
+		i, ok := topFree(taken, held)
+		if !ok {
+			return nil, fmt.Errorf("lb: more than %d nodes", XDPMaxNodes)
+		}
+		target[id] = i
+		taken[i] = true
+	}
+	return target, nil
+}
+
+// topFree is the highest index neither taken nor held, else the highest
+// not taken.
+func topFree(taken, held []bool) (uint32, bool) {
+	for _, avoid := range [][]bool{held, nil} {
+		for i := len(taken) - 1; i >= 0; i-- {
+			if !taken[i] && (avoid == nil || !avoid[i]) {
+				return uint32(i), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// nextStep is the next assignment on the way from f.index to target: a
+// member moves to its target once no other member (a departed one
+// included) holds it in the maps; until then it keeps its current index,
+// or, new, is left out of this step. done: every member is at its target.
+func (f *Front) nextStep(want map[string]Member, target map[string]uint32) (assign map[string]uint32, done bool, err error) {
+	holder := make(map[uint32]string, len(f.index))
+	for id, i := range f.index {
+		holder[i] = id
+	}
+	assign = make(map[string]uint32, len(want))
+	var blocked []string
+	for _, id := range sortedKeys(want) {
+		t := target[id]
+		if h, ok := holder[t]; ok && h != id {
+			blocked = append(blocked, id)
+			if cur, ok := f.index[id]; ok {
+				assign[id] = cur
+			}
+			continue
+		}
+		assign[id] = t
+	}
+	if len(blocked) == 0 {
+		return assign, true, nil
+	}
+	// Progress: departed members leave (freeing their indexes), or some
+	// member moves or arrives.
+	for id := range f.index {
+		if _, ok := want[id]; !ok {
+			return assign, false, nil
+		}
+	}
+	for id, i := range assign {
+		if cur, ok := f.index[id]; !ok || cur != i {
+			return assign, false, nil
+		}
+	}
+	// Stuck: the members holding each other's targets form a cycle (two
+	// nodes swapped slots). One of them goes to an index nobody holds or
+	// is to have, which frees its own for the next step.
+	taken := make([]bool, XDPMaxNodes)
+	for i := range holder {
+		taken[i] = true
+	}
+	for _, t := range target {
+		taken[t] = true
+	}
+	for _, id := range blocked {
+		if _, ok := f.index[id]; !ok {
+			continue
+		}
+		for i := XDPMaxNodes - 1; i >= 0; i-- {
+			if !taken[i] {
+				assign[id] = uint32(i)
+				return assign, false, nil
+			}
+		}
+		return nil, false, fmt.Errorf("lb: no spare node index to move %s through", id)
+	}
+	return nil, false, errors.New("lb: node indexes stuck") // a blocked member always has an index
+}
+
+// apply makes the maps hold the members of want that assign gives an
+// index, at those indexes, in the order Update describes.
+func (f *Front) apply(want map[string]Member, assign map[string]uint32) error {
+	self := f.cfg.Self
+	var ids []string
+	for _, id := range sortedKeys(want) {
+		if _, ok := assign[id]; ok {
+			ids = append(ids, id)
+		}
+	}
+	// Underlays and indexes in use after this step.
+	peerOf := map[netip.Addr]bool{}
+	inUse := make([]bool, XDPMaxNodes)
+	for _, id := range ids {
+		if id != self {
+			peerOf[want[id].Underlay] = true
+		}
+		inUse[assign[id]] = true
+	}
+	// 1. Entries for new, moved and changed members (this node's after
+	// the config, below).
+	for _, id := range ids {
+		m, idx := want[id], assign[id]
+		if old, ok := f.members[id]; ok && old.Underlay != m.Underlay && !peerOf[old.Underlay] {
+			if err := f.maps.DeletePeer(old.Underlay); err != nil {
 				return err
 			}
+		}
+		if id == self {
+			continue
+		}
+		if err := f.maps.SetNode(idx, Node{Underlay4: m.Underlay, Valid: true}); err != nil {
+			return err
+		}
+		if err := f.maps.SetPeer(m.Underlay, idx); err != nil {
+			return err
 		}
 	}
 	// 1b. Pins of live members, new or moved.
 	pins := map[uint32]uint32{}
-	for _, id := range sortedKeys(want) {
+	for _, id := range ids {
 		for _, cid := range want[id].Pins {
 			if _, dup := pins[cid]; !dup && cid != 0 {
-				pins[cid] = f.index[id]
+				pins[cid] = assign[id]
 			}
 		}
 	}
@@ -136,22 +366,22 @@ func (f *Front) Update(members []Member) error {
 		if old, ok := f.pins[cid]; ok && old == idx {
 			continue
 		}
-		if err := f.objs.SetPin(cid, idx); err != nil {
+		if err := f.maps.SetPin(cid, idx); err != nil {
 			return err
 		}
 		f.pins[cid] = idx
 	}
-	// 2. The table of the active members.
+	// 2. The table of the active members, the config, this node's entry.
 	var active []string
-	for id, m := range want {
-		if m.Active {
+	for _, id := range ids {
+		if want[id].Active {
 			active = append(active, id)
 		}
 	}
 	if len(active) == 0 {
 		// Nobody takes new clients (all draining): keep them where they
 		// land rather than send them nowhere.
-		if err := f.objs.ClearTable(); err != nil {
+		if err := f.maps.ClearTable(); err != nil {
 			return err
 		}
 		f.table = nil
@@ -163,66 +393,56 @@ func (f *Front) Update(members []Member) error {
 		slots := t.Slots()
 		backends := t.Backends()
 		for i, b := range slots {
-			slots[i] = f.index[backends[b]]
+			slots[i] = assign[backends[b]]
 		}
-		if err := f.objs.SetTable(slots); err != nil {
+		if err := f.maps.SetTable(slots); err != nil {
 			return err
 		}
 		f.table = t
 	}
-	if err := f.objs.SetConfig(Config{
+	if err := f.maps.SetConfig(Config{
 		VIP4: f.cfg.VIP4, VIP6: f.cfg.VIP6, WGPort: f.cfg.WGPort, GUEPort: f.cfg.GUEPort,
-		Self: f.index[f.cfg.Self], SelfUnderlay4: f.cfg.SelfUnderlay, Enabled: true,
+		Self: assign[self], SelfUnderlay4: f.cfg.SelfUnderlay, Enabled: true, IndexKey: f.cfg.IndexKey,
 	}); err != nil {
 		return err
 	}
-	// 3. Withdrawn pins go; departed members lose their entries and
-	// their index.
+	if err := f.maps.SetNode(assign[self], Node{Underlay4: want[self].Underlay, Valid: true}); err != nil {
+		return err
+	}
+	// 3. Withdrawn pins go; departed members lose their entries (and
+	// peers), moved ones their old entries, unless this step gives the
+	// index (underlay) to a member.
 	for cid := range f.pins {
 		if _, ok := pins[cid]; ok {
 			continue
 		}
-		if err := f.objs.DeletePin(cid); err != nil {
+		if err := f.maps.DeletePin(cid); err != nil {
 			return err
 		}
 		delete(f.pins, cid)
 	}
-	for id, old := range f.members {
-		if _, ok := want[id]; ok {
+	for _, id := range sortedKeys(f.members) {
+		old, cur := f.members[id], f.index[id]
+		if idx, ok := assign[id]; ok && idx == cur {
 			continue
 		}
-		idx := f.index[id]
-		if err := f.objs.SetNode(idx, Node{}); err != nil {
-			return err
-		}
-		reused := false
-		for _, m := range want {
-			reused = reused || m.Underlay == old.Underlay
-		}
-		if !reused {
-			if err := f.objs.DeletePeer(old.Underlay); err != nil {
+		if !inUse[cur] {
+			if err := f.maps.SetNode(cur, Node{}); err != nil {
 				return err
 			}
 		}
-		delete(f.index, id)
-	}
-	f.members = want
-	f.log.Info("lb: membership applied", "members", len(want), "active", len(active), "pins", len(pins))
-	return nil
-}
-
-// freeIndex returns the lowest node index no member holds.
-func (f *Front) freeIndex() (uint32, error) {
-	used := make([]bool, XDPMaxNodes)
-	for _, i := range f.index {
-		used[i] = true
-	}
-	for i, u := range used {
-		if !u {
-			return uint32(i), nil
+		if _, ok := assign[id]; !ok && !peerOf[old.Underlay] {
+			if err := f.maps.DeletePeer(old.Underlay); err != nil {
+				return err
+			}
 		}
 	}
-	return 0, fmt.Errorf("lb: more than %d nodes", XDPMaxNodes)
+	f.index = assign
+	f.members = make(map[string]Member, len(ids))
+	for _, id := range ids {
+		f.members[id] = want[id]
+	}
+	return nil
 }
 
 func sortedKeys(m map[string]Member) []string {

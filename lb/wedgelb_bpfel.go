@@ -22,11 +22,12 @@ type wedgeLBConfig struct {
 	Self          uint32
 	SelfUnderlay4 uint32
 	Flags         uint32
+	IndexKey      uint32
 }
 
 type wedgeLBCounters struct {
 	_ structs.HostLayout
-	N [13]uint64
+	N [15]uint64
 }
 
 type wedgeLBFlowKey struct {

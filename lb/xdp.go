@@ -26,6 +26,7 @@ const (
 const (
 	configEnabled = 1 << 0
 	configPins    = 1 << 1 // some bit of pin_bits is set; kept by SetPin and DeletePin
+	configIndex   = 1 << 2 // route by tagged receiver indexes; set with a nonzero IndexKey
 	nodeValid     = 1 << 0
 )
 
@@ -45,6 +46,8 @@ var counterNames = [...]string{
 	"decap",
 	"decap_reject",
 	"pin_stale",
+	"index_hit",
+	"index_bad",
 }
 
 // One name per counter of struct counters (compile error otherwise).
@@ -117,6 +120,11 @@ type Config struct {
 	Self          uint32     // this node's index in the node entries
 	SelfUnderlay4 netip.Addr // this node's IPv4 underlay address
 	Enabled       bool       // false: pass every packet untouched
+	// IndexKey is the cluster's index key (wgmsg.IndexKey). Not 0: an
+	// unstamped response, cookie reply or data message whose receiver
+	// index is tagged (wgmsg.SlotOf with this key) goes to the node index
+	// equal to its slot. 0: index routing is off.
+	IndexKey uint32
 }
 
 // SetConfig replaces the program's configuration.
@@ -148,6 +156,10 @@ func (o *Objects) SetConfig(c Config) error {
 	v.Self = c.Self
 	if c.Enabled {
 		v.Flags |= configEnabled
+	}
+	if c.IndexKey != 0 {
+		v.Flags |= configIndex
+		v.IndexKey = c.IndexKey
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -368,8 +380,8 @@ func (o *Objects) DeleteFlow(src netip.AddrPort) error {
 
 // Counters returns the program's counters summed over all CPUs, by name:
 // not_ours, malformed, local, forwarded, pin_hit, flow_hit, fallback,
-// no_node, no_table, encap_err, decap, decap_reject, pin_stale. See
-// bpf/README.md.
+// no_node, no_table, encap_err, decap, decap_reject, pin_stale, index_hit,
+// index_bad. See bpf/README.md.
 func (o *Objects) Counters() (map[string]uint64, error) {
 	var perCPU []wedgeLBCounters
 	if err := o.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {

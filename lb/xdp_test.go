@@ -16,6 +16,9 @@ package lb
 //	                                 ▼
 //	                             node 1 "owner", underlay 198.18.0.2
 //	node 2: 198.18.0.3 (valid); node 3: 198.18.0.4 (entry present, not valid)
+//
+// Node indexes are slots: a session index tagged (wgmsg.Tag, key
+// xIndexKey) with slot 1 belongs to node 1.
 
 import (
 	"bytes"
@@ -32,6 +35,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/wedge-edge/wedge/server/wgmsg"
 )
 
 // XDP verdicts (enum xdp_action).
@@ -76,7 +81,19 @@ var (
 		netip.MustParseAddr("198.18.0.4"),
 	}
 	xStranger = netip.MustParseAddr("198.18.0.99")
+	// Unstamped clients without a flow entry.
+	xNoFlow4 = netip.MustParseAddrPort("203.0.113.7:40002")
+	xNoFlow6 = netip.MustParseAddrPort("[2001:db8:c::8]:40001")
 )
+
+// xIndexKey is the fixture cluster's index key.
+const xIndexKey = 0x9e3779b9
+
+// xTag is a session index of slot tagged with the fixture's key.
+func xTag(slot uint8, r uint32) uint32 { return wgmsg.Tag(slot, r, xIndexKey) }
+
+// xBadTag is xTag with a wrong check: not tagged, but its slot byte is set.
+func xBadTag(slot uint8, r uint32) uint32 { return xTag(slot, r) ^ 1<<20 }
 
 // requireBPF skips tb unless it runs as root, which loading BPF needs. With
 // CI=true a missing root is a failure: CI must run these tests.
@@ -97,6 +114,7 @@ func requireBPF(tb testing.TB) {
 type xState struct {
 	self     uint32
 	enabled  bool
+	indexKey uint32 // 0: index routing off
 	hasTable bool
 	table    func(slot uint32) uint32
 	nodes    map[uint32]Node
@@ -149,6 +167,7 @@ func xBaseState(self uint32) *xState {
 	s := &xState{
 		self:     self,
 		enabled:  true,
+		indexKey: xIndexKey,
 		hasTable: true,
 		table:    xTable4,
 		nodes:    map[uint32]Node{},
@@ -184,7 +203,7 @@ func (s *xState) config() Config {
 		VIP4: xVIP4, VIP6: xVIP6,
 		WGPort: xWGPort, GUEPort: xGUEPort,
 		Self: s.self, SelfUnderlay4: s.underlay(),
-		Enabled: s.enabled,
+		Enabled: s.enabled, IndexKey: s.indexKey,
 	}
 }
 
@@ -278,7 +297,7 @@ func (s *xState) expect(f []byte) xWant {
 			return pass("malformed")
 		}
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), be.Uint16(udp[0:]))
-		return s.steer(f, xCID(udp[8:]), src, tot)
+		return s.steer(f, udp[8:], src, tot)
 	case 0x86dd:
 		if len(f) < 14+40+8+4 {
 			return pass("not_ours")
@@ -294,12 +313,25 @@ func (s *xState) expect(f []byte) xWant {
 			return pass("malformed")
 		}
 		src := netip.AddrPortFrom(netip.AddrFrom16([16]byte(ip[8:24])), be.Uint16(udp[0:]))
-		return s.steer(f, xCID(udp[8:]), src, 40+plen)
+		return s.steer(f, udp[8:], src, 40+plen)
 	}
 	return pass("not_ours")
 }
 
 func xCID(wg []byte) uint32 { return uint32(wg[1])<<16 | uint32(wg[2])<<8 | uint32(wg[3]) }
+
+// xReceiver is the receiver index of a plausible WireGuard message: the
+// little-endian uint32 at byte 8 of a response, 4 of a cookie reply or data
+// message (server/wgmsg). An initiation has none.
+func xReceiver(wg []byte) (uint32, bool) {
+	switch wg[0] {
+	case 2:
+		return binary.LittleEndian.Uint32(wg[8:]), true
+	case 3, 4:
+		return binary.LittleEndian.Uint32(wg[4:]), true
+	}
+	return 0, false
+}
 
 func xPlausible(typ byte, n int) bool {
 	switch typ {
@@ -339,15 +371,33 @@ func (s *xState) expectDecap(f []byte) xWant {
 	return xWant{verdict: xdpPass, counts: xCounts("decap"), out: out}
 }
 
-func (s *xState) steer(f []byte, cid uint32, src netip.AddrPort, ipLen int) xWant {
+func (s *xState) steer(f, wg []byte, src netip.AddrPort, ipLen int) xWant {
 	counts := map[string]uint64{}
 	pass := func(c string) xWant {
 		counts[c]++
 		return xWant{verdict: xdpPass, counts: counts, out: f}
 	}
+	cid := xCID(wg)
 	key := xFlowAddr(src)
-	var owner uint32
-	if cid != 0 {
+	var owner, entropy uint32
+	indexed := false
+	if cid == 0 && s.indexKey != 0 {
+		// An unstamped response, cookie reply or data message whose
+		// receiver index is tagged goes to the node index of its slot;
+		// with a slot but a wrong check, the flows decide (index_bad).
+		if idx, ok := xReceiver(wg); ok {
+			if slot, ok := wgmsg.SlotOf(idx, s.indexKey); ok {
+				counts["index_hit"]++
+				owner, indexed = uint32(slot), true
+				entropy = Hash(idx&wgmsg.IndexRandomMask ^ s.indexKey ^ uint32(slot)<<20)
+			} else if idx>>24 != 0 {
+				counts["index_bad"]++
+			}
+		}
+	}
+	if indexed {
+		// owner from the index
+	} else if cid != 0 {
 		pinned := false
 		if p, ok := s.pins[cid]; ok {
 			// A pin counts while its node is this one or valid; a pin
@@ -385,13 +435,15 @@ func (s *xState) steer(f []byte, cid uint32, src netip.AddrPort, ipLen int) xWan
 	}
 	counts["forwarded"]++
 	// The entropy of the outer source port, as bpf/README.md describes it:
-	// fmix32(cid), or for unstamped clients fmix32 of the flow key's four
-	// address words XORed with its port, all loaded as the CPU (little
-	// endian here) loads them from the key's wire-order bytes.
-	var entropy uint32
-	if cid != 0 {
+	// fmix32(cid); for a tagged index the check's hash (above); or for
+	// other unstamped clients fmix32 of the flow key's four address words
+	// XORed with its port, all loaded as the CPU (little endian here)
+	// loads them from the key's wire-order bytes.
+	switch {
+	case indexed:
+	case cid != 0:
 		entropy = Hash(cid)
-	} else {
+	default:
 		a := key.Addr().As16()
 		var p [2]byte
 		binary.BigEndian.PutUint16(p[:], key.Port())
@@ -484,14 +536,40 @@ func xWGLen(typ byte) int {
 	return 32 + 4*16 // a data message with 64 bytes of ciphertext
 }
 
-// xWG is a WireGuard message of n bytes: type, ClientID, then filler.
+// xWG is a WireGuard message of n bytes: type, ClientID, then filler. The
+// filler's session indexes (bytes 4..11) are untagged: their slot bytes
+// (7 and 11) are 0, so only rows that put a tagged index there (xWGIdx)
+// are routed by it.
 func xWG(typ byte, cid uint32, n int) []byte {
 	b := make([]byte, n)
 	for i := range b {
 		b[i] = byte(i*7 + 3)
 	}
 	b[0], b[1], b[2], b[3] = typ, byte(cid>>16), byte(cid>>8), byte(cid)
+	if n >= 12 {
+		b[7], b[11] = 0, 0
+	}
 	return b
+}
+
+// xWGIdx is the WireGuard message xClient sends (type typ, stamped with cid
+// or not) with idx at byte off, little-endian: 4 is the receiver index of a
+// cookie reply or data message and the sender index of an initiation or
+// response, 8 the receiver index of a response.
+func xWGIdx(typ byte, cid uint32, off int, idx uint32) []byte {
+	b := xWG(typ, cid, xWGLen(typ))
+	binary.LittleEndian.PutUint32(b[off:], idx)
+	return b
+}
+
+// xIdx is an unstamped message of type typ from src to the VIP of its
+// family carrying receiver index idx (for an initiation: sender index).
+func xIdx(src netip.AddrPort, typ byte, idx uint32) []byte {
+	off := 4
+	if typ == 2 {
+		off = 8
+	}
+	return xClientTo(src, xWGIdx(typ, 0, off, idx))
 }
 
 // xIP wraps an L4 payload in IPv4 or IPv6 by the family of src.
@@ -511,11 +589,17 @@ func xClientUDP(src, dst netip.AddrPort, payload []byte) []byte {
 // xClient is a WireGuard message of type typ stamped with cid (0: not
 // stamped) from src to the VIP of its family.
 func xClient(src netip.AddrPort, cid uint32, typ byte) []byte {
+	return xClientTo(src, xWG(typ, cid, xWGLen(typ)))
+}
+
+// xClientTo is a frame carrying the WireGuard message wg from src to the
+// VIP of its family.
+func xClientTo(src netip.AddrPort, wg []byte) []byte {
 	vip := xVIP4
 	if src.Addr().Is6() {
 		vip = xVIP6
 	}
-	return xClientUDP(src, netip.AddrPortFrom(vip, xWGPort), xWG(typ, cid, xWGLen(typ)))
+	return xClientUDP(src, netip.AddrPortFrom(vip, xWGPort), wg)
 }
 
 // xGUE is inner encapsulated the way the program does it, from the node
@@ -622,6 +706,9 @@ func xRun(tb testing.TB, o *Objects, f []byte) (uint32, []byte, map[string]uint6
 	return verdict, opts.DataOut, delta, runErr
 }
 
+// xExtra are the counters counted in addition to a verdict.
+var xExtra = map[string]bool{"pin_hit": true, "flow_hit": true, "pin_stale": true, "index_hit": true, "index_bad": true}
+
 // xMismatch runs f through o and reports how the result differs from want.
 // from is the running node's underlay.
 func xMismatch(tb testing.TB, o *Objects, f []byte, want xWant, from netip.Addr) error {
@@ -639,7 +726,7 @@ func xMismatch(tb testing.TB, o *Objects, f []byte, want xWant, from netip.Addr)
 	}
 	var verdicts uint64
 	for n, d := range delta {
-		if n != "pin_hit" && n != "flow_hit" && n != "pin_stale" {
+		if !xExtra[n] {
 			verdicts += d
 		}
 	}
@@ -756,8 +843,49 @@ func xCases() []xCase {
 		{name: "unstamped v6 flow entry", frame: v6(0), verdict: xdpTX, counts: xCounts("flow_hit", "forwarded"), to: xUnderlay[2]},
 		{name: "unstamped flow entry self", frame: xClient(xFlowSelf, 0, 4), verdict: xdpPass, counts: xCounts("flow_hit", "local")},
 		{name: "unstamped flow entry invalid node", frame: xClient(xFlowInvalid, 0, 4), verdict: xdpPass, counts: xCounts("flow_hit", "no_node")},
-		{name: "unstamped v4 no flow", frame: xClient(netip.MustParseAddrPort("203.0.113.7:40002"), 0, 1), verdict: xdpPass, counts: xCounts("fallback")},
-		{name: "unstamped v6 no flow", frame: xClient(netip.MustParseAddrPort("[2001:db8:c::8]:40001"), 0, 4), verdict: xdpPass, counts: xCounts("fallback")},
+		{name: "unstamped v4 no flow", frame: xClient(xNoFlow4, 0, 1), verdict: xdpPass, counts: xCounts("fallback")},
+		{name: "unstamped v6 no flow", frame: xClient(xNoFlow6, 0, 4), verdict: xdpPass, counts: xCounts("fallback")},
+
+		// Tagged receiver indexes (standard clients): the slot is the node
+		// index; it beats the flow entry; a wrong check leaves it to the
+		// flows (index_bad).
+		{name: "index v4 data to node1", frame: xIdx(xNoFlow4, 4, xTag(1, 0x12345)), verdict: xdpTX, counts: xCounts("index_hit", "forwarded"), to: xUnderlay[1]},
+		{name: "index v6 data to node2", frame: xIdx(xNoFlow6, 4, xTag(2, 0xfffff)), verdict: xdpTX, counts: xCounts("index_hit", "forwarded"), to: xUnderlay[2]},
+		{name: "index v4 response to node2 (receiver at byte 8)", frame: xIdx(xNoFlow4, 2, xTag(2, 7)), verdict: xdpTX, counts: xCounts("index_hit", "forwarded"), to: xUnderlay[2]},
+		{name: "index v6 response to node1", frame: xIdx(xNoFlow6, 2, xTag(1, 0)), verdict: xdpTX, counts: xCounts("index_hit", "forwarded"), to: xUnderlay[1]},
+		{name: "index v4 cookie reply to node1", frame: xIdx(xNoFlow4, 3, xTag(1, 0x54321)), verdict: xdpTX, counts: xCounts("index_hit", "forwarded"), to: xUnderlay[1]},
+		{name: "index v6 cookie reply to node2", frame: xIdx(xNoFlow6, 3, xTag(2, 0x54321)), verdict: xdpTX, counts: xCounts("index_hit", "forwarded"), to: xUnderlay[2]},
+		{name: "index keepalive (minimum data message) to node2", frame: xClientTo(xNoFlow4, xWGIdx(4, 0, 4, xTag(2, 99))[:32]), verdict: xdpTX, counts: xCounts("index_hit", "forwarded"), to: xUnderlay[2]},
+		{name: "index beats the flow entry (flow: node1)", frame: xIdx(xClient4, 4, xTag(2, 1)), verdict: xdpTX, counts: xCounts("index_hit", "forwarded"), to: xUnderlay[2]},
+		{name: "index v4 to self", owner: true, frame: xIdx(xNoFlow4, 4, xTag(1, 0x12345)), verdict: xdpPass, counts: xCounts("index_hit", "local")},
+		{name: "index v6 to self", owner: true, frame: xIdx(xNoFlow6, 4, xTag(1, 0xabcde)), verdict: xdpPass, counts: xCounts("index_hit", "local")},
+		{name: "index v6 response to self", owner: true, frame: xIdx(xClient6, 2, xTag(1, 3)), verdict: xdpPass, counts: xCounts("index_hit", "local")},
+		{name: "index to a node not valid", frame: xIdx(xNoFlow4, 4, xTag(3, 5)), verdict: xdpPass, counts: xCounts("index_hit", "no_node")},
+		{name: "index v6 to a node never set", frame: xIdx(xNoFlow6, 4, xTag(7, 5)), verdict: xdpPass, counts: xCounts("index_hit", "no_node")},
+		{name: "index to slot 255, never set, flow entry ignored", frame: xIdx(xClient4, 3, xTag(255, 5)), verdict: xdpPass, counts: xCounts("index_hit", "no_node")},
+		{name: "index bad check, flow entry", frame: xIdx(xClient4, 4, xBadTag(2, 1)), verdict: xdpTX, counts: xCounts("index_bad", "flow_hit", "forwarded"), to: xUnderlay[1]},
+		{name: "index bad check v6, flow entry", frame: xIdx(xClient6, 2, xBadTag(1, 1)), verdict: xdpTX, counts: xCounts("index_bad", "flow_hit", "forwarded"), to: xUnderlay[2]},
+		{name: "index bad check, flow entry self", frame: xIdx(xFlowSelf, 4, xBadTag(1, 1)), verdict: xdpPass, counts: xCounts("index_bad", "flow_hit", "local")},
+		{name: "index bad check, no flow", frame: xIdx(xNoFlow4, 4, xBadTag(1, 0x12345)), verdict: xdpPass, counts: xCounts("index_bad", "fallback")},
+		{name: "index bad check v6, no flow", frame: xIdx(xNoFlow6, 3, xBadTag(2, 0)), verdict: xdpPass, counts: xCounts("index_bad", "fallback")},
+		{name: "index made with another key", frame: xIdx(xNoFlow4, 4, wgmsg.Tag(1, 0x12345, xIndexKey+1)), verdict: xdpPass, counts: xCounts("index_bad", "fallback")},
+		{name: "untagged index (slot 0), no flow", frame: xIdx(xNoFlow4, 4, 0x00abcdef), verdict: xdpPass, counts: xCounts("fallback")},
+		{name: "untagged index (slot 0), flow entry", frame: xIdx(xClient4, 4, 0x00abcdef), verdict: xdpTX, counts: xCounts("flow_hit", "forwarded"), to: xUnderlay[1]},
+		{name: "initiation with a tagged sender: not index-routed", frame: xIdx(xNoFlow4, 1, xTag(1, 0x12345)), verdict: xdpPass, counts: xCounts("fallback")},
+		{name: "initiation v6 with a tagged sender, flow entry", frame: xIdx(xClient6, 1, xTag(1, 0x12345)), verdict: xdpTX, counts: xCounts("flow_hit", "forwarded"), to: xUnderlay[2]},
+		{name: "response with a tagged sender, untagged receiver", frame: xClientTo(xNoFlow4, xWGIdx(2, 0, 4, xTag(1, 0x12345))), verdict: xdpPass, counts: xCounts("fallback")},
+		{name: "cookie reply with a tagged index at byte 8 only", frame: xClientTo(xNoFlow4, xWGIdx(3, 0, 8, xTag(1, 0x12345))), verdict: xdpPass, counts: xCounts("fallback")},
+		{name: "stamped with a tagged index: the ClientID decides", frame: xClientTo(xClient4, xWGIdx(4, xCIDSelf, 4, xTag(1, 0x12345))), verdict: xdpPass, counts: xCounts("local")},
+		{name: "stamped v6 with a bad index: no index_bad", frame: xClientTo(xClient6, xWGIdx(4, xCIDNode2, 4, xBadTag(1, 9))), verdict: xdpTX, counts: xCounts("forwarded"), to: xUnderlay[2]},
+		{name: "index routing off: tagged index, no flow", mod: func(s *xState) { s.indexKey = 0 }, frame: xIdx(xNoFlow4, 4, xTag(1, 0x12345)), verdict: xdpPass, counts: xCounts("fallback")},
+		{name: "index routing off: tagged index, flow entry", mod: func(s *xState) { s.indexKey = 0 }, frame: xIdx(xClient6, 4, xTag(1, 0x12345)), verdict: xdpTX, counts: xCounts("flow_hit", "forwarded"), to: xUnderlay[2]},
+		{name: "index routing off: bad check, no index_bad", mod: func(s *xState) { s.indexKey = 0 }, frame: xIdx(xNoFlow4, 4, xBadTag(1, 0x12345)), verdict: xdpPass, counts: xCounts("fallback")},
+		{name: "index to a node that dies", mod: func(s *xState) {
+			s.nodes = maps.Clone(s.nodes)
+			s.nodes[2] = Node{}
+		}, frame: xIdx(xClient4, 4, xTag(2, 1)), verdict: xdpPass, counts: xCounts("index_hit", "no_node")},
+		{name: "index, disabled", mod: func(s *xState) { s.enabled = false }, frame: xIdx(xNoFlow4, 4, xTag(1, 1)), verdict: xdpPass, counts: xCounts("not_ours")},
+		{name: "index, response of the wrong size", frame: xClientTo(xNoFlow4, xWGIdx(2, 0, 8, xTag(1, 0x12345))[:91]), verdict: xdpPass, counts: xCounts("malformed")},
 		{name: "owner node not valid", frame: v4(xCIDInvalid), verdict: xdpPass, counts: xCounts("no_node")},
 		{name: "no table", mod: func(s *xState) { s.hasTable = false }, frame: v4(xCIDNode1), verdict: xdpPass, counts: xCounts("no_table")},
 		{name: "no table, pinned", mod: func(s *xState) { s.hasTable = false }, frame: v4(xCIDPinnedTo2), verdict: xdpTX, counts: xCounts("pin_hit", "forwarded"), to: xUnderlay[2]},
@@ -911,6 +1039,8 @@ func TestXDPForwardThenDecap(t *testing.T) {
 		xClient(xClient4, xCIDNode1, 4),
 		xClient(xClient6, xCIDNode1, 4),
 		xClient(xClient6, xCIDNode1, 2),
+		xIdx(xNoFlow4, 4, xTag(1, 0x12345)),
+		xIdx(xNoFlow6, 2, xTag(1, 0x12345)),
 	} {
 		v, gue, _, err := xRun(t, e.front, in)
 		if err != nil || v != xdpTX {
@@ -987,6 +1117,48 @@ func TestXDPSlotHash(t *testing.T) {
 	}
 }
 
+// TestXDPIndexCheck holds the program's reading and checking of receiver
+// indexes to the model (wgmsg.SlotOf) on random indexes under random keys,
+// half of them tagged with wgmsg.Tag, over all three message types that
+// carry one, with 256 valid nodes: the outer destination shows the slot,
+// the outer port the check's hash.
+func TestXDPIndexCheck(t *testing.T) {
+	requireBPF(t)
+	o := xLoad(t)
+	st := xBaseState(0)
+	st.nodes = map[uint32]Node{}
+	for i := range uint32(XDPMaxNodes) {
+		st.nodes[i] = Node{Underlay4: netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), Valid: true}
+	}
+	st.pins, st.flows = nil, map[netip.AddrPort]uint32{xFlowAddr(xClient4): 7}
+	r := rand.New(rand.NewPCG(3, 4))
+	hits, bad := 0, 0
+	for k := range 8 {
+		st.indexKey = r.Uint32() | 1
+		st.apply(t, o)
+		for i := range 1000 {
+			idx := r.Uint32()
+			if i%2 == 0 {
+				idx = wgmsg.Tag(uint8(r.UintN(256)), idx, st.indexKey)
+			}
+			src := xNoFlow4
+			if i%3 == 0 {
+				src = xClient4
+			}
+			f := xIdx(src, byte(2+i%3), idx)
+			want := st.expect(f)
+			hits += int(want.counts["index_hit"])
+			bad += int(want.counts["index_bad"])
+			if err := xMismatch(t, o, f, want, st.underlay()); err != nil {
+				t.Fatalf("key %d %#x, index %#08x, type %d: %v", k, st.indexKey, idx, 2+i%3, err)
+			}
+		}
+	}
+	if hits < 3000 || bad < 3000 {
+		t.Fatalf("%d index hits, %d bad: the test proves little", hits, bad)
+	}
+}
+
 func TestXDPSetters(t *testing.T) {
 	requireBPF(t)
 	o := xLoad(t)
@@ -1057,8 +1229,8 @@ func TestXDPLayout(t *testing.T) {
 			t.Errorf("map %s: inner map %+v, want %d u32 slots", c.m, ms.InnerMap, c.wantInnerSz)
 		}
 	}
-	if s := binary.Size(wedgeLBConfig{}); s != 36 {
-		t.Errorf("config is %d bytes, want 36", s)
+	if s := binary.Size(wedgeLBConfig{}); s != 40 {
+		t.Errorf("config is %d bytes, want 40", s)
 	}
 	if s := binary.Size(wedgeLBFlowKey{}); s != 20 {
 		t.Errorf("flow key is %d bytes, want 20", s)
@@ -1365,6 +1537,14 @@ func TestXDPPinsConcurrent(t *testing.T) {
 //   - pinned-self/repeat: a client pinned to this node: the pins hash
 //     lookup, the one call on the stamped path.
 //
+//   - index-forward/run-1: an unstamped data message whose tagged receiver
+//     index names another node, encapsulated to it (TX), as forward/run-1.
+//
+//   - index-local/repeat: that packet on the node its index names (PASS).
+//
+//   - unstamped-fallback/repeat: an unstamped data message with an
+//     untagged index and no flow entry: the flows hash lookup, a call.
+//
 //     go test -run '^$' -bench BenchmarkXDP -count 3 ./lb/
 //
 // extra-ns/pkt, 3 runs each (2 cores, AMD EPYC VM, kernel 6.18 with SRSO
@@ -1387,6 +1567,10 @@ func TestXDPPinsConcurrent(t *testing.T) {
 // ~3 ns, parsing ~8-10, fmix32, slot and the two Maglev lookups ~10-12,
 // the pin filter ~2-4 (only with pins), the counter ~2-5. A pinned client
 // still pays the hash lookup (+3-7 ns for the filter in front of it).
+//
+// With index routing (bpf/README.md, Cost): the stamped cases unchanged
+// within noise; index-forward/run-1 57-58, index-local/repeat 28-33,
+// unstamped-fallback/repeat 54-59.
 func BenchmarkXDP(b *testing.B) {
 	e := xNewEnv(b)
 	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{
@@ -1431,9 +1615,14 @@ func BenchmarkXDP(b *testing.B) {
 	forward := xClient(xClient4, xCIDNode1, 4)
 	local := xClient(xClient4, xCIDSelf, 4)
 	pinned := xClient(xClient4, xCIDPinnedSelf, 4)
+	indexed := xIdx(xNoFlow4, 4, xTag(1, 0x12345)) // node 1's
+	untagged := xIdx(xNoFlow4, 4, 0x00012345)
 	b.Run("forward/run-1", func(b *testing.B) { run(b, e.front, forward, xdpTX, 1) })
 	b.Run("local/run-1", func(b *testing.B) { run(b, e.front, local, xdpPass, 1) })
 	b.Run("local/repeat", func(b *testing.B) { run(b, e.front, local, xdpPass, 10000) })
 	b.Run("local-nopins/repeat", func(b *testing.B) { run(b, noPins, local, xdpPass, 10000) })
 	b.Run("pinned-self/repeat", func(b *testing.B) { run(b, e.front, pinned, xdpPass, 10000) })
+	b.Run("index-forward/run-1", func(b *testing.B) { run(b, e.front, indexed, xdpTX, 1) })
+	b.Run("index-local/repeat", func(b *testing.B) { run(b, e.owner, indexed, xdpPass, 10000) })
+	b.Run("unstamped-fallback/repeat", func(b *testing.B) { run(b, e.front, untagged, xdpPass, 10000) })
 }

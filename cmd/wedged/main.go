@@ -29,6 +29,7 @@ import (
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/flagfile"
 	"github.com/wedge-edge/wedge/server/registry"
+	"github.com/wedge-edge/wedge/server/wgmsg"
 )
 
 var _ netstack.Dialer = (*egress.Dialer)(nil)
@@ -339,7 +340,7 @@ func run(c *config) error {
 				return fmt.Errorf("--xdp without --etcd needs --underlay (this node's IPv4 address): %v", err)
 			}
 		}
-		x, err := startFront(c, id, dc, underlay, vips, member, log)
+		x, err := startFront(c, id, dc, underlay, vips, member, wgmsg.IndexKey(key), log)
 		if err != nil {
 			return err
 		}

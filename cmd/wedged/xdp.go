@@ -101,7 +101,7 @@ func (v *memberView) members(ms []cluster.Member, now time.Time) ([]lb.Member, t
 		if m.DC != v.dc {
 			continue
 		}
-		lm := lb.Member{ID: m.ID, Underlay: m.Underlay, Pins: m.PinnedClientIDs()}
+		lm := lb.Member{ID: m.ID, Underlay: m.Underlay, Pins: m.PinnedClientIDs(), Slot: m.Slot}
 		switch m.State {
 		case cluster.Active:
 			lm.Active = true
@@ -128,8 +128,18 @@ func (v *memberView) members(ms []cluster.Member, now time.Time) ([]lb.Member, t
 // cluster, keeps its tables in step with the membership of this node's
 // data center. Alone, the node owns every client and the program only
 // passes packets (and would decapsulate nothing: no peers).
-func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr, member *cluster.Membership, log *slog.Logger) (*xdpFront, error) {
-	fc := lb.FrontConfig{WGPort: uint16(c.listen), GUEPort: uint16(c.guePort), Self: id, SelfUnderlay: underlay, Log: log}
+//
+// indexKey is the cluster's index key (wgmsg.IndexKey of the service
+// private key): the program routes a standard client's responses, cookie
+// replies and data messages by the slot their tagged receiver index
+// carries, which is the node index of the node holding that slot
+// (cluster.Member.Slot, 0 alone).
+func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr, member *cluster.Membership, indexKey uint32, log *slog.Logger) (*xdpFront, error) {
+	fc := lb.FrontConfig{WGPort: uint16(c.listen), GUEPort: uint16(c.guePort), Self: id, SelfUnderlay: underlay,
+		IndexKey: indexKey, Log: log}
+	if member != nil {
+		fc.SelfSlot = member.Self().Slot
+	}
 	for _, v := range vips {
 		if v.Is4() {
 			fc.VIP4 = v
@@ -181,6 +191,6 @@ func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr
 		x.close()
 		return nil, err
 	}
-	log.Info("xdp front attached", "iface", c.xdp, "vip", vips, "gue_port", c.guePort, "node", id)
+	log.Info("xdp front attached", "iface", c.xdp, "vip", vips, "gue_port", c.guePort, "node", id, "slot", fc.SelfSlot)
 	return x, nil
 }

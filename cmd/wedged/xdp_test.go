@@ -87,3 +87,13 @@ func TestMemberViewPinsAndDrain(t *testing.T) {
 		t.Fatalf("draining with its pins: table %v, want d out", got)
 	}
 }
+
+func TestMemberViewSlots(t *testing.T) {
+	v := &memberView{self: "a", dc: "dc1", first: map[string]time.Time{}}
+	a, b := member("a", cluster.Active), member("b", cluster.Draining)
+	a.Slot, b.Slot = 3, 200
+	lms, _ := v.members([]cluster.Member{a, b}, time.Unix(0, 0))
+	if len(lms) != 2 || lms[0].Slot != 3 || lms[1].Slot != 200 {
+		t.Fatalf("front members %+v, want slots 3 and 200", lms)
+	}
+}
