@@ -30,8 +30,8 @@ type xdpFront struct {
 	objs  *lb.Objects
 	front *lb.Front
 	unsub func()
-	// mu guards timer and closed (nil without a cluster).
-	mu     *sync.Mutex
+	// mu guards timer and closed, and applies one membership at a time.
+	mu     sync.Mutex
 	timer  *time.Timer // re-applies the membership when a joining node is due
 	closed bool
 }
@@ -40,14 +40,12 @@ func (x *xdpFront) close() {
 	if x.unsub != nil {
 		x.unsub()
 	}
-	if x.mu != nil {
-		x.mu.Lock()
-		x.closed = true
-		if x.timer != nil {
-			x.timer.Stop()
-		}
-		x.mu.Unlock()
+	x.mu.Lock()
+	x.closed = true
+	if x.timer != nil {
+		x.timer.Stop()
 	}
+	x.mu.Unlock()
 	x.front.Close()
 	x.objs.Close()
 }
@@ -159,12 +157,11 @@ func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr
 	x := &xdpFront{objs: objs, front: front}
 	if member != nil {
 		view := &memberView{self: id, dc: dc, first: map[string]time.Time{}}
-		var mu sync.Mutex
 		var last []cluster.Member
 		var apply func()
 		apply = func() {
-			mu.Lock()
-			defer mu.Unlock()
+			x.mu.Lock()
+			defer x.mu.Unlock()
 			if x.closed {
 				return
 			}
@@ -179,11 +176,10 @@ func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr
 				x.timer = time.AfterFunc(next, apply)
 			}
 		}
-		x.mu = &mu
 		x.unsub = member.Subscribe(func(ms []cluster.Member) {
-			mu.Lock()
+			x.mu.Lock()
 			last = ms
-			mu.Unlock()
+			x.mu.Unlock()
 			apply()
 		})
 	}

@@ -553,59 +553,6 @@ func BenchmarkIncoming(b *testing.B) {
 			f.tr.Incoming(m)
 		}
 	})
-	// Incoming's transport path with a sync.Map in place of the sharded
-	// maps, for comparison: the same work, with the counters still sharded.
-	var sm sync.Map
-	for i, idx := range idxs {
-		sm.Store(idx, &entry{local: uint32(i), tagged: idx})
-	}
-	incomingSyncMap := func(msg []byte) bool {
-		if Classify(msg) != Transport {
-			return false
-		}
-		idx := binary.LittleEndian.Uint32(msg[OffsetReceiver:])
-		sh := f.tr.shardOf(idx)
-		if slot, ok := SlotOf(idx, f.key); !ok || slot != testSlot {
-			sh.notOurs.Add(1)
-			return false
-		}
-		v, ok := sm.Load(idx)
-		if !ok {
-			sh.unknown.Add(1)
-			return false
-		}
-		e := v.(*entry)
-		binary.LittleEndian.PutUint32(msg[OffsetReceiver:], e.local)
-		if !e.used.Load() {
-			e.used.Store(true)
-		}
-		sh.translated.Add(1)
-		return true
-	}
-	b.Run("sync.Map-serial", func(b *testing.B) {
-		b.ReportAllocs()
-		m := make([]byte, 64)
-		m[0] = byte(Transport)
-		i := 0
-		for b.Loop() {
-			binary.LittleEndian.PutUint32(m[OffsetReceiver:], idxs[i%len(idxs)])
-			incomingSyncMap(m)
-			i++
-		}
-	})
-	b.Run("sync.Map-parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			m := make([]byte, 64)
-			m[0] = byte(Transport)
-			i := rand.IntN(len(idxs))
-			for pb.Next() {
-				binary.LittleEndian.PutUint32(m[OffsetReceiver:], idxs[i%len(idxs)])
-				incomingSyncMap(m)
-				i++
-			}
-		})
-	})
 }
 
 func BenchmarkOutgoing(b *testing.B) {
