@@ -29,6 +29,11 @@ type Bind struct {
 
 	mu   sync.Mutex // guards seen
 	seen [seenSlots]seenEntry
+
+	// hs, once set (Node.EnableIndexes), translates session indexes: the
+	// node's own tagged ones back on receive, wireguard-go's to tagged
+	// ones in the handshake messages it sends.
+	hs atomic.Pointer[handshakes]
 }
 
 var _ conn.Bind = (*Bind)(nil)
@@ -64,8 +69,12 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 		n, err := fn(packets, sizes, eps)
 		var stamped, unstamped uint64
 		locked := false
+		hs := b.hs.Load()
 		for i := range n {
 			id := clientid.Zero(packets[i][:sizes[i]])
+			if hs != nil {
+				hs.received(packets[i][:sizes[i]], eps[i])
+			}
 			if id == 0 {
 				unstamped++
 				continue
@@ -98,6 +107,20 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 		}
 		return n, err
 	}
+}
+
+// Send passes bufs to the inner Bind, with the session index of a
+// handshake message translated (or the message withheld: forwarded to its
+// client's owner) once tagged indexes are on. wireguard-go sends each
+// handshake message alone; batches of transport messages go straight
+// through.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if hs := b.hs.Load(); hs != nil && len(bufs) == 1 && len(bufs[0]) > 0 && bufs[0][0] != msgTransport {
+		if !hs.sending(bufs[0], ep) {
+			return nil
+		}
+	}
+	return b.Bind.Send(bufs, ep)
 }
 
 // Seen returns the ClientID last stamped by the client at ep, or 0.

@@ -86,6 +86,7 @@ type Node struct {
 
 	mismatches atomic.Uint64
 	recovered  atomic.Uint64 // handshakes started by session recovery
+	indexSlot  atomic.Uint32 // the slot of tagged indexes, 0 while off
 	// membershipChanged is when (UnixNano) the active nodes of this data
 	// center or this node's state last changed; session recovery waits
 	// for the other nodes' pins after it (recover.go).

@@ -24,6 +24,7 @@ type Status struct {
 	Active   int            `json:"active"`
 	Cluster  *ClusterStatus `json:"cluster,omitempty"`
 	Bind     BindStatus     `json:"bind"`
+	Indexes  *IndexStatus   `json:"indexes,omitempty"`
 	Peers    []PeerStatus   `json:"peers"`
 	Sections map[string]any `json:"sections,omitempty"`
 }
@@ -74,6 +75,7 @@ func (n *Node) Status() Status {
 	s.Bind.Stamped, s.Bind.Unstamped = n.bind.Counts()
 	s.Bind.Mismatches = n.mismatches.Load()
 	s.Bind.HandshakesStarted = n.recovered.Load()
+	s.Indexes = n.indexStatus()
 	peers, _ := n.peers()
 	n.mu.Lock()
 	s.Clients = len(n.clients)

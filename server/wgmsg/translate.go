@@ -324,22 +324,22 @@ func (t *Translator) Sweep(now time.Time) (removed int) {
 
 // TranslatorStats are a Translator's counters since it was made.
 type TranslatorStats struct {
-	Entries int // mappings held now
+	Entries int `json:"entries"` // mappings held now
 
 	// Outgoing.
-	Tagged      uint64 // handshake messages given a tagged sender index
-	SkippedMAC2 uint64 // left untranslated: they carried a MAC2
-	WrongKey    uint64 // left untranslated: MAC1 not valid under the keys given
-	Full        uint64 // left untranslated: no room for a mapping
+	Tagged      uint64 `json:"tagged"`       // handshake messages given a tagged sender index
+	SkippedMAC2 uint64 `json:"skipped_mac2"` // left untranslated: they carried a MAC2
+	WrongKey    uint64 `json:"wrong_key"`    // left untranslated: MAC1 not valid under the keys given
+	Full        uint64 `json:"full"`         // left untranslated: no room for a mapping
 
 	// Incoming.
-	Translated uint64 // receiver index translated back
-	Unknown    uint64 // tagged with this slot but not held (expired, made up)
-	NotOurs    uint64 // not tagged with this slot
-	Rejected   uint64 // known index, but the MAC1 or cookie did not verify
-	StaleMAC2  uint64 // translated responses whose MAC2 the rewrite invalidated
+	Translated uint64 `json:"translated"` // receiver index translated back
+	Unknown    uint64 `json:"unknown"`    // tagged with this slot but not held (expired, made up)
+	NotOurs    uint64 `json:"not_ours"`   // not tagged with this slot
+	Rejected   uint64 `json:"rejected"`   // known index, but the MAC1 or cookie did not verify
+	StaleMAC2  uint64 `json:"stale_mac2"` // translated responses whose MAC2 the rewrite invalidated
 
-	Expired uint64 // mappings removed by Sweep
+	Expired uint64 `json:"expired"` // mappings removed by Sweep
 }
 
 // Stats returns the counters. They are read one by one, not as a snapshot.
