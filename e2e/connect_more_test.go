@@ -150,7 +150,7 @@ func (c *socksClient) waitUp(t *testing.T, timeout time.Duration) {
 	t.Helper()
 	var last error
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if c.proc.Exited() {
+		if c.proc != nil && c.proc.Exited() {
 			t.Fatalf("wedge connect exited:\n%s", c.proc.Output())
 		}
 		if _, last = c.remoteAddr(lab.Origin4.Addr(), 3*time.Second); last == nil {

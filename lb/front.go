@@ -465,6 +465,48 @@ func (f *Front) Owner(cid uint32) (string, bool) {
 	return f.table.Owner(cid)
 }
 
+// Route is where a front sends a ClientID's packets.
+type Route struct {
+	ID       string     // the member
+	Index    uint32     // its node index in the maps
+	Underlay netip.Addr // where it receives GUE
+	Self     bool       // this node
+}
+
+// Route is the member the program sends cid's stamped packets to: its pin,
+// else the table's choice (false with no table). Userspace uses it for what
+// the program cannot see, such as the ClientID of a standard client's
+// initiation.
+func (f *Front) Route(cid uint32) (Route, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id := ""
+	if idx, ok := f.pins[cid]; ok {
+		for m, i := range f.index {
+			if i == idx {
+				if _, live := f.members[m]; live {
+					id = m
+				}
+				break
+			}
+		}
+	}
+	if id == "" {
+		if f.table == nil {
+			return Route{}, false
+		}
+		var ok bool
+		if id, ok = f.table.Owner(cid); !ok {
+			return Route{}, false
+		}
+	}
+	m, ok := f.members[id]
+	if !ok {
+		return Route{}, false
+	}
+	return Route{ID: id, Index: f.index[id], Underlay: m.Underlay, Self: id == f.cfg.Self}, true
+}
+
 // Pins returns how many ClientIDs are pinned.
 func (f *Front) Pins() int {
 	f.mu.Lock()

@@ -42,6 +42,9 @@ func TestFront(t *testing.T) {
 			if got, _ := f.Owner(cid); got != want {
 				t.Fatalf("%s: Front.Owner(%d) = %q, want %q", what, cid, got, want)
 			}
+			if r, ok := f.Route(cid); !ok || r.ID != want || r.Self != (want == "a") || r.Underlay != under[want] {
+				t.Fatalf("%s: Front.Route(%d) = %+v, %v; want %s at %v", what, cid, r, ok, want, under[want])
+			}
 			verdict, out, _, err := xRun(t, objs, xClient(src, cid, 4))
 			if err != nil {
 				t.Fatal(err)
@@ -94,6 +97,9 @@ func TestFront(t *testing.T) {
 		if dst, _ := netip.AddrFromSlice(out[14+16 : 14+20]); verdict != uint32(xdpTX) || dst != under["b"] {
 			t.Fatalf("pinned client %d of draining b: %s to %v", cid, xdpVerdictName(verdict), dst)
 		}
+		if r, _ := f.Route(cid); r.ID != "b" || r.Index != bIdx || r.Self {
+			t.Fatalf("Front.Route(%d) of a client pinned to draining b = %+v", cid, r)
+		}
 	}
 	gueFromB := xGUE(under["b"], under["a"], xGUEPort, xClient(src, 5, 4)[14:])
 	if v, _, _, _ := xRun(t, objs, gueFromB); v != uint32(xdpPass) {
@@ -113,6 +119,9 @@ func TestFront(t *testing.T) {
 	cIdx, _ := f.Index("c")
 	if err := objs.objs.Pins.Lookup(uint32(1000), &idx); err != nil || idx != cIdx {
 		t.Fatalf("pin of 1000 after b left: node %d, %v; want c's %d", idx, err, cIdx)
+	}
+	if r, _ := f.Route(1000); r.ID != "c" || r.Index != cIdx {
+		t.Fatalf("Front.Route(1000) after b left = %+v, want c (its pin)", r)
 	}
 	if err := f.Update([]Member{all[0], all[2]}); err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 	"github.com/wedge-edge/wedge/netstack"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/lb"
 	"github.com/wedge-edge/wedge/server"
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/flagfile"
@@ -345,6 +346,28 @@ func run(c *config) error {
 			return err
 		}
 		defer x.close()
+		var fwd *initForwarder
+		if member != nil && member.Self().Slot != 0 {
+			// Tagged indexes: standard clients' packets find this node by
+			// the slot in their session index, and their initiations are
+			// forwarded to their owner (README: Standard clients roam).
+			gue, err := lb.NewGUESender(underlay, uint16(c.guePort))
+			if err != nil {
+				return err
+			}
+			defer gue.Close()
+			fwd = &initForwarder{front: x.front, objs: x.objs, gue: gue, wgPort: uint16(c.listen), log: log}
+			for _, v := range vips {
+				if v.Is4() {
+					fwd.vip4 = v
+				} else {
+					fwd.vip6 = v
+				}
+			}
+			if err := node.EnableIndexes(server.IndexConfig{Slot: member.Self().Slot, Forward: fwd.forward}); err != nil {
+				return err
+			}
+		}
 		node.AddStats("xdp", func() any {
 			m, err := x.objs.Counters()
 			if err != nil {
@@ -352,6 +375,9 @@ func run(c *config) error {
 			}
 			m["table_nodes"] = uint64(x.front.TableNodes())
 			m["pins"] = uint64(x.front.Pins())
+			if fwd != nil {
+				fwd.stats(m)
+			}
 			return m
 		})
 	}
