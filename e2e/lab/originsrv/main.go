@@ -15,6 +15,10 @@
 //	originsrv cps -url URL [-d 5s] [-c 8]
 //	    opens, uses (one GET) and closes connections for d, c at a time,
 //	    and prints {"ok","errors","seconds","rate","first_error"}.
+//	originsrv wgflood -to ADDR:PORT -key PUB -from PREFIX [-burst 256] [-every 25ms] [-d 5s]
+//	    sends WireGuard initiations with a valid MAC1 and random keys from
+//	    every (local) address of PREFIX, in bursts, and prints
+//	    {"sources","sent","cookie_replies","responses","other"}.
 package main
 
 import (
@@ -55,7 +59,7 @@ func main() {
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	log.SetPrefix("originsrv: ")
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps [flags]")
+		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -68,6 +72,8 @@ func main() {
 		err = dnsQuery(args)
 	case "cps":
 		err = cps(args)
+	case "wgflood":
+		err = wgflood(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}

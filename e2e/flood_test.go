@@ -1,0 +1,141 @@
+package e2e
+
+// A handshake flood (issue 6): initiations with a valid MAC1 (anyone can
+// compute it from the service's public key) and random keys, from 64
+// source addresses, against one node that serves a standard client. The
+// node's wireguard-go must go under load and answer with cookie replies,
+// and the client must keep its throughput. Nothing of the flood may reach
+// the node's initiation opener: it only opens initiations wireguard-go
+// accepted.
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wedge-edge/wedge/e2e/lab"
+)
+
+// floodSources are the flood's source addresses: client WAN addresses
+// (DESIGN.md), local to the client namespace.
+var floodSources = netip.MustParsePrefix("203.0.113.64/26")
+
+func TestHandshakeFlood(t *testing.T) {
+	c, bins, srv := newClusterLab(t, 1, 1, false)
+	nodes := startFrontNodesN(t, c, bins, true, 1)
+	if err := c.SetVIPRoute(1); err != nil {
+		t.Fatal(err)
+	}
+	node := nodes[0]
+	conf, err := node.Register(bins.Wedge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client.WGQuickUp(conf); err != nil {
+		t.Fatal(err)
+	}
+	probe := &socksClient{ns: c.Client, probe: srv}
+	probe.waitUp(t, 20*time.Second)
+
+	// The flood shares the client's namespace but not its tunnel:
+	// wg-quick's policy routing would send it through wg0.
+	for _, cmd := range [][]string{
+		{"ip", "route", "add", "local", floodSources.String(), "dev", "lo"},
+		{"ip", "rule", "add", "from", floodSources.String(), "lookup", "main", "pref", "10"},
+	} {
+		if _, err := c.Client.Run(cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Router.Run("ip", "route", "add", floodSources.String(), "via", lab.ClientWAN4.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+
+	download := func(what string) float64 {
+		t.Helper()
+		r, err := c.Client.Iperf3(lab.Origin4.Addr(), lab.IperfOpts{Seconds: 3, Reverse: true})
+		if err != nil {
+			t.Fatalf("%s: iperf3: %v", what, err)
+		}
+		t.Logf("%s: %v", what, r)
+		return r.BitsPerSecond
+	}
+	before := indexCounters(t, node)
+	base1 := download("before the flood")
+
+	flood, err := c.Client.Start("wgflood", nil, srv, "wgflood",
+		"-to", netip.AddrPortFrom(lab.VIP4, 51820).String(), "-key", lab.ConfigValue(conf, "PublicKey"),
+		"-from", floodSources.String(), "-d", "6s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	under := download("during the flood")
+	select {
+	case <-flood.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("wgflood did not finish")
+	}
+	if err := flood.Err(); err != nil {
+		t.Fatalf("wgflood: %v\n%s", err, flood.Output())
+	}
+	var res struct {
+		Sources   int   `json:"sources"`
+		Sent      int64 `json:"sent"`
+		Cookies   int64 `json:"cookie_replies"`
+		Responses int64 `json:"responses"`
+		Other     int64 `json:"other"`
+	}
+	out := flood.Output()
+	if err := json.Unmarshal([]byte(lastLine(out)), &res); err != nil {
+		t.Fatalf("wgflood output: %v\n%s", err, out)
+	}
+	base2 := download("after the flood")
+	after := indexCounters(t, node)
+
+	base := (base1 + base2) / 2
+	ratio := under / base
+	t.Logf("flood: %d initiations from %d addresses, %d cookie replies, %d responses; throughput under flood %.2f× (%.0f vs %.0f Mbit/s)",
+		res.Sent, res.Sources, res.Cookies, res.Responses, ratio, under/1e6, base/1e6)
+	t.Logf("node: xdp %v; bind %+v", xdpCounters(t, node), status(t, node).Bind)
+	if res.Sent == 0 || res.Cookies == 0 {
+		t.Fatalf("the node sent no cookie replies to %d initiations", res.Sent)
+	}
+	if res.Responses != 0 {
+		t.Fatalf("the node answered %d initiations with random keys", res.Responses)
+	}
+	if d := after["initiations_opened"] - before["initiations_opened"]; d > 2 {
+		t.Errorf("the node opened %.0f initiations during the flood; only the client's (rekeys) should be", d)
+	}
+	if ratio < 0.8 {
+		t.Fatalf("under the flood the client kept %.2f of its throughput, want ≥ 0.80", ratio)
+	}
+}
+
+// indexCounters is the node's status section on tagged indexes.
+func indexCounters(t *testing.T, w *lab.Wedged) map[string]float64 {
+	t.Helper()
+	resp, err := w.HTTPClient().Get(w.API + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s struct {
+		Indexes map[string]float64 `json:"indexes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Indexes == nil {
+		t.Fatalf("%s: status has no indexes section (tagged indexes off?)", w.NS.Name)
+	}
+	return s.Indexes
+}
+
+// lastLine is the last non-empty line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
