@@ -1,9 +1,12 @@
 package server
 
 import (
+	"bytes"
+	"crypto/rand"
 	"encoding/hex"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -239,4 +242,80 @@ func TestTokenBucket(t *testing.T) {
 	if b.take(now.Add(100 * time.Millisecond)) {
 		t.Fatal("two tokens from one interval")
 	}
+}
+
+// newTestHandshakes is a handshakes with fresh keys, owning nothing.
+func newTestHandshakes(t testing.TB) *handshakes {
+	t.Helper()
+	sk, _ := wgtypes.GeneratePrivateKey()
+	op, err := wgmsg.NewOpener(sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := wgmsg.NewTranslator(wgmsg.TranslatorConfig{Slot: testSlot, IndexKey: wgmsg.IndexKey(sk), PublicKey: op.PublicKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newHandshakes(tr, op, func([32]byte) (clientid.ID, bool) { return 1, true },
+		func(clientid.ID, netip.AddrPort, netip.Addr, []byte) bool { return false })
+}
+
+// TestBindReceiveAllocsTagged: with tagged indexes on, receiving data and
+// initiations still allocates nothing.
+func TestBindReceiveAllocsTagged(t *testing.T) {
+	b := NewBind(nil)
+	b.hs.Store(newTestHandshakes(t))
+	msgs := make([][]byte, 16)
+	for i := range msgs {
+		msgs[i] = make([]byte, 148)
+		rand.Read(msgs[i])
+		msgs[i][0] = byte(1 + 3*(i%2)) // initiations and data
+		msgs[i][1], msgs[i][2], msgs[i][3] = 0, 0, 0
+	}
+	sizes := make([]int, len(msgs))
+	eps := make([]conn.Endpoint, len(msgs))
+	for i := range eps {
+		eps[i] = &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("203.0.113.7:4000")}
+	}
+	fn := b.wrap(func(packets [][]byte, sz []int, ep []conn.Endpoint) (int, error) {
+		for i := range packets {
+			sz[i] = len(packets[i])
+		}
+		return len(packets), nil
+	})
+	if allocs := testing.AllocsPerRun(100, func() { fn(msgs, sizes, eps) }); allocs != 0 {
+		t.Errorf("receive allocated %.1f times per batch, want 0", allocs)
+	}
+	if st := b.hs.Load().status(testSlot); st.NotOurs == 0 {
+		t.Errorf("data messages did not reach the translator: %+v", st)
+	}
+}
+
+// FuzzHandshakes feeds arbitrary messages to both directions of the
+// Bind's index translation: nothing may panic, and a message that is not
+// a handshake message must go out unchanged.
+func FuzzHandshakes(f *testing.F) {
+	for _, n := range []int{0, 1, 32, 64, 92, 148, 200} {
+		for _, typ := range []byte{1, 2, 3, 4, 9} {
+			m := make([]byte, n)
+			if n > 0 {
+				m[0] = typ
+			}
+			f.Add(m, true)
+		}
+	}
+	h := newTestHandshakes(f)
+	ep := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("203.0.113.7:4000")}
+	f.Fuzz(func(t *testing.T, msg []byte, in bool) {
+		if in {
+			h.received(msg, ep)
+			return
+		}
+		typ := wgmsg.Classify(msg)
+		before := slices.Clone(msg)
+		send := h.sending(msg, ep)
+		if typ != wgmsg.Initiation && typ != wgmsg.Response && (!send || !bytes.Equal(before, msg)) {
+			t.Fatalf("a %v message was changed or withheld", typ)
+		}
+	})
 }
