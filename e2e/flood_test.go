@@ -2,7 +2,9 @@ package e2e
 
 // A handshake flood (issue 6): initiations with a valid MAC1 (anyone can
 // compute it from the service's public key) and random keys, from 64
-// source addresses, against one node that serves a standard client. The
+// source addresses, about 5,000 a second in bursts of 256 (each burst
+// alone fills wireguard-go's handshake queue past its under-load mark),
+// against one node that serves a standard client. The
 // node's wireguard-go must go under load and answer with cookie replies,
 // and the client must keep its throughput. Nothing of the flood may reach
 // the node's initiation opener: it only opens initiations wireguard-go
@@ -24,6 +26,13 @@ var floodSources = netip.MustParsePrefix("203.0.113.64/26")
 
 func TestHandshakeFlood(t *testing.T) {
 	c, bins, srv := newClusterLab(t, 1, 1, false)
+	// The claim is about throughput: measure an uninstrumented node even
+	// when the suite builds with -race (.ci/run).
+	plain, err := lab.BuildPlain(binDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins.Wedged = plain.Wedged
 	nodes := startFrontNodesN(t, c, bins, true, 1)
 	if err := c.SetVIPRoute(1); err != nil {
 		t.Fatal(err)
@@ -63,16 +72,18 @@ func TestHandshakeFlood(t *testing.T) {
 		return r.BitsPerSecond
 	}
 	before := indexCounters(t, node)
-	base1 := download("before the flood")
+	cookiesBefore := status(t, node).Bind.CookieReplies
+	// Three samples of each: single 3 s runs vary by ±15% here.
+	base1 := (download("before the flood") + download("before the flood")) / 2
 
 	flood, err := c.Client.Start("wgflood", nil, srv, "wgflood",
 		"-to", netip.AddrPortFrom(lab.VIP4, 51820).String(), "-key", lab.ConfigValue(conf, "PublicKey"),
-		"-from", floodSources.String(), "-d", "6s")
+		"-from", floodSources.String(), "-burst", "256", "-every", "50ms", "-d", "12s")
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
-	under := download("during the flood")
+	under := (download("during the flood") + download("during the flood") + download("during the flood")) / 3
 	select {
 	case <-flood.Done():
 	case <-time.After(20 * time.Second):
@@ -95,13 +106,14 @@ func TestHandshakeFlood(t *testing.T) {
 	base2 := download("after the flood")
 	after := indexCounters(t, node)
 
-	base := (base1 + base2) / 2
+	base := (2*base1 + base2) / 3
 	ratio := under / base
 	t.Logf("flood: %d initiations from %d addresses, %d cookie replies, %d responses; throughput under flood %.2f× (%.0f vs %.0f Mbit/s)",
 		res.Sent, res.Sources, res.Cookies, res.Responses, ratio, under/1e6, base/1e6)
-	t.Logf("node: xdp %v; bind %+v", xdpCounters(t, node), status(t, node).Bind)
-	if res.Sent == 0 || res.Cookies == 0 {
-		t.Fatalf("the node sent no cookie replies to %d initiations", res.Sent)
+	bind := status(t, node).Bind
+	t.Logf("node: xdp %v; bind %+v", xdpCounters(t, node), bind)
+	if sent := bind.CookieReplies - cookiesBefore; sent < uint64(res.Sent)/2 || res.Cookies == 0 {
+		t.Fatalf("the node sent %d cookie replies to %d initiations (%d arrived); want most answered", sent, res.Sent, res.Cookies)
 	}
 	if res.Responses != 0 {
 		t.Fatalf("the node answered %d initiations with random keys", res.Responses)

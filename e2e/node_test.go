@@ -264,6 +264,7 @@ type nodeStatus struct {
 		Mismatches uint64 `json:"client_id_mismatches"`
 		// HandshakesStarted: session recovery (server/recover.go).
 		HandshakesStarted uint64 `json:"handshakes_started"`
+		CookieReplies     uint64 `json:"cookie_replies_sent"`
 	} `json:"bind"`
 	Sections struct {
 		Egress struct {

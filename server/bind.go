@@ -26,6 +26,7 @@ type Bind struct {
 
 	stamped   atomic.Uint64 // messages that carried a ClientID
 	unstamped atomic.Uint64 // messages with zero reserved bytes
+	cookies   atomic.Uint64 // cookie replies sent (wireguard-go under load)
 
 	mu   sync.Mutex // guards seen
 	seen [seenSlots]seenEntry
@@ -115,13 +116,20 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 // handshake message alone; batches of transport messages go straight
 // through.
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
-	if hs := b.hs.Load(); hs != nil && len(bufs) == 1 && len(bufs[0]) > 0 && bufs[0][0] != msgTransport {
-		if !hs.sending(bufs[0], ep) {
+	if len(bufs) == 1 && len(bufs[0]) > 0 && bufs[0][0] != msgTransport {
+		if bufs[0][0] == msgCookieReply {
+			b.cookies.Add(1)
+		}
+		if hs := b.hs.Load(); hs != nil && !hs.sending(bufs[0], ep) {
 			return nil
 		}
 	}
 	return b.Bind.Send(bufs, ep)
 }
+
+// CookieReplies returns how many cookie replies the node sent: wireguard-go
+// answers initiations with them while it is under load.
+func (b *Bind) CookieReplies() uint64 { return b.cookies.Load() }
 
 // Seen returns the ClientID last stamped by the client at ep, or 0.
 func (b *Bind) Seen(ep netip.AddrPort) clientid.ID {
@@ -134,8 +142,11 @@ func (b *Bind) Seen(ep netip.AddrPort) clientid.ID {
 	return 0
 }
 
-// msgTransport is WireGuard's transport data message type.
-const msgTransport = 4
+// WireGuard's message types that the Bind looks at.
+const (
+	msgCookieReply = 3
+	msgTransport   = 4
+)
 
 // DataSeen is a client that sent stamped transport messages.
 type DataSeen struct {

@@ -45,6 +45,9 @@ type BindStatus struct {
 	// HandshakesStarted counts handshakes the node initiated for stamped
 	// clients that sent data without a session here (recover.go).
 	HandshakesStarted uint64 `json:"handshakes_started"`
+	// CookieReplies are the cookie replies wireguard-go sent while under
+	// load (a handshake flood).
+	CookieReplies uint64 `json:"cookie_replies_sent"`
 }
 
 // PeerStatus is one client with a session (it has handshaken since the
@@ -75,6 +78,7 @@ func (n *Node) Status() Status {
 	s.Bind.Stamped, s.Bind.Unstamped = n.bind.Counts()
 	s.Bind.Mismatches = n.mismatches.Load()
 	s.Bind.HandshakesStarted = n.recovered.Load()
+	s.Bind.CookieReplies = n.bind.CookieReplies()
 	s.Indexes = n.indexStatus()
 	peers, _ := n.peers()
 	n.mu.Lock()

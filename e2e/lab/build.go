@@ -53,6 +53,27 @@ func Build(dir string) (Bins, error) {
 	return b, errors.Join(errs...)
 }
 
+// BuildPlain is Build without WEDGE_LAB_BUILDFLAGS, into dir/plain: for
+// tests that measure throughput, which a race-instrumented daemon (several
+// times slower, and not in proportion) would make meaningless.
+func BuildPlain(dir string) (Bins, error) {
+	dir = filepath.Join(dir, "plain")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Bins{}, fmt.Errorf("lab: %w", err)
+	}
+	var b Bins
+	var errs []error
+	for _, t := range []struct {
+		pkg string
+		out *string
+	}{{PkgWedged, &b.Wedged}, {PkgWedge, &b.Wedge}, {PkgOriginsrv, &b.Originsrv}} {
+		p, err := buildPkg(dir, t.pkg, false)
+		*t.out = p
+		errs = append(errs, err)
+	}
+	return b, errors.Join(errs...)
+}
+
 type buildResult struct {
 	once sync.Once
 	path string
@@ -70,7 +91,9 @@ var (
 // which .ci/run sets) adds flags to go build for every package but
 // originsrv, the lab's own tool. A race report in any process log fails the
 // test that owns the lab (see Lab cleanup).
-func BuildPkg(dir, pkg string) (string, error) {
+func BuildPkg(dir, pkg string) (string, error) { return buildPkg(dir, pkg, true) }
+
+func buildPkg(dir, pkg string, withFlags bool) (string, error) {
 	buildMu.Lock()
 	r, ok := buildCache[dir+"\x00"+pkg]
 	if !ok {
@@ -86,7 +109,7 @@ func BuildPkg(dir, pkg string) (string, error) {
 		}
 		out := filepath.Join(dir, path.Base(pkg))
 		args := []string{"build"}
-		if pkg != PkgOriginsrv {
+		if withFlags && pkg != PkgOriginsrv {
 			args = append(args, strings.Fields(os.Getenv("WEDGE_LAB_BUILDFLAGS"))...)
 		}
 		args = append(args, "-o", out, pkg)
