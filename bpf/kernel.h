@@ -65,6 +65,7 @@ struct ethhdr {
 
 /* include/uapi/linux/ip.h; version and ihl kept as one byte to stay
  * independent of bitfield order. */
+#define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define IP_DF 0x4000
 #define IP_MF 0x2000

@@ -17,6 +17,8 @@
 #define TABLE_SIZE 65537
 /* Node indexes are 0..MAX_NODES-1. */
 #define MAX_NODES 256
+/* GUE peers: this data center's nodes and other data centers' senders. */
+#define MAX_PEERS 1024
 #define MAX_PINS (1 << 20)
 #define MAX_FLOWS (1 << 18)
 /* ClientIDs are 24 bits; 0 means not stamped. */
@@ -66,8 +68,21 @@
  * of a tagged receiver index (checked with config.index_key). Set by
  * lb.Objects.SetConfig when the index key is not 0. */
 #define CONFIG_INDEX (1U << 2)
+/* Steer TCP and UDP to the addresses of `egress4` (return traffic of
+ * flows a node re-originated) to the node whose port slice holds the
+ * destination port, or to the data center that owns the address. Set by
+ * lb.Objects.SetConfig's caller with Config.Egress. */
+#define CONFIG_EGRESS (1U << 3)
 /* node.flags */
 #define NODE_VALID (1U << 0)
+
+/* Egress addresses and the data centers they can belong to. */
+#define MAX_EGRESS4 (1 << 16)
+#define MAX_DCS 64
+/* The nodes of another data center return traffic may be sent to. */
+#define DC_TARGETS 8
+/* egress4.dc of an address this data center owns. */
+#define EGRESS_LOCAL 0xffffffffU
 
 /* The single entry of the `config` map. */
 struct config {
@@ -85,6 +100,27 @@ struct config {
 struct node {
 	__be32 underlay4;
 	__u32 flags; /* NODE_* */
+};
+
+/* A value of the `egress4` map, keyed by an IPv4 egress address (network
+ * order). Ports are in host order. An address this data center owns
+ * (dc == EGRESS_LOCAL) is shared by port slices: port p belongs to the node
+ * whose node index (its slot) is (p - port_lo) / slice + 1, for
+ * p - port_lo < slices * slice. Another data center's address goes to
+ * that data center: dcs[dc]. */
+struct egress4 {
+	__u32 dc;
+	__u16 port_lo;
+	__u16 slice;   /* ports per node, > 0 */
+	__u16 slices;  /* nodes sharing the address */
+	__u16 pad;     /* always zero */
+};
+
+/* A value of the `dcs` map: nodes of another data center, any of which
+ * steers the packet on to the owner (n of them valid, 0: unreachable). */
+struct dc {
+	__be32 underlay4[DC_TARGETS];
+	__u32 n;
 };
 
 /* A key of the `flows` map: the client's source address (IPv4 mapped to
@@ -116,6 +152,10 @@ enum counter {
 	CNT_PIN_STALE,    /* extra: a pin names a node that is not valid; the table decided */
 	CNT_INDEX_HIT,    /* extra: owner taken from the slot of a tagged receiver index */
 	CNT_INDEX_BAD,    /* extra: receiver index with a slot but a wrong check; flows decided */
+	CNT_EGRESS,       /* extra: return traffic to an egress address of this data center */
+	CNT_EGRESS_DC,    /* extra: return traffic to another data center's egress address */
+	CNT_EGRESS_UNSLICED, /* extra: to an egress address of ours, port in no slice: PASS */
+	CNT_RETARGET,     /* verdict: GUE from a peer for another node's slice, sent on: TX */
 	CNT_MAX,
 };
 

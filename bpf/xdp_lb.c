@@ -40,10 +40,12 @@ struct {
 	__type(value, struct node);
 } nodes SEC(".maps");
 
-/* Underlay address -> node index, for accepting GUE only from peers. */
+/* Underlay address -> node index, for accepting GUE only from peers: the
+ * nodes of this data center and those of other data centers that send it
+ * return traffic. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_NODES);
+	__uint(max_entries, MAX_PEERS);
 	__type(key, __be32);
 	__type(value, __u32);
 } peers4 SEC(".maps");
@@ -97,6 +99,22 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, __u32);
 } flows SEC(".maps");
+
+/* IPv4 egress address -> how its return traffic is steered. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_EGRESS4);
+	__type(key, __be32);
+	__type(value, struct egress4);
+} egress4 SEC(".maps");
+
+/* Another data center's index (egress4.dc) -> nodes to send to there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_DCS);
+	__type(key, __u32);
+	__type(value, struct dc);
+} dcs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -400,10 +418,121 @@ found:
 	return deliver(ctx, cfg, owner, p->ip_len, entropy, extra, bad);
 }
 
+/* slice_owner is the node index whose port slice of the egress address
+ * e holds port (host order), 0 when no slice does. */
+static __always_inline __u32 slice_owner(const struct egress4 *e, __u32 port)
+{
+	__u32 off = port - e->port_lo; /* wraps below port_lo: no slice */
+
+	if (e->slice == 0 || off >= (__u32)e->slices * e->slice)
+		return 0;
+	return off / e->slice + 1;
+}
+
+/* steer_egress steers a TCP or UDP packet to an IPv4 egress address (return
+ * traffic of a flow some node re-originated from it): to the node whose
+ * slice holds the destination port if this data center owns the address,
+ * else to a node of the data center that does. ip is the packet's IPv4
+ * header, ihl its length; anything else passes as not ours. */
+static __always_inline int steer_egress(struct xdp_md *ctx, const struct config *cfg,
+					struct iphdr *ip, __u32 ihl)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	__be16 *ports = (void *)ip + ihl;
+	__u32 ip_len = bpf_ntohs(ip->tot_len), entropy, owner, extra;
+	struct egress4 *e;
+	__be32 dst;
+
+	if ((void *)(ports + 2) > data_end)
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
+	e = bpf_map_lookup_elem(&egress4, &ip->daddr);
+	if (!e)
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
+	if ((void *)ip + ip_len > data_end || ip_len < ihl + 4)
+		return verdict(CNT_MALFORMED, CNT_NONE, XDP_PASS);
+	/* The remote end of the flow: stable for the flow, spread over flows. */
+	entropy = fmix32(ip->saddr ^ ((__u32)ports[0] << 16 | ports[1]));
+	/* One encap call site for both cases: each is a full inlined copy. */
+	if (e->dc != EGRESS_LOCAL) {
+		__u32 dc = e->dc;
+		struct dc *d = bpf_map_lookup_elem(&dcs, &dc);
+
+		extra = CNT_EGRESS_DC;
+		if (!d || d->n == 0)
+			return verdict(CNT_NO_NODE, extra, XDP_PASS);
+		dst = d->underlay4[(entropy % d->n) & (DC_TARGETS - 1)];
+	} else {
+		struct node *n;
+
+		extra = CNT_EGRESS;
+		owner = slice_owner(e, bpf_ntohs(ports[1]));
+		if (!owner)
+			return verdict(CNT_LOCAL, CNT_EGRESS_UNSLICED, XDP_PASS);
+		if (owner == cfg->self)
+			return verdict(CNT_LOCAL, extra, XDP_PASS);
+		n = bpf_map_lookup_elem(&nodes, &owner);
+		if (!n || !(n->flags & NODE_VALID))
+			return verdict(CNT_NO_NODE, extra, XDP_PASS);
+		dst = n->underlay4;
+	}
+	return encap(ctx, cfg, dst, ip_len, entropy, extra, 0);
+}
+
+/* retarget sends a GUE packet from a peer on to another node of this data
+ * center when its inner packet is return traffic for that node's port
+ * slice (it came from another data center, whose node cannot know our
+ * slices): the outer addresses are rewritten and the frame goes back out.
+ * It returns -1 when the packet is to be unwrapped here instead. The outer
+ * TTL drops by one each time, so nodes that disagree for a moment about a
+ * slice cannot bounce a packet for ever. */
+static __always_inline int retarget(struct xdp_md *ctx, const struct config *cfg,
+				    struct iphdr *ip, struct iphdr *in)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = (void *)(long)ctx->data;
+	__u8 mac[ETH_ALEN];
+	__u32 ihl, owner;
+
+	if ((void *)(in + 1) > data_end || (void *)(eth + 1) > data_end)
+		return -1;
+	ihl = (in->ver_ihl & 0x0f) * 4;
+	if ((in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP) || ihl < sizeof(*in) ||
+	    (in->frag_off & bpf_htons(IP_MF | IP_OFFSET)) || ip->ttl <= 1)
+		return -1;
+
+	__be16 *ports = (void *)in + ihl;
+
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+
+	struct egress4 *e = bpf_map_lookup_elem(&egress4, &in->daddr);
+
+	if (!e || e->dc != EGRESS_LOCAL)
+		return -1;
+	owner = slice_owner(e, bpf_ntohs(ports[1]));
+	if (!owner || owner == cfg->self)
+		return -1;
+
+	struct node *n = bpf_map_lookup_elem(&nodes, &owner);
+
+	if (!n || !(n->flags & NODE_VALID))
+		return -1;
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	ip->saddr = cfg->self_underlay4;
+	ip->daddr = n->underlay4;
+	ip->ttl -= 1;
+	ip->check = 0;
+	ip->check = ip_csum(ip);
+	return verdict(CNT_RETARGET, CNT_EGRESS, XDP_TX);
+}
+
 /* decap strips the outer IPv4 + UDP header of a GUE packet from a peer and
  * passes the inner packet up the stack. ip and udp point into the packet;
  * udp is followed by at least WG_HDR_LEN bytes. */
-static __always_inline int decap(struct xdp_md *ctx, struct iphdr *ip, struct udphdr *udp)
+static __always_inline int decap(struct xdp_md *ctx, const struct config *cfg,
+				 struct iphdr *ip, struct udphdr *udp)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = (void *)(long)ctx->data;
@@ -421,6 +550,12 @@ static __always_inline int decap(struct xdp_md *ctx, struct iphdr *ip, struct ud
 	case 4:
 		if ((void *)(inner + sizeof(struct iphdr)) > data_end)
 			return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
+		if (cfg->flags & CONFIG_EGRESS) {
+			int act = retarget(ctx, cfg, ip, (struct iphdr *)inner);
+
+			if (act >= 0)
+				return act;
+		}
 		proto = bpf_htons(ETH_P_IP);
 		break;
 	case 6:
@@ -464,9 +599,18 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, const struct config *c
 		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
 	ihl = (ip->ver_ihl & 0x0f) * 4;
 	if ((ip->ver_ihl >> 4) != 4 || ihl < sizeof(struct iphdr) ||
-	    ip->protocol != IPPROTO_UDP ||
 	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
+	if (ip->protocol != IPPROTO_UDP) {
+		if (ip->protocol == IPPROTO_TCP && (cfg->flags & CONFIG_EGRESS))
+			return steer_egress(ctx, cfg, ip, ihl);
+		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
+	}
+	/* Return traffic to an egress address, before the WireGuard bounds
+	 * check: a UDP reply may be shorter than a WireGuard header. */
+	if ((cfg->flags & CONFIG_EGRESS) && ip->daddr != cfg->vip4 &&
+	    ip->daddr != cfg->self_underlay4)
+		return steer_egress(ctx, cfg, ip, ihl);
 
 	/* The one bounds check for UDP and the WireGuard (or inner) header. */
 	struct udphdr *udp = (void *)ip + ihl;
@@ -477,7 +621,7 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, const struct config *c
 
 	if (cfg->self_underlay4 && ip->daddr == cfg->self_underlay4 &&
 	    udp->dest == cfg->gue_port)
-		return decap(ctx, ip, udp);
+		return decap(ctx, cfg, ip, udp);
 	if (ip->daddr != cfg->vip4 || udp->dest != cfg->wg_port)
 		return verdict(CNT_NOT_OURS, CNT_NONE, XDP_PASS);
 

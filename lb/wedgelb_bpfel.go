@@ -27,7 +27,22 @@ type wedgeLBConfig struct {
 
 type wedgeLBCounters struct {
 	_ structs.HostLayout
-	N [15]uint64
+	N [19]uint64
+}
+
+type wedgeLBDc struct {
+	_         structs.HostLayout
+	Underlay4 [8]uint32
+	N         uint32
+}
+
+type wedgeLBEgress4 struct {
+	_      structs.HostLayout
+	Dc     uint32
+	PortLo uint16
+	Slice  uint16
+	Slices uint16
+	Pad    uint16
 }
 
 type wedgeLBFlowKey struct {
@@ -49,6 +64,8 @@ type wedgeLBNode struct {
 const (
 	wedgeLBMapConfig      = "config"
 	wedgeLBMapCounters    = "counters"
+	wedgeLBMapDcs         = "dcs"
+	wedgeLBMapEgress4     = "egress4"
 	wedgeLBMapFlows       = "flows"
 	wedgeLBMapMaglevOuter = "maglev_outer"
 	wedgeLBMapNodes       = "nodes"
@@ -109,6 +126,8 @@ type wedgeLBProgramSpecs struct {
 type wedgeLBMapSpecs struct {
 	Config      *ebpf.MapSpec `ebpf:"config"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Dcs         *ebpf.MapSpec `ebpf:"dcs"`
+	Egress4     *ebpf.MapSpec `ebpf:"egress4"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	MaglevOuter *ebpf.MapSpec `ebpf:"maglev_outer"`
 	Nodes       *ebpf.MapSpec `ebpf:"nodes"`
@@ -145,6 +164,8 @@ func (o *wedgeLBObjects) Close() error {
 type wedgeLBMaps struct {
 	Config      *ebpf.Map `ebpf:"config"`
 	Counters    *ebpf.Map `ebpf:"counters"`
+	Dcs         *ebpf.Map `ebpf:"dcs"`
+	Egress4     *ebpf.Map `ebpf:"egress4"`
 	Flows       *ebpf.Map `ebpf:"flows"`
 	MaglevOuter *ebpf.Map `ebpf:"maglev_outer"`
 	Nodes       *ebpf.Map `ebpf:"nodes"`
@@ -157,6 +178,8 @@ func (m *wedgeLBMaps) Close() error {
 	return _WedgeLBClose(
 		m.Config,
 		m.Counters,
+		m.Dcs,
+		m.Egress4,
 		m.Flows,
 		m.MaglevOuter,
 		m.Nodes,

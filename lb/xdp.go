@@ -18,6 +18,8 @@ const (
 	XDPTableSize = 65537
 	// XDPMaxNodes bounds node indexes: 0 <= index < XDPMaxNodes.
 	XDPMaxNodes = 256
+	// xdpMaxPeers bounds the addresses GUE is accepted from (SetPeer).
+	xdpMaxPeers = 1024
 	// xdpCIDLimit bounds ClientIDs: they are 24 bits, and 0 is unstamped.
 	xdpCIDLimit = 1 << 24
 )
@@ -27,7 +29,20 @@ const (
 	configEnabled = 1 << 0
 	configPins    = 1 << 1 // some bit of pin_bits is set; kept by SetPin and DeletePin
 	configIndex   = 1 << 2 // route by tagged receiver indexes; set with a nonzero IndexKey
+	configEgress  = 1 << 3 // steer return traffic to egress addresses
 	nodeValid     = 1 << 0
+)
+
+// Limits of egress steering (bpf/wedge_lb.h).
+const (
+	// XDPMaxEgress4 bounds the IPv4 egress addresses the program steers.
+	XDPMaxEgress4 = 1 << 16
+	// XDPMaxDCs bounds the other data centers (indexes 0..XDPMaxDCs-1).
+	XDPMaxDCs = 64
+	// XDPDCTargets is how many nodes of another data center the program
+	// spreads that data center's return traffic over.
+	XDPDCTargets = 8
+	egressLocal  = 0xffffffff
 )
 
 // counterNames are the names Counters reports, in the order of enum counter
@@ -48,6 +63,10 @@ var counterNames = [...]string{
 	"pin_stale",
 	"index_hit",
 	"index_bad",
+	"egress",
+	"egress_dc",
+	"egress_unsliced",
+	"retarget",
 }
 
 // One name per counter of struct counters (compile error otherwise).
@@ -125,6 +144,9 @@ type Config struct {
 	// index is tagged (wgmsg.SlotOf with this key) goes to the node index
 	// equal to its slot. 0: index routing is off.
 	IndexKey uint32
+	// Egress turns on the steering of TCP and UDP to the addresses set
+	// with SetEgress4 (return traffic of re-originated flows).
+	Egress bool
 }
 
 // SetConfig replaces the program's configuration.
@@ -160,6 +182,9 @@ func (o *Objects) SetConfig(c Config) error {
 	if c.IndexKey != 0 {
 		v.Flags |= configIndex
 		v.IndexKey = c.IndexKey
+	}
+	if c.Egress {
+		v.Flags |= configEgress
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -203,6 +228,73 @@ func (o *Objects) SetNode(idx uint32, n Node) error {
 	}
 	if err := o.objs.Nodes.Update(idx, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("lb: set node %d: %w", idx, err)
+	}
+	return nil
+}
+
+// Egress4 is how return traffic to one IPv4 egress address is steered.
+type Egress4 struct {
+	// Local: this data center owns the address, and its nodes share it by
+	// port slices: port p belongs to node index (p-PortLo)/Slice + 1 for
+	// p-PortLo < Slices*Slice; other ports stay on the node that got them.
+	Local         bool
+	PortLo        uint16
+	Slice, Slices uint16
+	// DC (not Local): the other data center that owns the address, an
+	// index set with SetDC.
+	DC uint32
+}
+
+// SetEgress4 sets the steering of return traffic to addr.
+func (o *Objects) SetEgress4(addr netip.Addr, e Egress4) error {
+	if !addr.Is4() {
+		return fmt.Errorf("lb: egress %s is not an IPv4 address", addr)
+	}
+	v := wedgeLBEgress4{Dc: e.DC, PortLo: e.PortLo, Slice: e.Slice, Slices: e.Slices}
+	switch {
+	case e.Local && (e.Slice == 0 || e.Slices == 0 || int(e.PortLo)+int(e.Slice)*int(e.Slices) > 1<<16):
+		return fmt.Errorf("lb: egress %s: %d slices of %d ports from %d do not fit the port space", addr, e.Slices, e.Slice, e.PortLo)
+	case e.Local:
+		v.Dc = egressLocal
+	case e.DC >= XDPMaxDCs:
+		return fmt.Errorf("lb: egress %s: data center index %d out of range [0, %d)", addr, e.DC, XDPMaxDCs)
+	}
+	if err := o.objs.Egress4.Update(be32(addr), &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb: set egress %s: %w", addr, err)
+	}
+	return nil
+}
+
+// DeleteEgress4 stops steering return traffic to addr. Deleting an unknown
+// address is not an error.
+func (o *Objects) DeleteEgress4(addr netip.Addr) error {
+	if !addr.Is4() {
+		return fmt.Errorf("lb: egress %s is not an IPv4 address", addr)
+	}
+	return deleteIgnoringMissing(o.objs.Egress4, be32(addr), "egress "+addr.String())
+}
+
+// SetDC sets the nodes of other data center idx that its return traffic
+// is sent to (at most XDPDCTargets; none: that traffic stays here). Their
+// addresses must also be peers (SetPeer) of the fronts over there, and
+// theirs of ours, for the packets forwarded the other way.
+func (o *Objects) SetDC(idx uint32, underlays []netip.Addr) error {
+	if idx >= XDPMaxDCs {
+		return fmt.Errorf("lb: data center index %d out of range [0, %d)", idx, XDPMaxDCs)
+	}
+	if len(underlays) > XDPDCTargets {
+		return fmt.Errorf("lb: data center %d: %d nodes, at most %d", idx, len(underlays), XDPDCTargets)
+	}
+	var v wedgeLBDc
+	for i, a := range underlays {
+		if !a.Is4() {
+			return fmt.Errorf("lb: data center %d: node %s is not an IPv4 address", idx, a)
+		}
+		v.Underlay4[i] = be32(a)
+	}
+	v.N = uint32(len(underlays))
+	if err := o.objs.Dcs.Update(idx, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb: set data center %d: %w", idx, err)
 	}
 	return nil
 }
@@ -381,7 +473,8 @@ func (o *Objects) DeleteFlow(src netip.AddrPort) error {
 // Counters returns the program's counters summed over all CPUs, by name:
 // not_ours, malformed, local, forwarded, pin_hit, flow_hit, fallback,
 // no_node, no_table, encap_err, decap, decap_reject, pin_stale, index_hit,
-// index_bad. See bpf/README.md.
+// index_bad, egress, egress_dc, egress_unsliced, retarget. See
+// bpf/README.md.
 func (o *Objects) Counters() (map[string]uint64, error) {
 	var perCPU []wedgeLBCounters
 	if err := o.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {

@@ -1209,7 +1209,9 @@ func TestXDPLayout(t *testing.T) {
 	}{
 		{m: wedgeLBMapConfig, key: 4, value: uint32(binary.Size(wedgeLBConfig{})), max: 1},
 		{m: wedgeLBMapNodes, key: 4, value: uint32(binary.Size(wedgeLBNode{})), max: XDPMaxNodes},
-		{m: wedgeLBMapPeers4, key: 4, value: 4, max: XDPMaxNodes},
+		{m: wedgeLBMapPeers4, key: 4, value: 4, max: xdpMaxPeers},
+		{m: wedgeLBMapEgress4, key: 4, value: uint32(binary.Size(wedgeLBEgress4{})), max: XDPMaxEgress4},
+		{m: wedgeLBMapDcs, key: 4, value: uint32(binary.Size(wedgeLBDc{})), max: XDPMaxDCs},
 		{m: wedgeLBMapPins, key: 4, value: 4, max: 1 << 20},
 		{m: wedgeLBMapPinBits, key: 4, value: 8, max: xdpCIDLimit / 64},
 		{m: wedgeLBMapFlows, key: uint32(binary.Size(wedgeLBFlowKey{})), value: 4, max: 1 << 18},
