@@ -66,6 +66,8 @@ type Front struct {
 	pins     map[uint32]uint32 // ClientID → node index, as in the pins map
 	table    *Table
 	link     link.Link
+	egress   egressState // SetEgress
+	selfIdx  uint32      // this node's index in the last config written
 }
 
 // frontMaps are the writes Update makes; *Objects has them.
@@ -78,6 +80,9 @@ type frontMaps interface {
 	DeletePin(cid uint32) error
 	SetTable([]uint32) error
 	ClearTable() error
+	SetEgress4(netip.Addr, Egress4) error
+	DeleteEgress4(netip.Addr) error
+	SetDC(uint32, []netip.Addr) error
 }
 
 // NewFront configures objs for this node. Until the first Update the node
@@ -400,10 +405,8 @@ func (f *Front) apply(want map[string]Member, assign map[string]uint32) error {
 		}
 		f.table = t
 	}
-	if err := f.maps.SetConfig(Config{
-		VIP4: f.cfg.VIP4, VIP6: f.cfg.VIP6, WGPort: f.cfg.WGPort, GUEPort: f.cfg.GUEPort,
-		Self: assign[self], SelfUnderlay4: f.cfg.SelfUnderlay, Enabled: true, IndexKey: f.cfg.IndexKey,
-	}); err != nil {
+	f.selfIdx = assign[self]
+	if err := f.writeConfig(); err != nil {
 		return err
 	}
 	if err := f.maps.SetNode(assign[self], Node{Underlay4: want[self].Underlay, Valid: true}); err != nil {
@@ -443,6 +446,16 @@ func (f *Front) apply(want map[string]Member, assign map[string]uint32) error {
 		f.members[id] = want[id]
 	}
 	return nil
+}
+
+// writeConfig writes the program's config for this node's current index.
+// f.mu is held.
+func (f *Front) writeConfig() error {
+	return f.maps.SetConfig(Config{
+		VIP4: f.cfg.VIP4, VIP6: f.cfg.VIP6, WGPort: f.cfg.WGPort, GUEPort: f.cfg.GUEPort,
+		Self: f.selfIdx, SelfUnderlay4: f.cfg.SelfUnderlay, Enabled: true, IndexKey: f.cfg.IndexKey,
+		Egress: f.egress.on,
+	})
 }
 
 func sortedKeys(m map[string]Member) []string {

@@ -170,11 +170,41 @@ type xFakeMaps struct {
 	inTable map[uint32]bool
 	// named without a valid entry: must be the next config's self
 	pendingSelf map[uint32]string
+	egress      map[netip.Addr]Egress4
+	dcs         map[uint32][]netip.Addr
 }
 
 func newXFakeMaps(t *testing.T, self netip.Addr, who map[netip.Addr]string) *xFakeMaps {
 	return &xFakeMaps{t: t, self: self, who: who, nodes: map[uint32]Node{}, peers: map[netip.Addr]uint32{},
-		pins: map[uint32]uint32{}, inTable: map[uint32]bool{}, pendingSelf: map[uint32]string{}}
+		pins: map[uint32]uint32{}, inTable: map[uint32]bool{}, pendingSelf: map[uint32]string{},
+		egress: map[netip.Addr]Egress4{}, dcs: map[uint32][]netip.Addr{}}
+}
+
+// Egress steering: plain records, checked by TestFrontEgress. An address
+// may only name a data center index that was set, and a data center's
+// nodes must be peers first.
+func (m *xFakeMaps) SetEgress4(a netip.Addr, e Egress4) error {
+	m.t.Helper()
+	if !e.Local {
+		if _, ok := m.dcs[e.DC]; !ok {
+			m.t.Fatalf("SetEgress4(%v): data center index %d was never set", a, e.DC)
+		}
+	}
+	m.egress[a] = e
+	return nil
+}
+
+func (m *xFakeMaps) DeleteEgress4(a netip.Addr) error { delete(m.egress, a); return nil }
+
+func (m *xFakeMaps) SetDC(i uint32, nodes []netip.Addr) error {
+	m.t.Helper()
+	for _, a := range nodes {
+		if _, ok := m.peers[a]; !ok {
+			m.t.Fatalf("SetDC(%d): node %v is not a peer yet", i, a)
+		}
+	}
+	m.dcs[i] = slices.Clone(nodes)
+	return nil
 }
 
 func (m *xFakeMaps) named(i uint32) bool {
@@ -490,5 +520,115 @@ func TestFrontIndexRouting(t *testing.T) {
 	expect("a now 9", map[uint8]string{9: "local", 5: "no_node", 7: "e"})
 	if err := objs.objs.Config.Lookup(uint32(0), &cfg); err != nil || cfg.Self != 9 {
 		t.Fatalf("config self %d (%v), want 9", cfg.Self, err)
+	}
+}
+
+// TestFrontEgress: SetEgress writes the plan's steering, follows changes
+// (an address moving between data centers, a data center's nodes
+// changing, one going away) and removes it all again, without touching
+// the members' own peers.
+func TestFrontEgress(t *testing.T) {
+	a, b := netip.MustParseAddr("198.18.1.1"), netip.MustParseAddr("198.18.2.1")
+	fm := newXFakeMaps(t, a, map[netip.Addr]string{a: "a", b: "b"})
+	f, err := newFront(fm, FrontConfig{VIP4: xVIP4, WGPort: xWGPort, GUEPort: xGUEPort, Self: "a", SelfUnderlay: a, SelfSlot: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Update([]Member{{ID: "a", Underlay: a, Active: true, Slot: 1}, {ID: "b", Underlay: b, Active: true, Slot: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr
+	x1, x2, y1 := ip("198.51.100.1"), ip("198.51.100.2"), ip("198.51.100.9")
+	fraNodes := []netip.Addr{ip("198.18.9.3"), ip("198.18.9.1"), ip("198.18.9.2")}
+	tbl := EgressTable{
+		Local: []netip.Addr{x1, x2}, PortLo: 1024, Slice: 2048, Slices: 31,
+		Remote: map[netip.Addr]string{y1: "fra"},
+		DCs:    map[string][]netip.Addr{"fra": fraNodes, "lon": {ip("198.18.8.1")}},
+	}
+	if err := f.SetEgress(tbl); err != nil {
+		t.Fatal(err)
+	}
+	local := Egress4{Local: true, PortLo: 1024, Slice: 2048, Slices: 31}
+	if fm.egress[x1] != local || fm.egress[x2] != local || len(fm.egress) != 3 {
+		t.Fatalf("entries %v", fm.egress)
+	}
+	fra := fm.egress[y1].DC
+	if got := fm.dcs[fra]; !slices.Equal(got, []netip.Addr{ip("198.18.9.1"), ip("198.18.9.2"), ip("198.18.9.3")}) {
+		t.Fatalf("fra's nodes %v, want them sorted", got)
+	}
+	if !fm.cfg.Egress || len(fm.peers) != 1+4 || f.EgressEntries() != 3 {
+		t.Fatalf("config egress %v, peers %v, entries %d", fm.cfg.Egress, fm.peers, f.EgressEntries())
+	}
+
+	// x2 moves to fra; lon goes away; fra loses a node.
+	tbl.Local = []netip.Addr{x1}
+	tbl.Remote = map[netip.Addr]string{y1: "fra", x2: "fra"}
+	tbl.DCs = map[string][]netip.Addr{"fra": fraNodes[1:]}
+	if err := f.SetEgress(tbl); err != nil {
+		t.Fatal(err)
+	}
+	if e := fm.egress[x2]; e.Local || e.DC != fra {
+		t.Fatalf("x2 after moving to fra: %+v, want data center %d", e, fra)
+	}
+	if got := fm.dcs[fra]; !slices.Equal(got, []netip.Addr{ip("198.18.9.1"), ip("198.18.9.2")}) {
+		t.Fatalf("fra's nodes %v", got)
+	}
+	if _, ok := fm.peers[ip("198.18.8.1")]; ok {
+		t.Fatal("lon's node is still a peer")
+	}
+	if _, ok := fm.peers[ip("198.18.9.3")]; ok {
+		t.Fatal("fra's departed node is still a peer")
+	}
+	if _, ok := fm.peers[b]; !ok {
+		t.Fatal("member b's peer went away")
+	}
+	for i, nodes := range fm.dcs {
+		if i != fra && len(nodes) != 0 {
+			t.Fatalf("data center index %d (lon's) still has nodes %v", i, nodes)
+		}
+	}
+
+	// More than XDPDCTargets nodes: the first ones, all of them peers.
+	var many []netip.Addr
+	for i := range XDPDCTargets + 3 {
+		many = append(many, netip.AddrFrom4([4]byte{198, 18, 7, byte(20 - i)}))
+	}
+	tbl.DCs = map[string][]netip.Addr{"fra": many}
+	if err := f.SetEgress(tbl); err != nil {
+		t.Fatal(err)
+	}
+	if got := fm.dcs[fra]; len(got) != XDPDCTargets || got[0] != ip("198.18.7.10") {
+		t.Fatalf("fra's targets %v, want the %d lowest", got, XDPDCTargets)
+	}
+	for _, a := range many {
+		if _, ok := fm.peers[a]; !ok {
+			t.Fatalf("%v is not a peer", a)
+		}
+	}
+
+	// Nothing: off, and everything removed but the members' peers.
+	if err := f.SetEgress(EgressTable{}); err != nil {
+		t.Fatal(err)
+	}
+	if fm.cfg.Egress || len(fm.egress) != 0 || len(fm.peers) != 1 {
+		t.Fatalf("after clearing: egress %v, entries %v, peers %v", fm.cfg.Egress, fm.egress, fm.peers)
+	}
+	for i, nodes := range fm.dcs {
+		if len(nodes) != 0 {
+			t.Fatalf("data center index %d still has nodes %v", i, nodes)
+		}
+	}
+	// A membership change keeps steering on.
+	if err := f.SetEgress(EgressTable{Local: []netip.Addr{x1}, PortLo: 1024, Slice: 2048, Slices: 31}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Update([]Member{{ID: "a", Underlay: a, Active: true, Slot: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if !fm.cfg.Egress {
+		t.Fatal("Update turned egress steering off")
+	}
+	if err := f.SetEgress(EgressTable{Local: []netip.Addr{x1}, Remote: map[netip.Addr]string{x1: "fra"}}); err == nil {
+		t.Fatal("an address both local and remote was accepted")
 	}
 }
