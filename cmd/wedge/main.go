@@ -17,6 +17,7 @@ Commands:
   status     show a node's state (clients, sessions, counters, cluster)
   drain      mark a cluster node draining (or active again with --undo)
   lab        build the network-namespace lab and measure (wedge lab bench)
+  geofeed    write the RFC 8805 geofeed of an egress plan
 
 Run "wedge <command> --help" for a command's flags.
 `
@@ -38,6 +39,8 @@ func main() {
 		err = drain(args)
 	case "lab":
 		err = labCmd(args)
+	case "geofeed":
+		err = geofeed(args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return
@@ -50,6 +53,9 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "wedge:", err)
+		if errors.As(err, new(usageError)) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
