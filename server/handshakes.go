@@ -50,10 +50,13 @@ const (
 // static key can be read (wgmsg.Opener) for the response's MAC1 and for
 // finding the client's owner.
 type handshakes struct {
-	tr    *wgmsg.Translator
+	tr    *wgmsg.Translator // nil: indexes are not tagged (observe only)
 	op    *wgmsg.Opener
 	owner func(static [32]byte) (clientid.ID, bool)
 	fwd   func(cid clientid.ID, src netip.AddrPort, dst netip.Addr, msg []byte) bool
+	// observe, if set, learns each initiator this node answers and the
+	// address it handshook from, before the response leaves.
+	observe func(static [32]byte, src netip.AddrPort)
 
 	mu     sync.Mutex // guards inits, byEP, keys, bucket
 	inits  [initSlots]initEntry
@@ -95,7 +98,9 @@ func (h *handshakes) received(msg []byte, ep conn.Endpoint) {
 		return
 	}
 	if msg[0] != byte(wgmsg.Initiation) {
-		h.tr.Incoming(msg)
+		if h.tr != nil {
+			h.tr.Incoming(msg)
+		}
 		return
 	}
 	if len(msg) != wgmsg.InitiationSize {
@@ -125,6 +130,9 @@ func (h *handshakes) sending(msg []byte, ep conn.Endpoint) bool {
 	case wgmsg.Response:
 		return h.response(msg, ep)
 	case wgmsg.Initiation:
+		if h.tr == nil {
+			return true
+		}
 		// Server-initiated (session recovery, data to a quiet client):
 		// the peer is the one last seen handshaking from ep.
 		dst, ok := endpointAddrPort(ep)
@@ -189,6 +197,12 @@ func (h *handshakes) response(msg []byte, ep conn.Endpoint) bool {
 			return false
 		}
 	}
+	if h.observe != nil {
+		h.observe(static, dst)
+	}
+	if h.tr == nil {
+		return true
+	}
 	h.mu.Lock()
 	if len(h.byEP) >= keysMax {
 		clear(h.byEP)
@@ -227,11 +241,15 @@ type IndexStatus struct {
 }
 
 func (h *handshakes) status(slot uint8) IndexStatus {
+	var ts wgmsg.TranslatorStats
+	if h.tr != nil {
+		ts = h.tr.Stats()
+	}
 	return IndexStatus{
 		Slot: slot, Opened: h.opened.Load(), OpenFailed: h.openFailed.Load(),
 		OpenLimited: h.openLimited.Load(), NotRecorded: h.notRecorded.Load(),
 		Forwarded: h.forwarded.Load(), ServerInitiated: h.serverInitiated.Load(),
-		NoKeys: h.noKeys.Load(), TranslatorStats: h.tr.Stats(),
+		NoKeys: h.noKeys.Load(), TranslatorStats: ts,
 	}
 }
 
@@ -278,7 +296,12 @@ func (n *Node) EnableIndexes(cfg IndexConfig) error {
 		return err
 	}
 	hs := newHandshakes(tr, op, n.clientIDOf, cfg.Forward)
-	if !n.bind.hs.CompareAndSwap(nil, hs) {
+	old := n.bind.hs.Load()
+	if old != nil && old.tr != nil {
+		return errors.New("server: tagged indexes are already on")
+	}
+	hs.observe = n.observer()
+	if !n.bind.hs.CompareAndSwap(old, hs) {
 		return errors.New("server: tagged indexes are already on")
 	}
 	n.indexSlot.Store(uint32(cfg.Slot))
@@ -300,6 +323,38 @@ func (n *Node) EnableIndexes(cfg IndexConfig) error {
 	return nil
 }
 
+// observer is the handshakes' observe function for Config.OnHandshake,
+// nil without it.
+func (n *Node) observer() func([32]byte, netip.AddrPort) {
+	if n.cfg.OnHandshake == nil {
+		return nil
+	}
+	return func(static [32]byte, src netip.AddrPort) {
+		n.mu.Lock()
+		c, ok := n.clients[wgtypes.Key(static)]
+		n.mu.Unlock()
+		if ok {
+			n.cfg.OnHandshake(c, src)
+		}
+	}
+}
+
+// observeHandshakes makes the Bind open the initiations wireguard-go
+// answers, for Config.OnHandshake, while tagged indexes are off.
+func (n *Node) observeHandshakes() error {
+	if n.cfg.OnHandshake == nil {
+		return nil
+	}
+	op, err := wgmsg.NewOpener([32]byte(n.cfg.PrivateKey))
+	if err != nil {
+		return err
+	}
+	hs := newHandshakes(nil, op, n.clientIDOf, nil)
+	hs.observe = n.observer()
+	n.bind.hs.Store(hs)
+	return nil
+}
+
 // clientIDOf is the ClientID of the registered client with public key
 // static.
 func (n *Node) clientIDOf(static [32]byte) (clientid.ID, bool) {
@@ -313,7 +368,7 @@ func (n *Node) clientIDOf(static [32]byte) (clientid.ID, bool) {
 // they are off.
 func (n *Node) indexStatus() *IndexStatus {
 	hs := n.bind.hs.Load()
-	if hs == nil {
+	if hs == nil || hs.tr == nil {
 		return nil
 	}
 	s := hs.status(uint8(n.indexSlot.Load()))

@@ -64,6 +64,12 @@ type Config struct {
 	// draining) moves a live session; without it only a draining node
 	// pins.
 	Owners func(active []string) (func(cid uint32) string, error)
+	// OnHandshake, if set, is told of every handshake this node answers:
+	// the client and the outer address it handshook from (for its egress
+	// country). It runs on wireguard-go's handshake goroutine before the
+	// response leaves, so the client's first flows see what it stored;
+	// it must be quick. It costs one X25519 per handshake.
+	OnHandshake func(c registry.Client, src netip.AddrPort)
 }
 
 // Node is a running WireGuard side of a wedge node.
@@ -138,6 +144,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		clients: map[wgtypes.Key]registry.Client{},
 		seen:    map[wgtypes.Key]clientid.ID{},
 		done:    make(chan struct{}),
+	}
+	if err := n.observeHandshakes(); err != nil {
+		return nil, err
 	}
 	n.dev = device.NewDevice(cfg.TUN, n.bind, deviceLogger(cfg.Logger))
 	sk := cfg.PrivateKey
