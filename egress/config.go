@@ -43,9 +43,45 @@ type Config struct {
 	// deadline. Zero means DefaultDialTimeout.
 	DialTimeout time.Duration
 
+	// Route, if set, picks the source of every TCP and UDP flow from the
+	// client's inner address (DialTCP's and DialUDP's src, unmapped) and
+	// the destination (unmapped, after the ACL allowed it); Sources and
+	// PortLo/PortHi then only serve as the default port range and for
+	// Ping. An error fails the flow at once; it should wrap ErrNoEgress,
+	// and the Dialer wraps it if it does not. A Source that is not usable
+	// for the destination (see Source) fails the flow with ErrNoEgress too.
+	// Route is called once per flow, concurrently, and must not block.
+	//
+	// Ping does not use Route: it always leaves from Sources. An echo
+	// reply carries no port, so replies to an address shared by several
+	// nodes (each with its own port slice) reach whichever node the
+	// network delivers them to, not necessarily the one that sent the
+	// request.
+	//
+	// The ACL does not know the addresses Route returns: list them in Own
+	// unless they are on an interface, so that clients cannot dial them.
+	Route func(client netip.Addr, dst netip.AddrPort) (Source, error)
+
 	// Logger receives the Dialer's log lines; nothing is logged per flow.
 	// Required.
 	Logger *slog.Logger
+}
+
+// Source is where one flow leaves from; Config.Route returns it.
+type Source struct {
+	// Addr is the egress address. It must be of the destination's family
+	// (an IPv4-mapped address counts as IPv4), unicast (see
+	// Config.Sources) and local to the host: on an interface, or inside
+	// a prefix routed locally ("ip route add local PREFIX dev lo").
+	Addr netip.Addr
+
+	// PortLo and PortHi are the flow's source-port range, inclusive,
+	// inside net.ipv4.ip_local_port_range. Both zero means Config.PortLo
+	// and Config.PortHi. A TCP port is shared between destinations, so
+	// the range only runs out (ErrSliceExhausted) when every port in it
+	// already has a connection to the same destination address and port;
+	// a UDP port is held by one flow until it is closed.
+	PortLo, PortHi uint16
 }
 
 // ParsePortRange parses the --egress-ports flag, "LO-HI" (inclusive, both in
@@ -141,10 +177,20 @@ func (c *Config) sources() (src4, src6 netip.Addr, ignored int, err error) {
 }
 
 func checkSource(s netip.Addr) error {
+	if !s.IsValid() {
+		return errors.New("egress: invalid egress source address")
+	}
+	if why := sourceProblem(s); why != "" {
+		return fmt.Errorf("egress: egress source %s %s: want a unicast address", s, why)
+	}
+	return nil
+}
+
+// sourceProblem says why the valid address s cannot be an egress source,
+// or returns "".
+func sourceProblem(s netip.Addr) string {
 	var why string
 	switch {
-	case !s.IsValid():
-		return errors.New("egress: invalid egress source address")
 	case s.Zone() != "":
 		why = "has a zone"
 	case s.Unmap().IsUnspecified():
@@ -155,22 +201,28 @@ func checkSource(s netip.Addr) error {
 		why = "is the broadcast address"
 	case s.Unmap().IsLinkLocalUnicast():
 		why = "is link-local"
-	default:
-		return nil
 	}
-	return fmt.Errorf("egress: egress source %s %s: want a unicast address", s, why)
+	return why
 }
 
 // checkPorts validates the slice bounds (not the kernel's support).
 func (c *Config) checkPorts() error {
-	if c.PortLo == 0 && c.PortHi == 0 {
-		return nil
-	}
-	if c.PortLo == 0 {
-		return fmt.Errorf("egress: invalid port slice %d-%d: low port must be at least 1", c.PortLo, c.PortHi)
-	}
-	if c.PortLo > c.PortHi {
-		return fmt.Errorf("egress: invalid port slice %d-%d: low port above high port", c.PortLo, c.PortHi)
+	if why := sliceProblem(c.PortLo, c.PortHi); why != "" {
+		return fmt.Errorf("egress: invalid port slice %d-%d: %s", c.PortLo, c.PortHi, why)
 	}
 	return nil
+}
+
+// sliceProblem says why lo..hi is not a port range, or returns "". Both
+// zero is fine: it means the default range.
+func sliceProblem(lo, hi uint16) string {
+	switch {
+	case lo == 0 && hi == 0:
+		return ""
+	case lo == 0:
+		return "low port must be at least 1"
+	case lo > hi:
+		return "low port above high port"
+	}
+	return ""
 }

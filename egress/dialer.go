@@ -17,6 +17,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ErrSliceExhausted is wrapped by the error of a dial that found every port
+// of its source-port range in use: for TCP, by connections from the same
+// source address to the same destination address and port; for UDP, by
+// any other socket on the source address. It fails at once, without
+// retrying or waiting for a port to free up.
+var ErrSliceExhausted = errors.New("egress: source-port slice exhausted")
+
 // checker is the part of *ACL the Dialer uses; tests replace it.
 type checker interface {
 	Check(dst netip.Addr) error
@@ -24,7 +31,8 @@ type checker interface {
 
 // Dialer reaches real destinations for the netstack forwarders: it applies
 // the ACL, binds every socket to the egress source of the destination's
-// family and gives it a source port inside the node's slice. It holds no
+// family (or to the one Config.Route picks for the flow) and gives it a
+// source port inside the node's slice (or the flow's range). It holds no
 // background goroutines or sockets while idle and needs no Close. A Dialer
 // is safe for concurrent use.
 type Dialer struct {
@@ -34,6 +42,8 @@ type Dialer struct {
 	portLo, portHi uint16
 	timeout        time.Duration
 	pinger         *pinger
+	route          func(netip.Addr, netip.AddrPort) (Source, error)
+	kernel         kernelRange // ip_local_port_range, read only with route
 
 	tcp, udp, ping counters
 }
@@ -41,7 +51,8 @@ type Dialer struct {
 // New validates cfg and returns a Dialer. It fails when cfg is invalid, when
 // the host's interface addresses cannot be read, or when a port slice is
 // set and the kernel lacks IP_LOCAL_PORT_RANGE (Linux 6.3) or would ignore
-// the slice because it lies outside net.ipv4.ip_local_port_range.
+// the slice because it lies outside net.ipv4.ip_local_port_range. With
+// Config.Route it also fails when the kernel lacks IP_LOCAL_PORT_RANGE.
 func New(cfg Config) (*Dialer, error) {
 	if cfg.Logger == nil {
 		return nil, errors.New("egress: nil Logger")
@@ -64,6 +75,16 @@ func New(cfg Config) (*Dialer, error) {
 			return nil, err
 		}
 	}
+	var kernel kernelRange
+	if cfg.Route != nil {
+		if err := kernel.load(); err != nil {
+			return nil, err
+		}
+		klo, khi := kernel.get()
+		if err := probePortOption("Route", klo, khi); err != nil {
+			return nil, err
+		}
+	}
 	for _, s := range []netip.Addr{src4, src6} {
 		if s.IsValid() {
 			if err := probeSource(s); err != nil {
@@ -82,7 +103,7 @@ func New(cfg Config) (*Dialer, error) {
 	if ignored > 0 {
 		cfg.Logger.Warn("egress: only the first source of each family is used", "ignored", ignored)
 	}
-	return &Dialer{
+	d := &Dialer{
 		log:     cfg.Logger,
 		acl:     acl,
 		src4:    src4,
@@ -91,30 +112,41 @@ func New(cfg Config) (*Dialer, error) {
 		portHi:  cfg.PortHi,
 		timeout: cfg.DialTimeout,
 		pinger:  newPinger(src4, src6),
-	}, nil
+		route:   cfg.Route,
+	}
+	d.kernel.r.Store(kernel.r.Load())
+	return d, nil
 }
 
 // DialTCP returns a TCP connection to dst, from the egress source of dst's
-// family and a source port inside the slice. An IPv4-mapped dst is dialed
-// as IPv4. It returns an error wrapping ErrDenied when the ACL refuses
-// dst. src, the client's inner address, is not used yet. The dial is
-// bounded by ctx and by Config.DialTimeout.
+// family and a source port inside the slice, or from the Source that
+// Config.Route picks for src, the client's inner address. An IPv4-mapped
+// dst is dialed as IPv4. It returns an error wrapping ErrDenied when the
+// ACL refuses dst, ErrNoEgress when Route refuses the flow or picks an
+// unusable Source, and ErrSliceExhausted when every source port of the
+// range already has a connection to dst. The dial is bounded by ctx and by
+// Config.DialTimeout.
 func (d *Dialer) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
-	c, err := d.dial(ctx, "tcp", dst)
+	c, err := d.dial(ctx, "tcp", src.Addr().Unmap(), dst)
 	d.tcp.count(err)
 	return c, err
 }
 
 // DialUDP returns a connected UDP socket to dst, like DialTCP. Unlike TCP,
 // a UDP source port is not shared between destinations: each flow holds
-// its port until the connection is closed.
+// its port until the connection is closed, and the range is exhausted
+// when every port in it is held, whatever the destinations.
 func (d *Dialer) DialUDP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
-	c, err := d.dial(ctx, "udp", dst)
+	c, err := d.dial(ctx, "udp", src.Addr().Unmap(), dst)
 	d.udp.count(err)
 	return c, err
 }
 
-func (d *Dialer) dial(ctx context.Context, proto string, dst netip.AddrPort) (net.Conn, error) {
+// sourceKey is the context key under which dial hands the flow's Source,
+// with its effective port range, to control.
+type sourceKey struct{}
+
+func (d *Dialer) dial(ctx context.Context, proto string, client netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	addr := dst.Addr().Unmap()
 	if !addr.IsValid() || dst.Port() == 0 {
 		return nil, fmt.Errorf("egress: invalid %s destination %s", proto, dst)
@@ -122,41 +154,128 @@ func (d *Dialer) dial(ctx context.Context, proto string, dst netip.AddrPort) (ne
 	if err := d.acl.Check(addr); err != nil {
 		return nil, err
 	}
-	network, local := proto+"4", d.src4
-	if addr.Is6() {
-		network, local = proto+"6", d.src6
+	dst = netip.AddrPortFrom(addr, dst.Port())
+	src, err := d.source(client, dst)
+	if err != nil {
+		return nil, err
 	}
-	if !local.IsValid() {
-		// Bind the wildcard address anyway so that the socket options
-		// set in control apply to the bind/connect the kernel does.
-		local = netip.IPv4Unspecified()
-		if addr.Is6() {
-			local = netip.IPv6Unspecified()
-		}
+	network := proto + "4"
+	if addr.Is6() {
+		network = proto + "6"
 	}
 	nd := net.Dialer{
 		Timeout:        d.timeout,
 		ControlContext: d.control,
 	}
 	if proto == "tcp" {
-		nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))
+		nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src.Addr, 0))
 	} else {
-		nd.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0))
+		nd.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src.Addr, 0))
 	}
-	c, err := nd.DialContext(ctx, network, netip.AddrPortFrom(addr, dst.Port()).String())
+	c, err := nd.DialContext(context.WithValue(ctx, sourceKey{}, src), network, dst.String())
 	if err != nil {
-		return nil, fmt.Errorf("egress: %w", err)
+		return nil, dialError(proto, src, dst, err)
 	}
-	if d.portLo != 0 {
+	if src.PortLo != 0 {
 		// The kernel silently ignores a per-socket range outside
-		// ip_local_port_range; New checked, but the sysctl may change.
+		// ip_local_port_range; it was checked, but the sysctl may change.
 		lp := localPort(c.LocalAddr())
-		if lp < d.portLo || lp > d.portHi {
+		if lp < src.PortLo || lp > src.PortHi {
 			c.Close()
-			return nil, fmt.Errorf("egress: kernel chose source port %d outside the slice %d-%d (check net.ipv4.ip_local_port_range)", lp, d.portLo, d.portHi)
+			return nil, fmt.Errorf("egress: kernel chose source port %d outside the slice %d-%d (check net.ipv4.ip_local_port_range)", lp, src.PortLo, src.PortHi)
 		}
 	}
 	return c, nil
+}
+
+// source returns the Source of a flow from client to dst (unmapped): the
+// one Route picks, or the configured one. Its Addr is always valid (the
+// wildcard address when the family has no source, so that the socket
+// options set in control apply to the bind/connect the kernel does) and
+// its port range is the effective one (both zero: the kernel's).
+func (d *Dialer) source(client netip.Addr, dst netip.AddrPort) (Source, error) {
+	if d.route == nil {
+		s := Source{Addr: d.src4, PortLo: d.portLo, PortHi: d.portHi}
+		if dst.Addr().Is6() {
+			s.Addr = d.src6
+		}
+		if !s.Addr.IsValid() {
+			s.Addr = netip.IPv4Unspecified()
+			if dst.Addr().Is6() {
+				s.Addr = netip.IPv6Unspecified()
+			}
+		}
+		return s, nil
+	}
+	s, err := d.route(client, dst)
+	if err != nil {
+		if !errors.Is(err, ErrNoEgress) {
+			err = fmt.Errorf("%w: %w", ErrNoEgress, err)
+		}
+		return Source{}, err
+	}
+	return checkRoute(s, client, dst, d.portLo, d.portHi, &d.kernel)
+}
+
+// checkRoute validates the Source that Route picked for a flow from client
+// to dst and fills in the default port range lo..hi. Errors wrap
+// ErrNoEgress.
+func checkRoute(s Source, client netip.Addr, dst netip.AddrPort, lo, hi uint16, kernel *kernelRange) (Source, error) {
+	bad := func(format string, args ...any) (Source, error) {
+		return Source{}, fmt.Errorf("%w: route for %s to %s chose %s ports %d-%d: %s", ErrNoEgress, client, dst, s.Addr, s.PortLo, s.PortHi, fmt.Sprintf(format, args...))
+	}
+	s.Addr = s.Addr.Unmap()
+	switch {
+	case !s.Addr.IsValid():
+		return bad("no address")
+	case s.Addr.Is4() != dst.Addr().Is4():
+		return bad("address family differs from the destination's")
+	}
+	if why := sourceProblem(s.Addr); why != "" {
+		return bad("address %s: want a unicast address", why)
+	}
+	if s.PortLo == 0 && s.PortHi == 0 {
+		s.PortLo, s.PortHi = lo, hi
+		return s, nil // checked by New
+	}
+	if why := sliceProblem(s.PortLo, s.PortHi); why != "" {
+		return bad("invalid port range: %s", why)
+	}
+	if klo, khi, ok := kernel.contains(s.PortLo, s.PortHi); !ok {
+		return bad("port range outside net.ipv4.ip_local_port_range %d-%d, which the kernel would ignore: widen the sysctl", klo, khi)
+	}
+	return s, nil
+}
+
+// dialError explains a failed dial from src to dst: a source address that
+// is not on the host, and a port range with no port left, are told apart
+// by the system call that failed (checked against Linux 6.18): bind()
+// fails with EADDRNOTAVAIL for a non-local address, for TCP and UDP alike;
+// with IP_BIND_ADDRESS_NO_PORT, bind() takes no port and connect() picks
+// one, failing with EADDRNOTAVAIL for TCP (no port of the range is free
+// for this 4-tuple) and EAGAIN for UDP (the autobind found no port of the
+// range free at all).
+func dialError(proto string, src Source, dst netip.AddrPort, err error) error {
+	var se *os.SyscallError
+	if !errors.As(err, &se) {
+		return fmt.Errorf("egress: %w", err)
+	}
+	switch {
+	case se.Syscall == "bind" && errors.Is(se.Err, unix.EADDRNOTAVAIL):
+		return fmt.Errorf("egress: egress address %s is not on this host (add it to an interface, or route its prefix to the host with \"ip route add local PREFIX dev lo\"): %w", src.Addr, err)
+	case se.Syscall == "connect" && proto == "tcp" && errors.Is(se.Err, unix.EADDRNOTAVAIL):
+		return fmt.Errorf("%w: every port of %s on %s is in use towards %s: %w", ErrSliceExhausted, portsString(src), src.Addr, dst, err)
+	case se.Syscall == "connect" && proto == "udp" && errors.Is(se.Err, unix.EAGAIN):
+		return fmt.Errorf("%w: every UDP port of %s on %s is in use: %w", ErrSliceExhausted, portsString(src), src.Addr, err)
+	}
+	return fmt.Errorf("egress: %w", err)
+}
+
+func portsString(s Source) string {
+	if s.PortLo == 0 {
+		return "net.ipv4.ip_local_port_range"
+	}
+	return fmt.Sprintf("%d-%d", s.PortLo, s.PortHi)
 }
 
 func localPort(a net.Addr) uint16 {
@@ -171,8 +290,9 @@ func localPort(a net.Addr) uint16 {
 
 // control runs on every socket after socket() and before bind()/connect().
 // It checks the ACL again on the address actually connected to (defense in
-// depth) and sets the source-port options.
-func (d *Dialer) control(_ context.Context, network, address string, rc syscall.RawConn) error {
+// depth) and sets the source-port options: the port range of the Source
+// that dial put in ctx, or the node's slice.
+func (d *Dialer) control(ctx context.Context, network, address string, rc syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
 		return fmt.Errorf("egress: unexpected dial address %q: %w", address, err)
@@ -180,9 +300,13 @@ func (d *Dialer) control(_ context.Context, network, address string, rc syscall.
 	if err := d.acl.Check(ap.Addr()); err != nil {
 		return err
 	}
+	lo, hi := d.portLo, d.portHi
+	if s, ok := ctx.Value(sourceKey{}).(Source); ok {
+		lo, hi = s.PortLo, s.PortHi
+	}
 	var serr error
 	err = rc.Control(func(fd uintptr) {
-		serr = setPortOptions(int(fd), d.portLo, d.portHi)
+		serr = setPortOptions(int(fd), lo, hi)
 	})
 	if err != nil {
 		return fmt.Errorf("egress: %s socket: %w", network, err)
@@ -212,6 +336,22 @@ func setPortOptions(fd int, lo, hi uint16) error {
 // will honour lo..hi: the kernel clamps a per-socket range to
 // net.ipv4.ip_local_port_range and ignores the bounds outside it.
 func probePortRange(lo, hi uint16) error {
+	if err := probePortOption(fmt.Sprintf("port slice %d-%d", lo, hi), lo, hi); err != nil {
+		return err
+	}
+	klo, khi, err := kernelPortRange()
+	if err != nil {
+		return err
+	}
+	if !inRange(lo, hi, klo, khi) {
+		return fmt.Errorf("egress: port slice %d-%d is outside net.ipv4.ip_local_port_range %d-%d, which the kernel would ignore: widen the sysctl", lo, hi, klo, khi)
+	}
+	return nil
+}
+
+// probePortOption checks that the kernel supports IP_LOCAL_PORT_RANGE by
+// setting lo..hi on a socket; what names the feature that needs it.
+func probePortOption(what string, lo, hi uint16) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("egress: probing IP_LOCAL_PORT_RANGE: %w", err)
@@ -219,16 +359,9 @@ func probePortRange(lo, hi uint16) error {
 	defer unix.Close(fd)
 	if err := setPortOptions(fd, lo, hi); err != nil {
 		if errors.Is(err, unix.ENOPROTOOPT) {
-			return fmt.Errorf("egress: port slice %d-%d needs IP_LOCAL_PORT_RANGE (Linux 6.3 or later): %w", lo, hi, err)
+			return fmt.Errorf("egress: %s needs IP_LOCAL_PORT_RANGE (Linux 6.3 or later): %w", what, err)
 		}
 		return err
-	}
-	klo, khi, err := kernelPortRange()
-	if err != nil {
-		return err
-	}
-	if lo < klo || hi > khi {
-		return fmt.Errorf("egress: port slice %d-%d is outside net.ipv4.ip_local_port_range %d-%d, which the kernel would ignore: widen the sysctl", lo, hi, klo, khi)
 	}
 	return nil
 }
@@ -254,6 +387,51 @@ func probeSource(src netip.Addr) error {
 		return fmt.Errorf("egress: egress source %s is not usable on this host: %w", src, err)
 	}
 	return nil
+}
+
+func inRange(lo, hi, klo, khi uint16) bool { return klo <= lo && hi <= khi }
+
+// kernelRange caches net.ipv4.ip_local_port_range for checking per-flow
+// ranges without reading /proc per flow. A range outside the cached one
+// re-reads the sysctl, at most once per kernelRefresh, so that widening
+// it takes effect without a restart; narrowing it is caught after
+// connect() by the check on the port the kernel chose.
+type kernelRange struct {
+	r atomic.Pointer[kernelRangeValue]
+}
+
+type kernelRangeValue struct {
+	lo, hi uint16
+	at     time.Time
+}
+
+const kernelRefresh = time.Second
+
+func (k *kernelRange) load() error {
+	lo, hi, err := kernelPortRange()
+	if err != nil {
+		return err
+	}
+	k.r.Store(&kernelRangeValue{lo: lo, hi: hi, at: time.Now()})
+	return nil
+}
+
+func (k *kernelRange) get() (lo, hi uint16) {
+	v := k.r.Load()
+	return v.lo, v.hi
+}
+
+// contains reports whether lo..hi lies inside the kernel's range, and
+// returns that range.
+func (k *kernelRange) contains(lo, hi uint16) (klo, khi uint16, ok bool) {
+	v := k.r.Load()
+	if inRange(lo, hi, v.lo, v.hi) {
+		return v.lo, v.hi, true
+	}
+	if time.Since(v.at) >= kernelRefresh && k.load() == nil {
+		v = k.r.Load()
+	}
+	return v.lo, v.hi, inRange(lo, hi, v.lo, v.hi)
 }
 
 // kernelPortRange reads the network namespace's ephemeral port range.
@@ -307,11 +485,16 @@ type Stats struct {
 	Ping Counts `json:"ping"` // OK counts replies received
 }
 
-// Counts splits the attempts of one kind by outcome.
+// Counts splits the attempts of one kind by outcome: every attempt counts
+// in exactly one of OK, Failed and Denied. NoEgress and SliceExhausted
+// count two kinds of failure, also counted in Failed.
 type Counts struct {
 	OK     uint64 `json:"ok"`
 	Failed uint64 `json:"failed"`
 	Denied uint64 `json:"denied"` // refused by the ACL
+
+	NoEgress       uint64 `json:"no_egress"`       // ErrNoEgress: Config.Route refused or picked an unusable Source
+	SliceExhausted uint64 `json:"slice_exhausted"` // ErrSliceExhausted: no source port free
 }
 
 // Stats returns a snapshot of the counters.
@@ -320,20 +503,32 @@ func (d *Dialer) Stats() Stats {
 }
 
 type counters struct {
-	ok, failed, denied atomic.Uint64
+	ok, failed, denied       atomic.Uint64
+	noEgress, sliceExhausted atomic.Uint64
 }
 
 func (c *counters) count(err error) {
 	switch {
 	case err == nil:
 		c.ok.Add(1)
+		return
 	case errors.Is(err, ErrDenied):
 		c.denied.Add(1)
-	default:
-		c.failed.Add(1)
+		return
+	case errors.Is(err, ErrNoEgress):
+		c.noEgress.Add(1)
+	case errors.Is(err, ErrSliceExhausted):
+		c.sliceExhausted.Add(1)
 	}
+	c.failed.Add(1)
 }
 
 func (c *counters) load() Counts {
-	return Counts{OK: c.ok.Load(), Failed: c.failed.Load(), Denied: c.denied.Load()}
+	return Counts{
+		OK:             c.ok.Load(),
+		Failed:         c.failed.Load(),
+		Denied:         c.denied.Load(),
+		NoEgress:       c.noEgress.Load(),
+		SliceExhausted: c.sliceExhausted.Load(),
+	}
 }

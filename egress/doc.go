@@ -9,4 +9,16 @@
 // let the kernel pick a source port inside the node's slice at connect()
 // time (IP_BIND_ADDRESS_NO_PORT with IP_LOCAL_PORT_RANGE, Linux 6.3 or
 // later), so one TCP source port serves many destinations.
+//
+// With Config.Route, each TCP and UDP flow leaves from the Source that
+// Route picks for the client and destination instead: an egress address,
+// typically shared by many nodes (an egress Plan), and this node's range
+// of its source ports. A refusal or an unusable Source fails the flow
+// with ErrNoEgress. A flow whose range has no free port fails at once
+// with ErrSliceExhausted: for TCP, every port already has a connection to
+// the same destination; for UDP, whose ports are never shared between
+// destinations, every port is held by another flow. An egress address
+// that is not local to the host fails at bind() with an error saying so.
+// Ping keeps using Config.Sources: ICMP echo replies carry no port that
+// would steer them back to the node that sent the request.
 package egress
