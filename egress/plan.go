@@ -591,6 +591,16 @@ func (p *Plan) Slice(slot uint8) (lo, hi uint16, err error) {
 	return uint16(l), uint16(l + p.slice - 1), nil
 }
 
+// Slicing returns how every IPv4 address's ports are cut: slice k (from
+// 0) is [portLo + k*size, portLo + (k+1)*size - 1], for k < slices. The
+// XDP program steers return traffic by it.
+func (p *Plan) Slicing() (portLo, size, slices uint16) {
+	return p.portLo, uint16(p.slice), uint16(min(p.nslices, 255))
+}
+
+// DataCenters returns the names of the plan's data centers, sorted.
+func (p *Plan) DataCenters() []string { return sortedKeys(p.dcs) }
+
 // DataCenter returns the data center called name.
 func (p *Plan) DataCenter(name string) (DataCenter, bool) {
 	d, ok := p.dcs[name]

@@ -590,3 +590,29 @@ func BenchmarkSelect4(b *testing.B) {
 		}
 	}
 }
+
+func TestPlanSlicingAndDataCenters(t *testing.T) {
+	p, err := LoadPlan("testdata/plan.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, size, n := p.Slicing()
+	for slot := 1; slot <= int(n); slot++ {
+		l, h, err := p.Slice(uint8(slot))
+		if err != nil || l != lo+uint16(slot-1)*size || h != l+size-1 {
+			t.Fatalf("slot %d: Slice %d-%d (%v), Slicing says from %d by %d", slot, l, h, err, lo, size)
+		}
+	}
+	if _, _, err := p.Slice(uint8(n) + 1); err == nil {
+		t.Fatalf("Slicing says %d slices, but slot %d has one", n, n+1)
+	}
+	dcs := p.DataCenters()
+	if len(dcs) == 0 || !slices.IsSorted(dcs) {
+		t.Fatalf("DataCenters %v", dcs)
+	}
+	for _, dc := range dcs {
+		if _, ok := p.DataCenter(dc); !ok {
+			t.Fatalf("DataCenters lists %q, DataCenter does not know it", dc)
+		}
+	}
+}

@@ -74,6 +74,9 @@ type config struct {
 	xdp          string
 	vips         multi
 	guePort      uint
+	egressPlan   string
+	geoip        string
+	egressPool   string
 }
 
 func flags(args []string) (*config, error) {
@@ -129,6 +132,9 @@ the command line wins):
 	fs.StringVar(&c.xdp, "xdp", "", "attach the XDP front to `IFACE` (the uplink the VIP's packets arrive on): packets of clients another node owns go there in GUE (needs --vip)")
 	fs.Var(&c.vips, "vip", "anycast VIP `ADDR` the XDP front steers (repeatable: one IPv4, one IPv6)")
 	fs.UintVar(&c.guePort, "gue-port", defaultGUEPort, "UDP `PORT` nodes send each other GUE (IP in UDP) on")
+	fs.StringVar(&c.egressPlan, "egress-plan", "", "egress plan `FILE` (JSON, the same on every node; re-read when it changes): each client's flows leave from an address of its country and pool owned by this node's --dc, in this node's port slice; replaces --egress and --egress-ports for TCP and UDP (README: Egress plan)")
+	fs.StringVar(&c.geoip, "geoip", "", "MaxMind-format GeoIP `FILE` (.mmdb, country or city; re-read when it changes): a client's country is that of the address it handshakes from (with --egress-plan)")
+	fs.StringVar(&c.egressPool, "egress-pool", "trusted", "the egress plan's `POOL` clients are in (with --egress-plan)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -234,6 +240,9 @@ func run(c *config) error {
 	case c.guePort == 0 || c.guePort > 65535 || c.guePort == c.listen:
 		return fmt.Errorf("--gue-port %d: want a port in 1..65535 other than --listen", c.guePort)
 	}
+	if c.egressPlan == "" && c.geoip != "" {
+		return errors.New("--geoip chooses egress addresses from an egress plan: give --egress-plan too")
+	}
 	apiAddr, err := netip.ParseAddrPort(c.api)
 	if err != nil {
 		return fmt.Errorf("--api %q: want ip:port: %w", c.api, err)
@@ -282,8 +291,23 @@ func run(c *config) error {
 			own = append(own, ap.Addr())
 		}
 	}
+	var plan *egressPlan
+	var route func(netip.Addr, netip.AddrPort) (egress.Source, error)
+	if c.egressPlan != "" {
+		// Slots come with the cluster's membership; a node alone is slot 1.
+		slot := uint8(1)
+		if member != nil {
+			slot = member.Self().Slot
+		}
+		if plan, err = newEgressPlan(c.egressPlan, c.geoip, c.dc, slot, c.egressPool, log.With("component", "egress-plan")); err != nil {
+			return err
+		}
+		go plan.run(ctx)
+		own = append(own, plan.ownAddrs()...)
+		route = plan.route
+	}
 	dialer, err := egress.New(egress.Config{
-		Sources: sources, PortLo: lo, PortHi: hi, Allow: allow, Own: own, Logger: log.With("component", "egress"),
+		Sources: sources, PortLo: lo, PortHi: hi, Allow: allow, Own: own, Route: route, Logger: log.With("component", "egress"),
 	})
 	if err != nil {
 		return err
@@ -318,6 +342,12 @@ func run(c *config) error {
 		UAPI:       true,
 		Cluster:    member,
 		Owners:     tableOwners,
+		OnHandshake: func() func(registry.Client, netip.AddrPort) {
+			if plan == nil {
+				return nil
+			}
+			return plan.onHandshake
+		}(),
 		Stats: map[string]func() any{
 			"netstack": func() any { return stack.Stats() },
 			"egress":   func() any { return dialer.Stats() },
@@ -341,7 +371,7 @@ func run(c *config) error {
 				return fmt.Errorf("--xdp without --etcd needs --underlay (this node's IPv4 address): %v", err)
 			}
 		}
-		x, err := startFront(c, id, dc, underlay, vips, member, wgmsg.IndexKey(key), log)
+		x, err := startFront(c, id, dc, underlay, vips, member, wgmsg.IndexKey(key), plan, log)
 		if err != nil {
 			return err
 		}
@@ -375,11 +405,16 @@ func run(c *config) error {
 			}
 			m["table_nodes"] = uint64(x.front.TableNodes())
 			m["pins"] = uint64(x.front.Pins())
+			m["egress_addresses"] = uint64(x.front.EgressEntries())
 			if fwd != nil {
 				fwd.stats(m)
 			}
 			return m
 		})
+	}
+
+	if plan != nil {
+		node.AddStats("egress_plan", func() any { return plan.stats() })
 	}
 
 	if c.pprof != "" {

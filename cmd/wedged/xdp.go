@@ -132,7 +132,7 @@ func (v *memberView) members(ms []cluster.Member, now time.Time) ([]lb.Member, t
 // replies and data messages by the slot their tagged receiver index
 // carries, which is the node index of the node holding that slot
 // (cluster.Member.Slot, 0 alone).
-func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr, member *cluster.Membership, indexKey uint32, log *slog.Logger) (*xdpFront, error) {
+func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr, member *cluster.Membership, indexKey uint32, plan *egressPlan, log *slog.Logger) (*xdpFront, error) {
 	fc := lb.FrontConfig{WGPort: uint16(c.listen), GUEPort: uint16(c.guePort), Self: id, SelfUnderlay: underlay,
 		IndexKey: indexKey, Log: log}
 	if member != nil {
@@ -155,9 +155,28 @@ func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr
 		return nil, fmt.Errorf("--xdp: %w", err)
 	}
 	x := &xdpFront{objs: objs, front: front}
+	// Egress steering follows the plan and every data center's members.
+	var last []cluster.Member
+	setEgress := func() {
+		if plan == nil {
+			return
+		}
+		if err := front.SetEgress(plan.table(last)); err != nil {
+			log.Error("xdp: egress steering not applied", "err", err)
+		}
+	}
+	if plan != nil {
+		setEgress()
+		plan.setOnReload(func() {
+			x.mu.Lock()
+			defer x.mu.Unlock()
+			if !x.closed {
+				setEgress()
+			}
+		})
+	}
 	if member != nil {
 		view := &memberView{self: id, dc: dc, first: map[string]time.Time{}}
-		var last []cluster.Member
 		var apply func()
 		apply = func() {
 			x.mu.Lock()
@@ -169,6 +188,7 @@ func startFront(c *config, id, dc string, underlay netip.Addr, vips []netip.Addr
 			if err := front.Update(lms); err != nil {
 				log.Error("xdp: membership not applied", "err", err)
 			}
+			setEgress()
 			if next > 0 {
 				if x.timer != nil {
 					x.timer.Stop()
