@@ -146,6 +146,37 @@ func (d *Dialer) DialUDP(ctx context.Context, src, dst netip.AddrPort) (net.Conn
 // with its effective port range, to control.
 type sourceKey struct{}
 
+// DialNode dials dst for the node's own purposes ("tcp" or "udp"), such as
+// forwarding the clients' DNS queries to the upstream resolver: from src
+// (port range included; the zero Source: the host's choice), and not
+// subject to the egress ACL, which guards the clients' flows. It is not
+// counted in Stats.
+func (d *Dialer) DialNode(ctx context.Context, proto string, src Source, dst netip.AddrPort) (net.Conn, error) {
+	if proto != "tcp" && proto != "udp" {
+		return nil, fmt.Errorf("egress: DialNode: protocol %q, want tcp or udp", proto)
+	}
+	addr := dst.Addr().Unmap()
+	if !addr.IsValid() || dst.Port() == 0 {
+		return nil, fmt.Errorf("egress: invalid %s destination %s", proto, dst)
+	}
+	dst = netip.AddrPortFrom(addr, dst.Port())
+	if !src.Addr.IsValid() {
+		src.Addr = netip.IPv4Unspecified()
+		if addr.Is6() {
+			src.Addr = netip.IPv6Unspecified()
+		}
+	} else {
+		var err error
+		if src, err = checkRoute(src, netip.Addr{}, dst, 0, 0, &d.kernel); err != nil {
+			return nil, err
+		}
+	}
+	return d.connect(context.WithValue(ctx, nodeDialKey{}, true), proto, src, dst)
+}
+
+// nodeDialKey marks a DialNode dial in its context: control skips the ACL.
+type nodeDialKey struct{}
+
 func (d *Dialer) dial(ctx context.Context, proto string, client netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	addr := dst.Addr().Unmap()
 	if !addr.IsValid() || dst.Port() == 0 {
@@ -159,6 +190,12 @@ func (d *Dialer) dial(ctx context.Context, proto string, client netip.Addr, dst 
 	if err != nil {
 		return nil, err
 	}
+	return d.connect(ctx, proto, src, dst)
+}
+
+// connect binds to src (its port range set in control) and connects to dst.
+func (d *Dialer) connect(ctx context.Context, proto string, src Source, dst netip.AddrPort) (net.Conn, error) {
+	addr := dst.Addr()
 	network := proto + "4"
 	if addr.Is6() {
 		network = proto + "6"
@@ -297,8 +334,10 @@ func (d *Dialer) control(ctx context.Context, network, address string, rc syscal
 	if err != nil {
 		return fmt.Errorf("egress: unexpected dial address %q: %w", address, err)
 	}
-	if err := d.acl.Check(ap.Addr()); err != nil {
-		return err
+	if node, _ := ctx.Value(nodeDialKey{}).(bool); !node {
+		if err := d.acl.Check(ap.Addr()); err != nil {
+			return err
+		}
 	}
 	lo, hi := d.portLo, d.portHi
 	if s, ok := ctx.Value(sourceKey{}).(Source); ok {
@@ -425,6 +464,12 @@ func (k *kernelRange) get() (lo, hi uint16) {
 // returns that range.
 func (k *kernelRange) contains(lo, hi uint16) (klo, khi uint16, ok bool) {
 	v := k.r.Load()
+	if v == nil { // a Dialer without Route, asked by DialNode
+		if k.load() != nil {
+			return 0, 0, false
+		}
+		v = k.r.Load()
+	}
 	if inRange(lo, hi, v.lo, v.hi) {
 		return v.lo, v.hi, true
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -505,5 +506,59 @@ func TestCountsJSON(t *testing.T) {
 	const want = `{"ok":1,"failed":2,"denied":3,"no_egress":4,"slice_exhausted":5}`
 	if string(b) != want {
 		t.Fatalf("got %s, want %s", b, want)
+	}
+}
+
+// TestDialNode: the node's own dials (DNS to the upstream) leave from the
+// Source given, in its port range, and are not held to the clients' ACL.
+func TestDialNode(t *testing.T) {
+	d, err := New(Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listenTCP(t, "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := d.DialTCP(ctx, clientSrc, addrPort(ln.Addr())); !errors.Is(err, ErrDenied) {
+		t.Fatalf("a client's flow to loopback: %v, want ErrDenied", err)
+	}
+	lo, hi := testSlice(t, 4)
+	src := netip.MustParseAddr("127.0.0.3")
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := d.DialNode(ctx, "tcp", Source{Addr: src, PortLo: lo, PortHi: hi}, addrPort(ln.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case sc := <-accepted:
+		peer := addrPort(sc.RemoteAddr())
+		sc.Close()
+		if peer.Addr() != src || peer.Port() < lo || peer.Port() > hi {
+			t.Fatalf("the listener saw %v, want %v with a port in %d-%d", peer, src, lo, hi)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection accepted")
+	}
+	u := listenUDP(t, "127.0.0.1:0")
+	uc, err := d.DialNode(ctx, "udp", Source{}, addrPort(u.LocalAddr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc.Close()
+	if _, err := d.DialNode(ctx, "sctp", Source{}, addrPort(ln.Addr())); err == nil {
+		t.Error("DialNode accepted sctp")
+	}
+	if _, err := d.DialNode(ctx, "tcp", Source{Addr: netip.MustParseAddr("::1")}, addrPort(ln.Addr())); !errors.Is(err, ErrNoEgress) {
+		t.Errorf("an IPv6 source towards IPv4: %v, want ErrNoEgress", err)
+	}
+	if st := d.Stats(); st.TCP.OK != 0 {
+		t.Errorf("DialNode was counted as a client's flow: %+v", st.TCP)
 	}
 }

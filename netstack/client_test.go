@@ -699,3 +699,29 @@ func TestSOCKS5EndToEnd(t *testing.T) {
 		}
 	})
 }
+
+// TestDNSDial: with Config.DNSDial the clients' queries reach the upstream
+// through it, over UDP and, for a truncated answer, TCP.
+func TestDNSDial(t *testing.T) {
+	dns := startFakeDNS(t)
+	var mu sync.Mutex
+	calls := map[string]netip.AddrPort{}
+	dial := func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
+		mu.Lock()
+		calls[network] = dst
+		mu.Unlock()
+		var d net.Dialer
+		return d.DialContext(ctx, network, dst.String())
+	}
+	c, _ := newClientPair(t, Config{Dialer: &fakeDialer{}, DNSUpstream: dns.addr, DNSDial: dial}, ClientConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if got, err := c.Resolve(ctx, "big.test"); err != nil || len(got) == 0 {
+		t.Fatalf("Resolve through DNSDial: %v, %v", got, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls["udp"] != dns.addr || calls["tcp"] != dns.addr {
+		t.Fatalf("DNSDial calls %v, want udp and tcp to %v", calls, dns.addr)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -94,6 +95,10 @@ type Config struct {
 	// egress ACL). Zero refuses DNS. Anything else sent to a Local address
 	// is refused (TCP RST, ICMP port unreachable).
 	DNSUpstream netip.AddrPort
+	// DNSDial, if set, dials DNSUpstream ("udp" or "tcp") for the clients'
+	// queries, say from an egress address of the data center's own
+	// location; nil: a plain net.Dialer, the host's own address.
+	DNSDial func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error)
 	// Limits caps flows and pending dials; zero fields take defaults.
 	Limits Limits
 	// TCPDialTimeout bounds a TCP dial (default DefaultTCPDialTimeout).
@@ -505,4 +510,13 @@ func (s *Stack) enter() bool {
 	}
 	s.wg.Add(1)
 	return true
+}
+
+// dialDNS dials the DNS upstream for a client's query.
+func (s *Stack) dialDNS(ctx context.Context, network string) (net.Conn, error) {
+	if s.cfg.DNSDial != nil {
+		return s.cfg.DNSDial(ctx, network, s.cfg.DNSUpstream)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, s.cfg.DNSUpstream.String())
 }

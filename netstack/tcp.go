@@ -53,8 +53,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	var out net.Conn
 	var err error
 	if dns {
-		var d net.Dialer
-		out, err = d.DialContext(ctx, "tcp", s.cfg.DNSUpstream.String())
+		out, err = s.dialDNS(ctx, "tcp")
 	} else {
 		out, err = s.cfg.Dialer.DialTCP(ctx, src, dst)
 	}

@@ -78,8 +78,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		var out net.Conn
 		var err error
 		if dns {
-			var d net.Dialer
-			out, err = d.DialContext(ctx, "udp", s.cfg.DNSUpstream.String())
+			out, err = s.dialDNS(ctx, "udp")
 		} else {
 			out, err = s.cfg.Dialer.DialUDP(ctx, src, dst)
 		}
