@@ -15,6 +15,13 @@
 //	originsrv cps -url URL [-d 5s] [-c 8]
 //	    opens, uses (one GET) and closes connections for d, c at a time,
 //	    and prints {"ok","errors","seconds","rate","first_error"}.
+//	    HTTP also: /hold?ms=N waits N ms (at most 60 s), then answers the
+//	    remote "ip:port" it saw, as /ip does.
+//	originsrv hold -n N -ms MS [-timeout D] URL...
+//	    opens N connections at once, round-robin over the URLs (each a
+//	    /hold URL), and prints {"ok","failed","first_error",
+//	    "slowest_failure_ms","remotes"}: how many answered, how many failed
+//	    and how long the slowest failure took to come back.
 //	originsrv wgflood -to ADDR:PORT -key PUB -from PREFIX [-burst 256] [-every 25ms] [-d 5s]
 //	    sends WireGuard initiations with a valid MAC1 and random keys from
 //	    every (local) address of PREFIX, in bursts, and prints
@@ -59,7 +66,7 @@ func main() {
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	log.SetPrefix("originsrv: ")
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood [flags]")
+		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood|hold [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -74,6 +81,8 @@ func main() {
 		err = cps(args)
 	case "wgflood":
 		err = wgflood(args)
+	case "hold":
+		err = hold(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}
@@ -134,6 +143,7 @@ func serve(args []string) error {
 			io.WriteString(w, r.RemoteAddr+"\n")
 		})
 		mux.HandleFunc("/bytes", serveBytes)
+		mux.HandleFunc("/hold", serveHold)
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- srv.Serve(ln) }()
 	}
