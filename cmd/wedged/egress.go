@@ -206,6 +206,31 @@ func (e *egressPlan) route(client netip.Addr, dst netip.AddrPort) (egress.Source
 	return egress.Source{Addr: addrIn64(ch.Net, t.key)}, nil
 }
 
+// dnsSource is where the node's DNS queries to dst (the upstream) leave
+// from: an address tagged with the data center's own country, not a
+// client's, so that resolvers and CDNs see where the traffic really leaves
+// and answer for there. The pool is --egress-pool; fallbacks apply.
+func (e *egressPlan) dnsSource(dst netip.AddrPort) (egress.Source, error) {
+	p := e.plan.Load()
+	dc, _ := p.DataCenter(e.dc)
+	if dst.Addr().Unmap().Is4() {
+		ch, err := p.Select4(dc.Country, e.pool, e.dc, 0)
+		if err != nil {
+			return egress.Source{}, err
+		}
+		lo, hi, err := p.Slice(e.slot)
+		if err != nil {
+			return egress.Source{}, fmt.Errorf("%w: %w", egress.ErrNoEgress, err)
+		}
+		return egress.Source{Addr: ch.Addr, PortLo: lo, PortHi: hi}, nil
+	}
+	ch, err := p.Select6(dc.Country, e.pool, e.dc, e.slot, 0)
+	if err != nil {
+		return egress.Source{}, err
+	}
+	return egress.Source{Addr: addrIn64(ch.Net, 0)}, nil
+}
+
 func (e *egressPlan) countFallback(ch egress.Choice) {
 	switch ch.Fallback {
 	case egress.CountryFallback:

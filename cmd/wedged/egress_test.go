@@ -186,3 +186,18 @@ func TestEgressPlanErrors(t *testing.T) {
 		t.Error("a missing GeoIP database was accepted")
 	}
 }
+
+func TestEgressPlanDNSSource(t *testing.T) {
+	e, _ := newTestEgressPlan(t)
+	// ams is in NL: its DNS leaves from an NL address it owns, whatever
+	// the clients' countries.
+	s, err := e.dnsSource(netip.MustParseAddrPort("198.18.0.2:53"))
+	nl := netip.MustParsePrefix("198.51.100.0/30")
+	if err != nil || !nl.Contains(s.Addr) || s.PortLo != 1024+2*2048 {
+		t.Fatalf("DNS source %+v, %v; want an NL address of ams in slot 3's slice", s, err)
+	}
+	s6, err := e.dnsSource(netip.MustParseAddrPort("[2001:db8:18::2]:53"))
+	if err != nil || !netip.MustParsePrefix("2001:db8:5100:3::/64").Contains(s6.Addr) {
+		t.Fatalf("DNS source over IPv6 %+v, %v", s6, err)
+	}
+}

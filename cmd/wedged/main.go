@@ -323,8 +323,20 @@ func run(c *config) error {
 		Logger:      log.With("component", "netstack"),
 		Local:       []netip.Addr{gw4, gw6},
 		DNSUpstream: dnsUp,
-		Limits:      netstack.Limits{MaxFlows: c.maxFlows, MaxFlowsPerClient: c.maxPerCli},
-		IsDenied:    func(err error) bool { return errors.Is(err, egress.ErrDenied) },
+		DNSDial: func() func(context.Context, string, netip.AddrPort) (net.Conn, error) {
+			if plan == nil {
+				return nil
+			}
+			return func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
+				src, err := plan.dnsSource(dst)
+				if err != nil {
+					return nil, err
+				}
+				return dialer.DialNode(ctx, network, src, dst)
+			}
+		}(),
+		Limits:   netstack.Limits{MaxFlows: c.maxFlows, MaxFlowsPerClient: c.maxPerCli},
+		IsDenied: func(err error) bool { return errors.Is(err, egress.ErrDenied) },
 	})
 	if err != nil {
 		return err
