@@ -36,6 +36,7 @@ type clusterMember struct {
 	Clients int    `json:"clients"`
 	Pinned  bool   `json:"pinned"`
 	Pins    []byte `json:"pins"` // 3 bytes per ClientID
+	Slot    uint8  `json:"slot"`
 }
 
 type clusterView struct {
