@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -26,8 +28,23 @@ type BenchSide struct {
 // BenchResult compares wedged with the baseline measured in the same run.
 type BenchResult struct {
 	Wedged, Baseline BenchSide
-	Opts             BenchOpts
+	// Plan is wedged with an egress plan (--egress-plan): every flow's
+	// source chosen per client, in the node's port slice. Connections per
+	// second only: what the plan changes is the dial.
+	Plan BenchSide
+	Opts BenchOpts
 }
+
+// benchPlan is the egress plan of the Plan side: the lab's egress address
+// alone, this node (slot 1 of data center "default") on ports 40000-49999.
+const benchPlan = `{
+  "ports": "40000-49999",
+  "slice": 10000,
+  "data_centers": {"default": {"country": "NL"}},
+  "ipv4": [{"prefix": "198.51.100.10/32", "country": "NL", "pool": "trusted", "dc": "default"}],
+  "fallback": {"pools": {"trusted": "NL"}}
+}
+`
 
 func median(xs []float64) float64 {
 	if len(xs) == 0 {
@@ -102,6 +119,20 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 	if err != nil {
 		return res, err
 	}
+	plan, err := setup("plan", func(s *SingleNode) (string, error) {
+		path := filepath.Join(s.Lab.Dir, "egress-plan.json")
+		if err := os.WriteFile(path, []byte(benchPlan), 0o644); err != nil {
+			return "", err
+		}
+		w, err := s.StartWedged(bins.Wedged, "--egress-plan", path)
+		if err != nil {
+			return "", err
+		}
+		return w.Register(bins.Wedge)
+	}, &res.Plan)
+	if err != nil {
+		return res, err
+	}
 	baseline, err := setup("baseline", func(s *SingleNode) (string, error) {
 		b, err := s.StartBaseline()
 		if err != nil {
@@ -116,8 +147,11 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 	origin := Origin4.Addr()
 	url := fmt.Sprintf("http://%s/ip", netip.AddrPortFrom(origin, HTTPPort))
 	for round := 1; round <= o.Rounds; round++ {
-		for _, sd := range []side{wedged, baseline} {
+		for _, sd := range []side{wedged, plan, baseline} {
 			for _, reverse := range []bool{false, true} {
+				if sd.name == "plan" {
+					break
+				}
 				r, err := sd.s.Client.Iperf3(origin, IperfOpts{Seconds: o.Seconds, Reverse: reverse})
 				if err != nil {
 					return res, fmt.Errorf("%s iperf3 (reverse %v): %w", sd.name, reverse, err)
@@ -154,6 +188,15 @@ func (r BenchResult) Ratios() (up, down, cps float64) {
 	return ratio(r.Wedged.Up, r.Baseline.Up), ratio(r.Wedged.Down, r.Baseline.Down), ratio(r.Wedged.CPS, r.Baseline.CPS)
 }
 
+// PlanCPSRatio is wedged with an egress plan over the baseline, medians of
+// connections per second.
+func (r BenchResult) PlanCPSRatio() float64 {
+	if median(r.Baseline.CPS) == 0 {
+		return 0
+	}
+	return median(r.Plan.CPS) / median(r.Baseline.CPS)
+}
+
 // Print writes the medians and ratios as a table.
 func (r BenchResult) Print(w io.Writer) {
 	up, down, cps := r.Ratios()
@@ -162,5 +205,8 @@ func (r BenchResult) Print(w io.Writer) {
 	fmt.Fprintf(tw, "TCP up, client→origin (Gbit/s)\t%.2f\t%.2f\t%.2f\t\n", median(r.Wedged.Up)/1e9, median(r.Baseline.Up)/1e9, up)
 	fmt.Fprintf(tw, "TCP down, origin→client (Gbit/s)\t%.2f\t%.2f\t%.2f\t\n", median(r.Wedged.Down)/1e9, median(r.Baseline.Down)/1e9, down)
 	fmt.Fprintf(tw, "new TCP connections/s\t%.0f\t%.0f\t%.2f\t\n", median(r.Wedged.CPS), median(r.Baseline.CPS), cps)
+	if len(r.Plan.CPS) > 0 {
+		fmt.Fprintf(tw, "new TCP connections/s, egress plan\t%.0f\t%.0f\t%.2f\t\n", median(r.Plan.CPS), median(r.Baseline.CPS), r.PlanCPSRatio())
+	}
 	tw.Flush()
 }
