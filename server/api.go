@@ -1,12 +1,16 @@
 package server
 
 import (
+	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,9 +22,12 @@ import (
 // MaxBodyBytes bounds API request bodies; larger ones get 413.
 const MaxBodyBytes = 64 << 10
 
-// RegRequest is the body of POST /v1/reg.
+// RegRequest is the body of POST /v1/reg. Pool and Country are optional
+// (empty: the default pool, the country GeoIP gives).
 type RegRequest struct {
 	PublicKey string `json:"public_key"`
+	Pool      string `json:"pool"`
+	Country   string `json:"country"`
 }
 
 // RegResponse is the answer to POST and GET /v1/reg: everything a client
@@ -34,7 +41,16 @@ type RegResponse struct {
 	Server    PeerInfo  `json:"server"`
 	MTU       int       `json:"mtu"`
 	DNS       []string  `json:"dns"`
+	Tags      TagsInfo  `json:"tags"`
 	Created   time.Time `json:"created"`
+}
+
+// TagsInfo is a registration's tags as the API shows them. Both keys are
+// always present; an empty string means the default (the default pool,
+// the country GeoIP gives).
+type TagsInfo struct {
+	Pool    string `json:"pool"`
+	Country string `json:"country"`
 }
 
 // Addresses are a client's inner addresses.
@@ -51,8 +67,9 @@ type PeerInfo struct {
 
 // Handler serves the registration and status API.
 //
-//	POST   /v1/reg        {"public_key": "<base64>"} → 200 RegResponse
+//	POST   /v1/reg        {"public_key": "<base64>", "pool", "country"} → 200 RegResponse
 //	GET    /v1/reg/{id}   → 200 RegResponse
+//	PATCH  /v1/reg/{id}   {"pool", "country"} (either or both) → 200 RegResponse
 //	DELETE /v1/reg/{id}   → 204
 //	GET    /v1/status     → 200 Status
 //	GET    /v1/nodes      → 200 [cluster.Member]            (cluster only)
@@ -84,10 +101,12 @@ func (n *Node) Handler() http.Handler {
 			switch r.Method {
 			case http.MethodGet, http.MethodHead:
 				n.handleGet(w, r, id)
+			case http.MethodPatch:
+				n.handlePatch(w, r, id)
 			case http.MethodDelete:
 				n.handleDelete(w, r, id)
 			default:
-				methodNotAllowed(w, "GET, DELETE")
+				methodNotAllowed(w, "GET, PATCH, DELETE")
 			}
 		case path == "/v1/nodes" || strings.HasPrefix(path, "/v1/nodes/"):
 			n.handleNodes(w, r, strings.TrimPrefix(path, "/v1/nodes"))
@@ -104,15 +123,8 @@ func (n *Node) Handler() http.Handler {
 }
 
 func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	var req RegRequest
-	if err := decodeJSON(r.Body, &req); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
-			return
-		}
-		writeError(w, http.StatusBadRequest, err.Error())
+	if !readBody(w, r, &req) {
 		return
 	}
 	pub, err := ParsePublicKey(req.PublicKey)
@@ -120,7 +132,10 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	c, err := n.Register(r.Context(), pub)
+	c, err := n.Register(r.Context(), pub, registry.Tags{Pool: req.Pool, Country: req.Country})
+	if tagsError(w, err) {
+		return
+	}
 	switch {
 	case errors.Is(err, registry.ErrExists):
 		writeError(w, http.StatusConflict, "public key already registered")
@@ -141,6 +156,154 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, n.response(c))
+}
+
+// readBody decodes the request's JSON body into v, answering 413 or 400
+// and returning false when it cannot.
+func readBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	err := decodeJSON(r.Body, v)
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
+	default:
+		writeError(w, http.StatusBadRequest, err.Error())
+	}
+	return false
+}
+
+// tagsError answers a refusal of tags: 400 for tags that are malformed,
+// 422 for well-formed ones this node vetoes.
+func tagsError(w http.ResponseWriter, err error) bool {
+	switch {
+	case errors.Is(err, registry.ErrBadTags):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, ErrTagsRefused):
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+	default:
+		return false
+	}
+	return true
+}
+
+// handlePatch changes a registration's tags. Unlike POST, which ignores
+// fields it does not know, a PATCH with an unknown field is refused: the
+// change it asked for would otherwise be silently lost.
+func (n *Node) handlePatch(w http.ResponseWriter, r *http.Request, id string) {
+	var raw map[string]json.RawMessage
+	if !readBody(w, r, &raw) {
+		return
+	}
+	p, err := parseTagsPatch(raw)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	c, err := n.PatchTags(r.Context(), id, p)
+	if tagsError(w, err) || n.lookupError(w, err) {
+		return
+	}
+	writeJSON(w, http.StatusOK, n.response(c))
+}
+
+// TagsPatch is a change of a registration's tags (PATCH /v1/reg/{id}):
+// each non-nil field replaces that tag, nil ones keep theirs; "" restores
+// the default.
+type TagsPatch struct {
+	Pool    *string
+	Country *string
+}
+
+// Apply returns t changed by p.
+func (p TagsPatch) Apply(t registry.Tags) registry.Tags {
+	if p.Pool != nil {
+		t.Pool = *p.Pool
+	}
+	if p.Country != nil {
+		t.Country = *p.Country
+	}
+	return t
+}
+
+// parseTagsPatch reads a PATCH body: an object with "pool", "country" or
+// both, each a string.
+func parseTagsPatch(raw map[string]json.RawMessage) (TagsPatch, error) {
+	if raw == nil {
+		return TagsPatch{}, errors.New("body must be a JSON object")
+	}
+	if len(raw) == 0 {
+		return TagsPatch{}, errors.New(`nothing to change: give "pool", "country" or both`)
+	}
+	var p TagsPatch
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		var dst **string
+		switch k {
+		case "pool":
+			dst = &p.Pool
+		case "country":
+			dst = &p.Country
+		default:
+			return TagsPatch{}, fmt.Errorf(`unknown field %q: only "pool" and "country" can be changed`, k)
+		}
+		var s string
+		if bytes.Equal(raw[k], []byte("null")) || json.Unmarshal(raw[k], &s) != nil {
+			return TagsPatch{}, fmt.Errorf(`%q must be a string ("" for the default)`, k)
+		}
+		*dst = &s
+	}
+	return p, nil
+}
+
+// ErrTagsRefused wraps Config.ValidTags's veto of tags this node cannot
+// serve.
+var ErrTagsRefused = errors.New("this node cannot serve those tags")
+
+// checkTags validates tags and asks Config.ValidTags.
+func (n *Node) checkTags(t registry.Tags) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	if n.cfg.ValidTags != nil {
+		if err := n.cfg.ValidTags(t); err != nil {
+			return fmt.Errorf("%w: %w", ErrTagsRefused, err)
+		}
+	}
+	return nil
+}
+
+// PatchTags changes the tags of registration id by p, checked as Register
+// checks them, and returns the registration. The node's view holds the
+// new tags when it returns; other nodes of a cluster get them through
+// their watch. Like Register it is refused (registry.ErrUnavailable) while
+// the cluster's etcd is unreachable. Two PATCHes of different tags of
+// one client at one instant on two nodes: the later write wins whole.
+func (n *Node) PatchTags(ctx context.Context, id string, p TagsPatch) (registry.Client, error) {
+	n.regMu.Lock()
+	defer n.regMu.Unlock()
+	if n.cfg.Cluster != nil && !n.cfg.Cluster.Connected() {
+		return registry.Client{}, fmt.Errorf("%w: etcd is not reachable from this node", registry.ErrUnavailable)
+	}
+	c, err := n.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return registry.Client{}, err
+	}
+	t := p.Apply(c.Tags)
+	if err := n.checkTags(t); err != nil {
+		return registry.Client{}, err
+	}
+	if c, err = n.cfg.Store.SetTags(ctx, id, t); err != nil {
+		return registry.Client{}, err
+	}
+	n.mu.Lock()
+	if old, ok := n.clients[c.PublicKey]; ok && old.ID == c.ID {
+		n.clients[c.PublicKey] = c
+	}
+	n.mu.Unlock()
+	n.log.Info("client tags changed", "id", c.ID, "pool", c.Tags.Pool, "country", c.Tags.Country)
+	return c, nil
 }
 
 func (n *Node) handleGet(w http.ResponseWriter, r *http.Request, id string) {
@@ -185,6 +348,7 @@ func (n *Node) response(c registry.Client) RegResponse {
 		Server:    PeerInfo{PublicKey: n.PublicKey().String(), Endpoints: []string{}},
 		MTU:       n.cfg.MTU,
 		DNS:       []string{},
+		Tags:      TagsInfo{Pool: c.Tags.Pool, Country: c.Tags.Country},
 		Created:   c.Created,
 	}
 	for _, e := range n.cfg.Endpoints {

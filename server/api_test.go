@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,22 +14,25 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/server/etcdtest"
 	"github.com/wedge-edge/wedge/server/registry"
 )
 
-func newTestNode(t testing.TB) (*Node, registry.Store) {
+// newTestNode is a Node on a fresh Bolt store; opts change its Config.
+func newTestNode(t testing.TB, opts ...func(*Config)) (*Node, registry.Store) {
 	t.Helper()
 	st, err := registry.OpenBolt(filepath.Join(t.TempDir(), "reg.db"), registry.DefaultPools)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sk, _ := wgtypes.GeneratePrivateKey()
-	n, err := New(context.Background(), Config{
+	cfg := Config{
 		Name:       "wedgetest",
 		PrivateKey: sk,
 		Endpoints:  []string{"192.0.2.1:51820", "[2001:db8::1]:51820"},
@@ -38,7 +42,11 @@ func newTestNode(t testing.TB) (*Node, registry.Store) {
 		TUN:        tuntest.NewChannelTUN().TUN(),
 		Bind:       bindtest.NewChannelBinds()[0],
 		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	n, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +188,7 @@ func TestNodeReloadsClients(t *testing.T) {
 	var keys []wgtypes.Key
 	for range 3 {
 		k, _ := wgtypes.GeneratePrivateKey()
-		if _, err := st.Create(context.Background(), k.PublicKey()); err != nil {
+		if _, err := st.Create(context.Background(), k.PublicKey(), registry.Tags{}); err != nil {
 			t.Fatal(err)
 		}
 		keys = append(keys, k.PublicKey())
@@ -233,6 +241,8 @@ func FuzzRegister(f *testing.F) {
 	f.Add([]byte(`{"public_key":"AAAA"}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`nul`))
+	f.Add([]byte(`{"public_key":"` + pubKey(f) + `","pool":"trusted","country":"NL"}`))
+	f.Add([]byte(`{"public_key":"` + pubKey(f) + `","pool":"Trusted"}`))
 	n, st := newTestNode(f)
 	h := n.Handler()
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -289,10 +299,10 @@ func TestRegisterUnregisterRace(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 20 {
-				if c, err := n.Register(ctx, pub); err == nil {
+				if c, err := n.Register(ctx, pub, registry.Tags{}); err == nil {
 					n.Unregister(ctx, c.ID)
 				}
-				n.Register(ctx, pub)
+				n.Register(ctx, pub, registry.Tags{})
 			}
 		}()
 	}
@@ -303,4 +313,313 @@ func TestRegisterUnregisterRace(t *testing.T) {
 	if (len(all) == 1) != inDevice || len(all) > 1 {
 		t.Fatalf("store has %d registrations, device has the peer: %v", len(all), inDevice)
 	}
+}
+
+// viewTags is what the node's own view (n.clients, which handshakes and
+// egress read) holds for pub.
+func viewTags(n *Node, pub wgtypes.Key) (registry.Tags, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, ok := n.clients[pub]
+	return c.Tags, ok
+}
+
+// tagsOf reads the "tags" object of an API answer; both keys must be there.
+func tagsOf(t *testing.T, body map[string]any) registry.Tags {
+	t.Helper()
+	m, ok := body["tags"].(map[string]any)
+	if !ok {
+		t.Fatalf("no tags object in %v", body)
+	}
+	pool, ok1 := m["pool"].(string)
+	country, ok2 := m["country"].(string)
+	if !ok1 || !ok2 || len(m) != 2 {
+		t.Fatalf("tags %v: want exactly the string keys pool and country", m)
+	}
+	return registry.Tags{Pool: pool, Country: country}
+}
+
+// syncBuffer is a bytes.Buffer a logger may write to while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// vetoNowhere is a Config.ValidTags: the node has no egress in pool
+// "nowhere".
+func vetoNowhere(t registry.Tags) error {
+	if t.Pool == "nowhere" {
+		return errors.New(`no egress address in pool "nowhere"`)
+	}
+	return nil
+}
+
+func TestAPICreateTags(t *testing.T) {
+	n, st := newTestNode(t, func(c *Config) { c.ValidTags = vetoNowhere })
+	h := n.Handler()
+	cases := []struct {
+		name, extra string
+		want        int
+		tags        registry.Tags
+	}{
+		{"no tags", ``, 200, registry.Tags{}},
+		{"pool and country", `,"pool":"trusted","country":"NL"`, 200, registry.Tags{Pool: "trusted", Country: "NL"}},
+		{"pool only", `,"pool":"acme-2"`, 200, registry.Tags{Pool: "acme-2"}},
+		{"empty strings", `,"pool":"","country":""`, 200, registry.Tags{}},
+		{"null pool is the default", `,"pool":null`, 200, registry.Tags{}},
+		{"pool upper case", `,"pool":"Trusted"`, 400, registry.Tags{}},
+		{"pool too long", `,"pool":"` + strings.Repeat("a", 33) + `"`, 400, registry.Tags{}},
+		{"pool leading dash", `,"pool":"-a"`, 400, registry.Tags{}},
+		{"pool not a string", `,"pool":7`, 400, registry.Tags{}},
+		{"country lower case", `,"country":"nl"`, 400, registry.Tags{}},
+		{"country alpha-3", `,"country":"NLD"`, 400, registry.Tags{}},
+		{"country not a string", `,"country":["NL"]`, 400, registry.Tags{}},
+		{"vetoed pool", `,"pool":"nowhere"`, 422, registry.Tags{}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before, _ := st.List(context.Background())
+			pub := pubKey(t)
+			code, body := do(t, h, "POST", "/v1/reg", `{"public_key":"`+pub+`"`+c.extra+`}`)
+			if code != c.want {
+				t.Fatalf("got %d, want %d (%v)", code, c.want, body)
+			}
+			after, _ := st.List(context.Background())
+			if code != 200 {
+				if msg, _ := body["error"].(string); msg == "" {
+					t.Fatalf("no JSON error in %v", body)
+				}
+				if len(after) != len(before) {
+					t.Fatalf("a %d changed the store", code)
+				}
+				return
+			}
+			if got := tagsOf(t, body); got != c.tags {
+				t.Fatalf("POST answered tags %+v, want %+v", got, c.tags)
+			}
+			if code, got := do(t, h, "GET", "/v1/reg/"+body["id"].(string), ""); code != 200 || tagsOf(t, got) != c.tags {
+				t.Fatalf("GET: %d, tags %+v; want %+v", code, got["tags"], c.tags)
+			}
+			k, _ := ParsePublicKey(pub)
+			if got, ok := viewTags(n, k); !ok || got != c.tags {
+				t.Fatalf("node view: %+v (loaded %v), want %+v", got, ok, c.tags)
+			}
+		})
+	}
+	if code, body := do(t, h, "POST", "/v1/reg", `{"public_key":"`+pubKey(t)+`","pool":"nowhere"}`); code != 422 ||
+		!strings.Contains(body["error"].(string), `no egress address in pool "nowhere"`) {
+		t.Errorf("veto: %d %v; want 422 with the veto's message", code, body)
+	}
+}
+
+func TestAPIPatchTags(t *testing.T) {
+	var log syncBuffer
+	n, st := newTestNode(t, func(c *Config) {
+		c.ValidTags = vetoNowhere
+		c.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	h := n.Handler()
+	pubS := pubKey(t)
+	pub, _ := ParsePublicKey(pubS)
+	code, body := do(t, h, "POST", "/v1/reg", `{"public_key":"`+pubS+`","pool":"trusted","country":"NL"}`)
+	if code != 200 {
+		t.Fatalf("POST: %d %v", code, body)
+	}
+	id := body["id"].(string)
+	addrs := body["addresses"].(map[string]any)
+	rewrites := strings.Count(log.String(), "Removing all allowedips")
+	// Run in order: each case starts from the tags the previous one left.
+	cases := []struct {
+		name, path, body string
+		want             int
+		tags             registry.Tags // after the request
+	}{
+		{"pool keeps country", "", `{"pool":"acme"}`, 200, registry.Tags{Pool: "acme", Country: "NL"}},
+		{"clear country", "", `{"country":""}`, 200, registry.Tags{Pool: "acme"}},
+		{"both", "", `{"pool":"","country":"DE"}`, 200, registry.Tags{Country: "DE"}},
+		{"same again", "", `{"country":"DE"}`, 200, registry.Tags{Country: "DE"}},
+		{"spaces around null", "", `{ "pool" : null }`, 400, registry.Tags{Country: "DE"}},
+		{"empty object", "", `{}`, 400, registry.Tags{Country: "DE"}},
+		{"unknown field", "", `{"pool":"acme","colour":"red"}`, 400, registry.Tags{Country: "DE"}},
+		{"public_key not changeable", "", `{"public_key":"` + pubKey(t) + `"}`, 400, registry.Tags{Country: "DE"}},
+		{"null", "", `{"pool":null}`, 400, registry.Tags{Country: "DE"}},
+		{"number", "", `{"pool":5}`, 400, registry.Tags{Country: "DE"}},
+		{"bad pool", "", `{"pool":"Acme"}`, 400, registry.Tags{Country: "DE"}},
+		{"bad country", "", `{"country":"deu"}`, 400, registry.Tags{Country: "DE"}},
+		{"bad country good pool", "", `{"pool":"acme","country":"de"}`, 400, registry.Tags{Country: "DE"}},
+		{"vetoed", "", `{"pool":"nowhere"}`, 422, registry.Tags{Country: "DE"}},
+		{"JSON null", "", `null`, 400, registry.Tags{Country: "DE"}},
+		{"array", "", `[]`, 400, registry.Tags{Country: "DE"}},
+		{"string", "", `"acme"`, 400, registry.Tags{Country: "DE"}},
+		{"empty body", "", ``, 400, registry.Tags{Country: "DE"}},
+		{"trailing data", "", `{"pool":"a"} {}`, 400, registry.Tags{Country: "DE"}},
+		{"too big", "", `{"pool":"` + strings.Repeat("a", MaxBodyBytes) + `"}`, 413, registry.Tags{Country: "DE"}},
+		{"unknown id", "/v1/reg/" + strings.Repeat("0", 32), `{"pool":"acme"}`, 404, registry.Tags{Country: "DE"}},
+		{"garbage id", "/v1/reg/nope", `{"pool":"acme"}`, 404, registry.Tags{Country: "DE"}},
+		{"trailing slash", "/v1/reg/" + id + "/", `{"pool":"x1"}`, 200, registry.Tags{Pool: "x1", Country: "DE"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := c.path
+			if path == "" {
+				path = "/v1/reg/" + id
+			}
+			code, body := do(t, h, "PATCH", path, c.body)
+			if code != c.want {
+				t.Fatalf("got %d, want %d (%v)", code, c.want, body)
+			}
+			if code == 200 {
+				if got := tagsOf(t, body); got != c.tags || body["id"] != id || body["addresses"].(map[string]any)["v4"] != addrs["v4"] {
+					t.Fatalf("PATCH answered %v; want the registration with tags %+v", body, c.tags)
+				}
+			} else if msg, _ := body["error"].(string); msg == "" {
+				t.Fatalf("no JSON error in %v", body)
+			}
+			if code, got := do(t, h, "GET", "/v1/reg/"+id, ""); code != 200 || tagsOf(t, got) != c.tags {
+				t.Fatalf("GET after: %d, tags %v; want %+v", code, got["tags"], c.tags)
+			}
+			if got, ok := viewTags(n, pub); !ok || got != c.tags {
+				t.Fatalf("node view after: %+v (loaded %v), want %+v", got, ok, c.tags)
+			}
+		})
+	}
+	if all, _ := st.List(context.Background()); len(all) != 1 {
+		t.Fatalf("%d registrations, want 1", len(all))
+	}
+	// A change made on another node arrives as an EventPut of the whole
+	// registration (apply, as the watch calls it).
+	remote, err := st.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote.Tags = registry.Tags{Pool: "remote", Country: "FR"}
+	n.apply(registry.Event{Type: registry.EventPut, Client: remote})
+	if got, _ := viewTags(n, pub); got != remote.Tags {
+		t.Fatalf("node view after an EventPut: %+v, want %+v", got, remote.Tags)
+	}
+	// Tags are not the device's business: neither a PATCH nor an
+	// EventPut that changed only tags rewrote the peer.
+	if got := strings.Count(log.String(), "Removing all allowedips"); got != rewrites {
+		t.Errorf("tag changes rewrote the peer's allowed IPs %d times, want 0", got-rewrites)
+	}
+	cfg, _ := n.dev.IpcGet()
+	if !strings.Contains(cfg, hexKey(pub)) || !strings.Contains(cfg, "allowed_ip="+addrs["v4"].(string)) {
+		t.Fatalf("peer gone from the device after PATCH:\n%s", cfg)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("PUT", "/v1/reg/"+id, strings.NewReader(`{}`)))
+	if allow := rec.Header().Get("Allow"); rec.Code != 405 || !strings.Contains(allow, "PATCH") {
+		t.Errorf("PUT: %d, Allow %q; want 405 naming PATCH", rec.Code, allow)
+	}
+}
+
+// TestClusterPatchTags: a PATCH on one node reaches the other node's view
+// through the watch, without touching its device's peer; with etcd
+// unreachable a PATCH is refused as a registration is.
+func TestClusterPatchTags(t *testing.T) {
+	e := etcdtest.Start(t)
+	sk, _ := wgtypes.GeneratePrivateKey()
+	a := newClusterNode(t, e, "a", sk)
+	b := newClusterNode(t, e, "b", sk)
+	c, err := a.Register(context.Background(), newPub(t), registry.Tags{Pool: "trusted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitView := func(n *Node, want registry.Tags, what string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for {
+			got, ok := viewTags(n, c.PublicKey)
+			if ok && got == want {
+				return time.Since(start)
+			}
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("%s: the node's view holds %+v (loaded %v), want %+v", what, got, ok, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitView(b, registry.Tags{Pool: "trusted"}, "registration on a, view of b")
+	want := registry.Tags{Pool: "trusted", Country: "NL"}
+	code, body := do(t, b.Handler(), http.MethodPatch, "/v1/reg/"+c.ID, `{"country":"NL"}`)
+	if code != 200 || tagsOf(t, body) != want {
+		t.Fatalf("PATCH on b: %d %v", code, body)
+	}
+	if got, _ := viewTags(b, c.PublicKey); got != want {
+		t.Fatalf("b's own view after its PATCH: %+v, want %+v", got, want)
+	}
+	t.Logf("a PATCH on b reached a's view in %v", waitView(a, want, "PATCH on b, view of a"))
+	if !hasPeer(a, c.PublicKey) || !hasPeer(b, c.PublicKey) {
+		t.Fatal("a PATCH removed the peer from a device")
+	}
+	if code, body := do(t, a.Handler(), http.MethodGet, "/v1/reg/"+c.ID, ""); code != 200 || tagsOf(t, body) != want {
+		t.Fatalf("GET on a: %d %v", code, body)
+	}
+
+	e.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for a.cfg.Cluster.Connected() {
+		if time.Now().After(deadline) {
+			t.Fatal("the node still thinks etcd is reachable")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	start := time.Now()
+	if code, body := do(t, a.Handler(), http.MethodPatch, "/v1/reg/"+c.ID, `{"pool":"acme"}`); code != http.StatusServiceUnavailable {
+		t.Fatalf("PATCH with etcd down: %d %v, want 503", code, body)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the 503 took %v", d)
+	}
+	if got, _ := viewTags(a, c.PublicKey); got != want {
+		t.Fatalf("a refused PATCH changed the view to %+v", got)
+	}
+}
+
+// FuzzPatchTags: whatever the body, PATCH answers 200 or a 4xx with a
+// JSON error, never a 5xx, and changes the tags only when it answered 200.
+func FuzzPatchTags(f *testing.F) {
+	for _, b := range []string{`{"pool":"acme"}`, `{"country":""}`, `{"pool":"a","country":"NL"}`, `{}`, `{"pool":null}`, `{"x":1}`, `null`} {
+		f.Add([]byte(b))
+	}
+	n, st := newTestNode(f, func(c *Config) { c.ValidTags = vetoNowhere })
+	c, err := n.Register(context.Background(), wgtypes.Key{1}, registry.Tags{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := n.Handler()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		before, _ := st.Get(context.Background(), c.ID)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("PATCH", "/v1/reg/"+c.ID, bytes.NewReader(body)))
+		after, _ := st.Get(context.Background(), c.ID)
+		switch {
+		case rec.Code == 200:
+			if err := after.Tags.Validate(); err != nil {
+				t.Fatalf("200 but stored bad tags: %v", err)
+			}
+		case rec.Code >= 400 && rec.Code < 500:
+			var e map[string]string
+			if json.Unmarshal(rec.Body.Bytes(), &e) != nil || e["error"] == "" {
+				t.Fatalf("%d without a JSON error: %q", rec.Code, rec.Body.String())
+			}
+			if after != before {
+				t.Fatalf("%d but the tags changed: %+v → %+v", rec.Code, before.Tags, after.Tags)
+			}
+		default:
+			t.Fatalf("status %d for body %q", rec.Code, body)
+		}
+	})
 }

@@ -81,7 +81,7 @@ func TestClusterNodes(t *testing.T) {
 	e := etcdtest.Start(t)
 	sk, _ := wgtypes.GeneratePrivateKey()
 	a := newClusterNode(t, e, "a", sk)
-	early, err := a.Register(context.Background(), newPub(t))
+	early, err := a.Register(context.Background(), newPub(t), registry.Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestClusterNodes(t *testing.T) {
 	if !hasPeer(b, early.PublicKey) {
 		t.Fatal("a node started after a registration does not hold it")
 	}
-	c, err := a.Register(context.Background(), newPub(t))
+	c, err := a.Register(context.Background(), newPub(t), registry.Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestClusterNodes(t *testing.T) {
 	deadline = time.Now().Add(15 * time.Second)
 	var late registry.Client
 	for {
-		late, err = b.Register(context.Background(), newPub(t))
+		late, err = b.Register(context.Background(), newPub(t), registry.Tags{})
 		if err == nil {
 			break
 		}

@@ -70,6 +70,14 @@ type Config struct {
 	// response leaves, so the client's first flows see what it stored;
 	// it must be quick. It costs one X25519 per handshake.
 	OnHandshake func(c registry.Client, src netip.AddrPort)
+	// ValidTags, if set, vetoes tags this node cannot serve (an egress
+	// pool or country it has no address for): registrations and tag
+	// changes made through this node with tags it returns an error for
+	// are refused (the API answers 422 with the error's message). It is
+	// called with tags that already passed registry.Tags.Validate, and
+	// only for changes made through this node, not for ones arriving
+	// from other nodes of a cluster.
+	ValidTags func(registry.Tags) error
 }
 
 // Node is a running WireGuard side of a wedge node.
@@ -290,6 +298,13 @@ func (n *Node) addPeers(cs []registry.Client) error {
 		if ok && old == c {
 			continue
 		}
+		if ok && old.V4 == c.V4 && old.V6 == c.V6 {
+			// Only what the device does not hold changed (the tags):
+			// rewriting the peer would drop its allowed IPs for a
+			// moment (replace_allowed_ips), losing packets.
+			n.clients[c.PublicKey] = c
+			continue
+		}
 		if !ok && count >= MaxPeers {
 			full = true
 			break
@@ -357,11 +372,16 @@ func writePeer(b *strings.Builder, c registry.Client) {
 		hexKey(c.PublicKey), c.V4, c.V6)
 }
 
-// Register creates a registration and adds the peer to the running device.
-// If the device refuses the peer, the registration is undone.
-func (n *Node) Register(ctx context.Context, pub wgtypes.Key) (registry.Client, error) {
+// Register creates a registration with tags and adds the peer to the
+// running device. If the device refuses the peer, the registration is
+// undone. Tags that fail registry.Tags.Validate are refused with
+// registry.ErrBadTags, ones Config.ValidTags vetoes with ErrTagsRefused.
+func (n *Node) Register(ctx context.Context, pub wgtypes.Key, tags registry.Tags) (registry.Client, error) {
 	if pub == n.PublicKey() {
 		return registry.Client{}, ErrOwnKey
+	}
+	if err := n.checkTags(tags); err != nil {
+		return registry.Client{}, err
 	}
 	n.regMu.Lock()
 	defer n.regMu.Unlock()
@@ -374,7 +394,7 @@ func (n *Node) Register(ctx context.Context, pub wgtypes.Key) (registry.Client, 
 	if n.cfg.Cluster != nil && !n.cfg.Cluster.Connected() {
 		return registry.Client{}, fmt.Errorf("%w: etcd is not reachable from this node", registry.ErrUnavailable)
 	}
-	c, err := n.cfg.Store.Create(ctx, pub)
+	c, err := n.cfg.Store.Create(ctx, pub, tags)
 	if err != nil {
 		return registry.Client{}, err
 	}
@@ -385,7 +405,8 @@ func (n *Node) Register(ctx context.Context, pub wgtypes.Key) (registry.Client, 
 		}
 		return registry.Client{}, fmt.Errorf("server: add peer: %w", err)
 	}
-	n.log.Info("client registered", "id", c.ID, "client_id", c.ClientID.String(), "v4", c.V4, "v6", c.V6)
+	n.log.Info("client registered", "id", c.ID, "client_id", c.ClientID.String(), "v4", c.V4, "v6", c.V6,
+		"pool", c.Tags.Pool, "country", c.Tags.Country)
 	return c, nil
 }
 

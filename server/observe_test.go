@@ -53,7 +53,7 @@ func TestOnHandshake(t *testing.T) {
 	}
 	defer n.Close()
 	ck, _ := wgtypes.GeneratePrivateKey()
-	reg, err := n.Register(context.Background(), ck.PublicKey())
+	reg, err := n.Register(context.Background(), ck.PublicKey(), registry.Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,7 +58,7 @@ func TestSessionless(t *testing.T) {
 	var ids []clientid.ID
 	for range 4 {
 		sk, _ := wgtypes.GeneratePrivateKey()
-		c, err := n.Register(context.Background(), sk.PublicKey())
+		c, err := n.Register(context.Background(), sk.PublicKey(), registry.Tags{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"rsc.io/qr"
 
 	"github.com/wedge-edge/wedge/server/clientconf"
+	"github.com/wedge-edge/wedge/server/registry"
 )
 
 func register(args []string) error {
@@ -24,6 +26,8 @@ func register(args []string) error {
 	keepalive := fs.Int("keepalive", 25, "PersistentKeepalive `SECONDS` (0: off); keeps NAT mappings alive")
 	reserved := fs.Bool("reserved", false, "also print `reserved = [b1, b2, b3]` for third-party clients")
 	noQR := fs.Bool("no-qr", false, "do not show the config as a QR code on a terminal")
+	pool := fs.String("pool", "", "egress pool `NAME` (a-z, 0-9, '-'; default: the node's default pool)")
+	country := fs.String("country", "", "egress country `CC` (ISO 3166-1 alpha-2 such as NL; default: GeoIP of the client's address)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -33,13 +37,17 @@ func register(args []string) error {
 	if *family != 0 && *family != 4 && *family != 6 {
 		return fmt.Errorf("register: --family %d: want 4, 6 or 0", *family)
 	}
+	tags := registry.Tags{Pool: *pool, Country: *country}
+	if err := tags.Validate(); err != nil {
+		return usageError{fmt.Errorf("register: %w", err)}
+	}
 	priv, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	reg, err := clientconf.Register(ctx, &http.Client{}, *api, priv.PublicKey())
+	reg, err := postRegistration(ctx, &http.Client{}, *api, priv.PublicKey(), tags)
 	if err != nil {
 		return err
 	}
@@ -59,7 +67,7 @@ func register(args []string) error {
 	if *out == "" {
 		os.Stdout.Write(conf.Bytes())
 	} else {
-		fmt.Fprintf(os.Stderr, "registered %s (ClientID %s); config written to %s\n", reg.ID, reg.ClientID, *out)
+		fmt.Fprintf(os.Stderr, "registered %s (ClientID %s%s); config written to %s\n", reg.ID, reg.ClientID, describeTags(tags), *out)
 	}
 	if *reserved {
 		// On stderr when the config goes to stdout, so it stays a clean file.
@@ -75,6 +83,38 @@ func register(args []string) error {
 		}
 	}
 	return nil
+}
+
+// postRegistration registers pub with tags. A node older than tags ignores
+// them and answers without; then, if tags were asked for, the registration
+// is taken back and an error says why, rather than leave a client on an
+// egress it did not ask for.
+func postRegistration(ctx context.Context, hc *http.Client, api string, pub wgtypes.Key, tags registry.Tags) (clientconf.Registration, error) {
+	want := clientconf.Tags{Pool: tags.Pool, Country: tags.Country}
+	r, err := clientconf.Register(ctx, hc, api, pub, want)
+	if err != nil || tags == (registry.Tags{}) || (r.Tags != nil && *r.Tags == want) {
+		return r, err
+	}
+	err = fmt.Errorf("register: the node at %s ignored the tags (it predates egress tags); registration undone", api)
+	if r.Tags != nil {
+		err = fmt.Errorf("register: the node at %s stored pool %q, country %q, not the tags asked for; registration undone", api, r.Tags.Pool, r.Tags.Country)
+	}
+	if derr := clientconf.Delete(ctx, hc, api, r.ID); derr != nil {
+		err = errors.Join(err, fmt.Errorf("could not undo registration %s: %w", r.ID, derr))
+	}
+	return clientconf.Registration{}, err
+}
+
+// describeTags is ", pool P, country C" for the tags that are set.
+func describeTags(t registry.Tags) string {
+	var s string
+	if t.Pool != "" {
+		s += ", pool " + t.Pool
+	}
+	if t.Country != "" {
+		s += ", country " + t.Country
+	}
+	return s
 }
 
 // writePrivate writes data to path with mode 0600 through a temporary file

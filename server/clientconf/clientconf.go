@@ -31,6 +31,15 @@ type Registration struct {
 	} `json:"server"`
 	MTU int      `json:"mtu"`
 	DNS []string `json:"dns"`
+	// Tags are the egress tags the node stored; nil from a node that
+	// predates them.
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// Tags are a registration's egress tags (empty: the node's defaults).
+type Tags struct {
+	Pool    string `json:"pool"`
+	Country string `json:"country"`
 }
 
 // Options shape the rendered file.

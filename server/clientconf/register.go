@@ -12,18 +12,25 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// Register posts pub to the registration API at api (a base URL such as
-// http://127.0.0.1:8080) and returns the registration. An error answer is
-// returned with the server's message.
-func Register(ctx context.Context, hc *http.Client, api string, pub wgtypes.Key) (Registration, error) {
-	body, _ := json.Marshal(map[string]string{"public_key": pub.String()})
+// Register posts pub, and the egress tags if set, to the registration API
+// at api (a base URL such as http://127.0.0.1:8080) and returns the
+// registration. An error answer is returned with the server's message.
+func Register(ctx context.Context, hc *http.Client, api string, pub wgtypes.Key, tags Tags) (Registration, error) {
+	req := map[string]string{"public_key": pub.String()}
+	if tags.Pool != "" {
+		req["pool"] = tags.Pool
+	}
+	if tags.Country != "" {
+		req["country"] = tags.Country
+	}
+	body, _ := json.Marshal(req)
 	url := strings.TrimSuffix(api, "/") + "/v1/reg"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return Registration{}, fmt.Errorf("register: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(hreq)
 	if err != nil {
 		return Registration{}, fmt.Errorf("register: %w", err)
 	}

@@ -86,8 +86,11 @@ func OpenBolt(path string, pools Pools) (*Bolt, error) {
 // Close closes the file.
 func (b *Bolt) Close() error { return b.db.Close() }
 
-// Create registers pub.
-func (b *Bolt) Create(ctx context.Context, pub wgtypes.Key) (Client, error) {
+// Create registers pub with tags.
+func (b *Bolt) Create(ctx context.Context, pub wgtypes.Key, tags Tags) (Client, error) {
+	if err := tags.Validate(); err != nil {
+		return Client{}, err
+	}
 	if err := ctx.Err(); err != nil {
 		return Client{}, err
 	}
@@ -108,7 +111,8 @@ func (b *Bolt) Create(ctx context.Context, pub wgtypes.Key) (Client, error) {
 		if err != nil {
 			return err
 		}
-		c = Client{ID: newID(), PublicKey: pub, ClientID: cid, V4: v4, V6: v6, Created: time.Now().UTC().Truncate(time.Second)}
+		c = Client{ID: newID(), PublicKey: pub, ClientID: cid, V4: v4, V6: v6, Tags: tags,
+			Created: time.Now().UTC().Truncate(time.Second)}
 		return put(tx, c)
 	})
 	if err != nil {
@@ -204,6 +208,39 @@ func (b *Bolt) Get(ctx context.Context, id string) (Client, error) {
 		return err
 	})
 	return c, err
+}
+
+// SetTags replaces the tags of the registration with id; the record is
+// rewritten in one transaction, its indexes are untouched.
+func (b *Bolt) SetTags(ctx context.Context, id string, t Tags) (Client, error) {
+	if err := t.Validate(); err != nil {
+		return Client{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Client{}, err
+	}
+	var c Client
+	err := b.db.Update(func(tx *bbolt.Tx) error {
+		clients := tx.Bucket(bucketClients)
+		raw := clients.Get([]byte(id))
+		if raw == nil {
+			return ErrNotFound
+		}
+		var err error
+		if c, err = decode(raw); err != nil {
+			return err
+		}
+		c.Tags = t
+		rec, err := encode(c)
+		if err != nil {
+			return err
+		}
+		return clients.Put([]byte(id), rec)
+	})
+	if err != nil {
+		return Client{}, err
+	}
+	return c, nil
 }
 
 // Delete removes the registration with id.

@@ -134,7 +134,10 @@ const attemptTimeout = 2 * time.Second
 // and lets the transaction decide; a collision (rare until a pool is
 // nearly full) retries, and after a few the draw is made from the free
 // addresses actually left, so a full pool ends in ErrExhausted.
-func (e *Etcd) Create(ctx context.Context, pub wgtypes.Key) (Client, error) {
+func (e *Etcd) Create(ctx context.Context, pub wgtypes.Key, tags Tags) (Client, error) {
+	if err := tags.Validate(); err != nil {
+		return Client{}, err
+	}
 	ctx, cancel := e.ctx(ctx)
 	defer cancel()
 	for attempt := 0; attempt < 32; attempt++ {
@@ -159,7 +162,7 @@ func (e *Etcd) Create(ctx context.Context, pub wgtypes.Key) (Client, error) {
 				}
 			}
 		}
-		c := Client{ID: newID(), PublicKey: pub, ClientID: cid, V4: v4, V6: v6,
+		c := Client{ID: newID(), PublicKey: pub, ClientID: cid, V4: v4, V6: v6, Tags: tags,
 			Created: time.Now().UTC().Truncate(time.Second)}
 		rec, err := encode(c)
 		if err != nil {
@@ -367,6 +370,57 @@ func (e *Etcd) Delete(ctx context.Context, id string) (Client, error) {
 			return c, nil
 		}
 		seen = &c
+	}
+}
+
+// SetTags rewrites the record of registration id with new tags in a
+// transaction guarded by the record's revision, so a registration deleted
+// (or changed) since it was read is never written back; a changed one is
+// read again and retried. Only the record changes, so watchers get one
+// EventPut. Tags equal to the stored ones write nothing.
+func (e *Etcd) SetTags(ctx context.Context, id string, t Tags) (Client, error) {
+	if err := t.Validate(); err != nil {
+		return Client{}, err
+	}
+	if !validID(id) {
+		return Client{}, ErrNotFound
+	}
+	ctx, cancel := e.ctx(ctx)
+	defer cancel()
+	for {
+		resp, err := e.cli.Get(ctx, e.kClient(id))
+		if err != nil {
+			return Client{}, unavailable(err)
+		}
+		if len(resp.Kvs) == 0 {
+			return Client{}, ErrNotFound
+		}
+		c, err := decode(resp.Kvs[0].Value)
+		if err != nil {
+			return Client{}, err
+		}
+		if c.Tags == t {
+			// Nothing to do, or an earlier try of ours committed and
+			// its answer was lost with the connection.
+			return c, nil
+		}
+		c.Tags = t
+		rec, err := encode(c)
+		if err != nil {
+			return Client{}, err
+		}
+		txn, err := e.commit(ctx, func(actx context.Context) (*clientv3.TxnResponse, error) {
+			return e.cli.Txn(actx).
+				If(clientv3.Compare(clientv3.ModRevision(e.kClient(id)), "=", resp.Kvs[0].ModRevision)).
+				Then(clientv3.OpPut(e.kClient(id), string(rec))).
+				Commit()
+		})
+		if err != nil {
+			return Client{}, err
+		}
+		if txn.Succeeded {
+			return c, nil
+		}
 	}
 }
 

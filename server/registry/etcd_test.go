@@ -56,7 +56,7 @@ func TestEtcdTwoClientsConcurrent(t *testing.T) {
 			if i%2 == 1 {
 				s = b
 			}
-			res[i], errs[i] = s.Create(context.Background(), newKey(t))
+			res[i], errs[i] = s.Create(context.Background(), newKey(t), Tags{})
 		}()
 	}
 	wg.Wait()
@@ -85,13 +85,13 @@ func TestEtcdUnavailable(t *testing.T) {
 	cli := e.Client(t)
 	s, _ := NewEtcd(cli, "/u/", DefaultPools)
 	s.timeout = time.Second
-	c, err := s.Create(context.Background(), newKey(t))
+	c, err := s.Create(context.Background(), newKey(t), Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.Stop()
 	start := time.Now()
-	if _, err := s.Create(context.Background(), newKey(t)); !errors.Is(err, ErrUnavailable) {
+	if _, err := s.Create(context.Background(), newKey(t), Tags{}); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Create with etcd down: %v, want ErrUnavailable", err)
 	}
 	if d := time.Since(start); d > 3*time.Second {
@@ -177,7 +177,7 @@ func TestEtcdWatch(t *testing.T) {
 	watcher, _ := NewEtcd(e.Client(t), "/w/", DefaultPools)
 	want := map[string]Client{}
 	for range 3 {
-		c, err := writer.Create(ctx, newKey(t))
+		c, err := writer.Create(ctx, newKey(t), Tags{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,7 +189,7 @@ func TestEtcdWatch(t *testing.T) {
 	v.waitFor(t, want, "initial snapshot")
 
 	start := time.Now()
-	c, err := writer.Create(ctx, newKey(t))
+	c, err := writer.Create(ctx, newKey(t), Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestEtcdWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	delete(want, gone)
-	c2, err := writer.Create(ctx, newKey(t))
+	c2, err := writer.Create(ctx, newKey(t), Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,11 +241,11 @@ func TestEtcdWatchCompacted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s, _ := NewEtcd(cli, "/k/", DefaultPools)
-	a, err := s.Create(ctx, newKey(t))
+	a, err := s.Create(ctx, newKey(t), Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.Create(ctx, newKey(t))
+	b, err := s.Create(ctx, newKey(t), Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestEtcdWatchCompacted(t *testing.T) {
 	if _, err := s.Delete(ctx, a.ID); err != nil {
 		t.Fatal(err)
 	}
-	c, err := s.Create(ctx, newKey(t))
+	c, err := s.Create(ctx, newKey(t), Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,4 +277,67 @@ func TestEtcdWatchCompacted(t *testing.T) {
 	if v.resets != 1 || errs.Load() == 0 {
 		t.Errorf("resets %d, errors %d: want a reset after a reported compaction", v.resets, errs.Load())
 	}
+}
+
+// TestEtcdWatchTags: a SetTags through one store reaches another store's
+// watch as an EventPut carrying the new tags.
+func TestEtcdWatchTags(t *testing.T) {
+	e := etcdtest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	writer, _ := NewEtcd(e.Client(t), "/t/", DefaultPools)
+	watcher, _ := NewEtcd(e.Client(t), "/t/", DefaultPools)
+	c, err := writer.Create(ctx, newKey(t), Tags{Pool: "trusted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newWatchView()
+	var mu sync.Mutex
+	var puts []Event
+	done := make(chan struct{})
+	go func() {
+		watcher.Watch(ctx, func(ev Event) {
+			if ev.Type == EventPut {
+				mu.Lock()
+				puts = append(puts, ev)
+				mu.Unlock()
+			}
+			v.apply(ev)
+		})
+		close(done)
+	}()
+	v.waitFor(t, map[string]Client{c.ID: c}, "initial snapshot")
+
+	start := time.Now()
+	changed, err := writer.SetTags(ctx, c.ID, Tags{Pool: "acme", Country: "NL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Tags{Pool: "acme", Country: "NL"}); changed.Tags != want || changed.ID != c.ID || changed.V4 != c.V4 {
+		t.Fatalf("SetTags = %+v; want %+v with tags %+v", changed, c, want)
+	}
+	v.waitFor(t, map[string]Client{c.ID: changed}, "after SetTags")
+	t.Logf("a tags change reached the watcher in %v", time.Since(start))
+	mu.Lock()
+	if len(puts) != 1 || puts[0].Client != changed {
+		t.Errorf("EventPuts %+v; want one with %+v", puts, changed)
+	}
+	mu.Unlock()
+
+	// The same tags again write nothing: no event.
+	if _, err := writer.SetTags(ctx, c.ID, changed.Tags); err != nil {
+		t.Fatal(err)
+	}
+	cleared, err := writer.SetTags(ctx, c.ID, Tags{Pool: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.waitFor(t, map[string]Client{c.ID: cleared}, "after clearing the country")
+	mu.Lock()
+	if len(puts) != 2 {
+		t.Errorf("%d EventPuts, want 2 (an unchanged SetTags writes nothing)", len(puts))
+	}
+	mu.Unlock()
+	cancel()
+	<-done
 }

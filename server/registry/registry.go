@@ -36,11 +36,59 @@ type Tags struct {
 	Country string
 }
 
+// MaxPoolLen is the longest pool name Validate accepts.
+const MaxPoolLen = 32
+
+// Validate checks t. Pool is empty (the default pool) or 1 to MaxPoolLen
+// characters of a-z, 0-9 and '-', the first a letter or digit. Country is
+// empty (GeoIP decides) or an ISO 3166-1 alpha-2 code in upper case, such
+// as "NL". Errors wrap ErrBadTags.
+func (t Tags) Validate() error {
+	if t.Pool != "" && !validPool(t.Pool) {
+		return fmt.Errorf("%w: pool %s: want 1 to %d characters of a-z, 0-9 and '-', starting with a letter or digit (empty for the default pool)",
+			ErrBadTags, shown(t.Pool), MaxPoolLen)
+	}
+	if t.Country != "" && !validCountry(t.Country) {
+		return fmt.Errorf("%w: country %s: want two upper-case letters A-Z, an ISO 3166-1 alpha-2 code such as \"NL\" (empty to use GeoIP)",
+			ErrBadTags, shown(t.Country))
+	}
+	return nil
+}
+
+func validPool(s string) bool {
+	if len(s) == 0 || len(s) > MaxPoolLen || s[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func validCountry(s string) bool {
+	return len(s) == 2 && 'A' <= s[0] && s[0] <= 'Z' && 'A' <= s[1] && s[1] <= 'Z'
+}
+
+// shown quotes a rejected value for an error message, shortened: it may be
+// anything a client sent.
+func shown(s string) string {
+	const max = 40
+	if len(s) > max {
+		return fmt.Sprintf("%q… (%d bytes)", s[:max], len(s))
+	}
+	return fmt.Sprintf("%q", s)
+}
+
 // Sentinel errors callers branch on.
 var (
 	ErrNotFound  = errors.New("registry: no such registration")
 	ErrExists    = errors.New("registry: public key already registered")
 	ErrExhausted = errors.New("registry: address or ClientID pool exhausted")
+	// ErrBadTags: Tags.Validate refused the tags; nothing was changed.
+	ErrBadTags = errors.New("registry: bad tags")
 	// ErrUnavailable: a shared store cannot be reached (or has no quorum);
 	// nothing was changed and the caller may retry later.
 	ErrUnavailable = errors.New("registry: store unavailable")
@@ -49,9 +97,15 @@ var (
 // Store is a registry backend. Implementations are safe for concurrent use.
 // Create allocates a unique non-zero ClientID and unique inner addresses in
 // one atomic step and returns only once the registration is durable.
+// Create and SetTags refuse tags that fail Tags.Validate (ErrBadTags).
 type Store interface {
-	Create(ctx context.Context, pub wgtypes.Key) (Client, error)
+	Create(ctx context.Context, pub wgtypes.Key, tags Tags) (Client, error)
 	Get(ctx context.Context, id string) (Client, error)
+	// SetTags replaces the tags of registration id in one atomic step
+	// and returns the registration as stored; ErrNotFound if there is
+	// none. A registration deleted meanwhile is never brought back. In a
+	// shared store the change reaches every Watcher as an EventPut.
+	SetTags(ctx context.Context, id string, t Tags) (Client, error)
 	// Delete removes the registration and returns what it held.
 	Delete(ctx context.Context, id string) (Client, error)
 	List(ctx context.Context) ([]Client, error)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -42,7 +43,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 	t.Run("CreateGetDelete", func(t *testing.T) {
 		s := open(t, DefaultPools)
 		pub := newKey(t)
-		c, err := s.Create(ctx, pub)
+		c, err := s.Create(ctx, pub, Tags{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -57,7 +58,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		if err != nil || got != c {
 			t.Fatalf("Get = %+v, %v; want %+v", got, err, c)
 		}
-		if _, err := s.Create(ctx, pub); !errors.Is(err, ErrExists) {
+		if _, err := s.Create(ctx, pub, Tags{}); !errors.Is(err, ErrExists) {
 			t.Fatalf("duplicate Create: got %v, want ErrExists", err)
 		}
 		del, err := s.Delete(ctx, c.ID)
@@ -71,8 +72,88 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 			t.Fatalf("second Delete: got %v, want ErrNotFound", err)
 		}
 		// The key is free again.
-		if _, err := s.Create(ctx, pub); err != nil {
+		if _, err := s.Create(ctx, pub, Tags{}); err != nil {
 			t.Fatalf("Create after Delete: %v", err)
+		}
+	})
+	t.Run("Tags", func(t *testing.T) {
+		s := open(t, DefaultPools)
+		want := Tags{Pool: "trusted", Country: "NL"}
+		c, err := s.Create(ctx, newKey(t), want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Tags != want {
+			t.Fatalf("Create: tags %+v, want %+v", c.Tags, want)
+		}
+		if got, err := s.Get(ctx, c.ID); err != nil || got != c {
+			t.Fatalf("Get = %+v, %v; want %+v", got, err, c)
+		}
+		if _, err := s.Create(ctx, newKey(t), Tags{Pool: "Trusted"}); !errors.Is(err, ErrBadTags) {
+			t.Fatalf("Create with a bad pool: got %v, want ErrBadTags", err)
+		}
+		for _, next := range []Tags{{Pool: "acme"}, {Pool: "acme", Country: "DE"}, {}} {
+			got, err := s.SetTags(ctx, c.ID, next)
+			want := c
+			want.Tags = next
+			if err != nil || got != want {
+				t.Fatalf("SetTags(%+v) = %+v, %v; want %+v", next, got, err, want)
+			}
+			if got, err := s.Get(ctx, c.ID); err != nil || got != want {
+				t.Fatalf("Get after SetTags(%+v) = %+v, %v; want %+v", next, got, err, want)
+			}
+		}
+		if _, err := s.SetTags(ctx, c.ID, Tags{Country: "nl"}); !errors.Is(err, ErrBadTags) {
+			t.Fatalf("SetTags with a bad country: got %v, want ErrBadTags", err)
+		}
+		if got, _ := s.Get(ctx, c.ID); got.Tags != (Tags{}) {
+			t.Fatalf("a refused SetTags changed the tags to %+v", got.Tags)
+		}
+		if _, err := s.SetTags(ctx, newID(), want); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("SetTags of an unknown id: got %v, want ErrNotFound", err)
+		}
+		if _, err := s.Delete(ctx, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.SetTags(ctx, c.ID, want); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("SetTags after Delete: got %v, want ErrNotFound", err)
+		}
+		if all, _ := s.List(ctx); len(all) != 0 {
+			t.Fatalf("%d registrations, want 0: a bad Create stored one, or SetTags after Delete brought one back", len(all))
+		}
+	})
+	t.Run("SetTagsRacesDelete", func(t *testing.T) {
+		// SetTags racing the Delete of its registration must never write
+		// the record back: afterwards the store holds nothing.
+		s := open(t, DefaultPools)
+		for range 10 {
+			c, err := s.Create(ctx, newKey(t), Tags{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			for i := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for j := range 5 {
+						_, err := s.SetTags(ctx, c.ID, Tags{Pool: fmt.Sprintf("p%d-%d", i, j)})
+						if err != nil && !errors.Is(err, ErrNotFound) {
+							t.Error(err)
+						}
+					}
+				}()
+			}
+			if _, err := s.Delete(ctx, c.ID); err != nil {
+				t.Fatal(err)
+			}
+			wg.Wait()
+			if got, err := s.Get(ctx, c.ID); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("after Delete and SetTags: Get = %+v, %v; want ErrNotFound", got, err)
+			}
+		}
+		if all, _ := s.List(ctx); len(all) != 0 {
+			t.Fatalf("%d registrations left, want 0", len(all))
 		}
 	})
 	t.Run("ConcurrentUnique", func(t *testing.T) {
@@ -85,7 +166,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				res[i], errs[i] = s.Create(ctx, newKey(t))
+				res[i], errs[i] = s.Create(ctx, newKey(t), Tags{})
 			}()
 		}
 		wg.Wait()
@@ -110,7 +191,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		s := open(t, p)
 		seen := map[netip.Addr]bool{}
 		for range 5 {
-			c, err := s.Create(ctx, newKey(t))
+			c, err := s.Create(ctx, newKey(t), Tags{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -119,7 +200,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 			}
 			seen[c.V4] = true
 		}
-		if _, err := s.Create(ctx, newKey(t)); !errors.Is(err, ErrExhausted) {
+		if _, err := s.Create(ctx, newKey(t), Tags{}); !errors.Is(err, ErrExhausted) {
 			t.Fatalf("6th Create in a /29: got %v, want ErrExhausted", err)
 		}
 		all, _ := s.List(ctx)
@@ -129,7 +210,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		if _, err := s.Delete(ctx, all[2].ID); err != nil {
 			t.Fatal(err)
 		}
-		c, err := s.Create(ctx, newKey(t))
+		c, err := s.Create(ctx, newKey(t), Tags{})
 		if err != nil || c.V4 != all[2].V4 {
 			t.Fatalf("after a delete, Create = %v, %v; want the freed %v", c.V4, err, all[2].V4)
 		}
@@ -144,7 +225,7 @@ func TestBoltReopenAndLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := s.Create(context.Background(), newKey(t))
+	c, err := s.Create(context.Background(), newKey(t), Tags{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,6 +240,80 @@ func TestBoltReopenAndLock(t *testing.T) {
 	defer s2.Close()
 	if got, err := s2.Get(context.Background(), c.ID); err != nil || got != c {
 		t.Fatalf("after reopen Get = %+v, %v; want %+v", got, err, c)
+	}
+}
+
+// TestBoltTagsPersist: tags given at Create and changed by SetTags are
+// there after a reopen.
+func TestBoltTagsPersist(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "reg.db")
+	s, err := OpenBolt(path, DefaultPools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := s.Create(ctx, newKey(t), Tags{Pool: "untrusted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed, err := s.Create(ctx, newKey(t), Tags{Pool: "trusted", Country: "NL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err = s.SetTags(ctx, changed.ID, Tags{Pool: "acme-1", Country: "DE"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = OpenBolt(path, DefaultPools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, want := range []Client{kept, changed} {
+		if got, err := s.Get(ctx, want.ID); err != nil || got != want {
+			t.Fatalf("after reopen Get = %+v, %v; want %+v", got, err, want)
+		}
+	}
+}
+
+func TestTagsValidate(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		tags Tags
+		ok   bool
+	}{
+		{"empty", Tags{}, true},
+		{"pool", Tags{Pool: "trusted"}, true},
+		{"pool digits and dash", Tags{Pool: "0-acme-2"}, true},
+		{"pool 32", Tags{Pool: strings.Repeat("a", 32)}, true},
+		{"country", Tags{Country: "NL"}, true},
+		{"both", Tags{Pool: "untrusted", Country: "US"}, true},
+		{"pool 33", Tags{Pool: strings.Repeat("a", 33)}, false},
+		{"pool upper case", Tags{Pool: "Acme"}, false},
+		{"pool leading dash", Tags{Pool: "-acme"}, false},
+		{"pool underscore", Tags{Pool: "a_b"}, false},
+		{"pool space", Tags{Pool: "a b"}, false},
+		{"pool dot", Tags{Pool: "a.b"}, false},
+		{"pool non-ASCII", Tags{Pool: "café"}, false},
+		{"country lower case", Tags{Country: "nl"}, false},
+		{"country three letters", Tags{Country: "NLD"}, false},
+		{"country one letter", Tags{Country: "N"}, false},
+		{"country digits", Tags{Country: "12"}, false},
+		{"country non-ASCII", Tags{Country: "ÑL"}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.tags.Validate()
+			if (err == nil) != c.ok {
+				t.Fatalf("Validate(%+v) = %v, want ok %v", c.tags, err, c.ok)
+			}
+			if err != nil && !errors.Is(err, ErrBadTags) {
+				t.Fatalf("got %v, want an ErrBadTags", err)
+			}
+		})
+	}
+	long := Tags{Pool: strings.Repeat("X", 10000)}
+	if err := long.Validate(); err == nil || len(err.Error()) > 300 {
+		t.Fatalf("a long bad pool gives %d bytes of error: echo less", len(err.Error()))
 	}
 }
 
@@ -243,7 +398,7 @@ func TestBoltKill9Child(t *testing.T) {
 		os.Exit(1)
 	}
 	for {
-		c, err := s.Create(context.Background(), newKey(t))
+		c, err := s.Create(context.Background(), newKey(t), Tags{})
 		if err != nil {
 			os.Exit(1)
 		}
