@@ -598,6 +598,22 @@ func (p *Plan) Slicing() (portLo, size, slices uint16) {
 	return p.portLo, uint16(p.slice), uint16(min(p.nslices, 255))
 }
 
+// Serves reports whether any block of the plan, in any data center, has
+// country (when not empty) and whether any has pool (when not empty): a
+// registration asking for tags the plan never serves is refused.
+func (p *Plan) Serves(country, pool string) (hasCountry, hasPool bool) {
+	hasCountry, hasPool = country == "", pool == ""
+	for t := range p.groups4 {
+		hasCountry = hasCountry || t.country == country
+		hasPool = hasPool || t.pool == pool
+	}
+	for t := range p.groups6 {
+		hasCountry = hasCountry || t.country == country
+		hasPool = hasPool || t.pool == pool
+	}
+	return hasCountry, hasPool
+}
+
 // DataCenters returns the names of the plan's data centers, sorted.
 func (p *Plan) DataCenters() []string { return sortedKeys(p.dcs) }
 

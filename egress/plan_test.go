@@ -616,3 +616,24 @@ func TestPlanSlicingAndDataCenters(t *testing.T) {
 		}
 	}
 }
+
+func TestPlanServes(t *testing.T) {
+	p, err := LoadPlan("testdata/plan.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		country, pool string
+		c, p          bool
+	}{
+		{"NL", "trusted", true, true},
+		{"FR", "untrusted", true, true},
+		{"US", "trusted", false, true},
+		{"NL", "acme", true, false},
+		{"", "", true, true},
+	} {
+		if hc, hp := p.Serves(c.country, c.pool); hc != c.c || hp != c.p {
+			t.Errorf("Serves(%q, %q) = %v, %v; want %v, %v", c.country, c.pool, hc, hp, c.c, c.p)
+		}
+	}
+}

@@ -155,11 +155,17 @@ func (e *egressPlan) setOnReload(f func()) {
 	e.mu.Unlock()
 }
 
-// onHandshake records client c's tags: the country of the address it
-// handshook from. It runs before the handshake's response leaves.
+// onHandshake records client c's tags: its registration's pool (else
+// --egress-pool) and country override, else the country of the address it
+// handshook from. It runs before the handshake's response leaves; a change
+// of the registration's tags applies from the client's next handshake
+// (within 2 minutes).
 func (e *egressPlan) onHandshake(c registry.Client, src netip.AddrPort) {
-	t := clientTags{pool: e.pool, key: uint32(c.ClientID)}
-	if db := e.geo.Load(); db != nil {
+	t := clientTags{pool: e.pool, country: c.Tags.Country, key: uint32(c.ClientID)}
+	if c.Tags.Pool != "" {
+		t.pool = c.Tags.Pool
+	}
+	if db := e.geo.Load(); db != nil && t.country == "" {
 		t.country, _ = db.Country(src.Addr())
 	}
 	if t.country == "" {
@@ -272,6 +278,19 @@ func (e *egressPlan) table(members []cluster.Member) lb.EgressTable {
 		}
 	}
 	return t
+}
+
+// validTags refuses registration tags the plan never serves
+// (server.Config.ValidTags).
+func (e *egressPlan) validTags(t registry.Tags) error {
+	hasCountry, hasPool := e.plan.Load().Serves(t.Country, t.Pool)
+	switch {
+	case !hasPool:
+		return fmt.Errorf("the egress plan has no address in pool %q", t.Pool)
+	case !hasCountry:
+		return fmt.Errorf("the egress plan has no address in country %s", t.Country)
+	}
+	return nil
 }
 
 // ownAddrs are every IPv4 egress address of the plan, which inner flows

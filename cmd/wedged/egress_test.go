@@ -201,3 +201,23 @@ func TestEgressPlanDNSSource(t *testing.T) {
 		t.Fatalf("DNS source over IPv6 %+v, %v", s6, err)
 	}
 }
+
+func TestEgressPlanRegistrationTags(t *testing.T) {
+	e, _ := newTestEgressPlan(t)
+	// An override beats GeoIP: NL address, DE tag.
+	c := testClient(0x20, "100.64.0.4", "fd00::4")
+	c.Tags = registry.Tags{Country: "DE"}
+	e.onHandshake(c, netip.MustParseAddrPort("203.0.113.7:4000"))
+	if s, err := e.route(c.V4, netip.MustParseAddrPort("198.18.0.2:80")); err != nil || s.Addr != netip.MustParseAddr("198.51.100.6") {
+		t.Fatalf("country override DE: %+v, %v; want ams's DE address 198.51.100.6", s, err)
+	}
+	if err := e.validTags(registry.Tags{Pool: "trusted", Country: "DE"}); err != nil {
+		t.Errorf("served tags refused: %v", err)
+	}
+	if err := e.validTags(registry.Tags{Pool: "acme"}); err == nil {
+		t.Error("a pool the plan has no address in was accepted")
+	}
+	if err := e.validTags(registry.Tags{Country: "US"}); err == nil {
+		t.Error("a country the plan has no address in was accepted")
+	}
+}

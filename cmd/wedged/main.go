@@ -360,6 +360,12 @@ func run(c *config) error {
 			}
 			return plan.onHandshake
 		}(),
+		ValidTags: func() func(registry.Tags) error {
+			if plan == nil {
+				return nil
+			}
+			return plan.validTags
+		}(),
 		Stats: map[string]func() any{
 			"netstack": func() any { return stack.Stats() },
 			"egress":   func() any { return dialer.Stats() },
