@@ -82,6 +82,14 @@ type Source struct {
 	// already has a connection to the same destination address and port;
 	// a UDP port is held by one flow until it is closed.
 	PortLo, PortHi uint16
+
+	// FreeBind binds Addr even though no interface holds it
+	// (IP_FREEBIND, IPV6_FREEBIND): for IPv6 addresses that are the
+	// host's by a local route only, which IPv6's bind() refuses (IPv4's
+	// accepts them). The kernel then cannot tell an address that is not
+	// the host's at all, whose replies never come back: set it only for
+	// addresses made local that way.
+	FreeBind bool
 }
 
 // ParsePortRange parses the --egress-ports flag, "LO-HI" (inclusive, both in

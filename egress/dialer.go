@@ -340,17 +340,35 @@ func (d *Dialer) control(ctx context.Context, network, address string, rc syscal
 		}
 	}
 	lo, hi := d.portLo, d.portHi
+	free := false
 	if s, ok := ctx.Value(sourceKey{}).(Source); ok {
-		lo, hi = s.PortLo, s.PortHi
+		lo, hi, free = s.PortLo, s.PortHi, s.FreeBind
 	}
 	var serr error
 	err = rc.Control(func(fd uintptr) {
+		if free {
+			if serr = setFreeBind(int(fd), ap.Addr().Is6()); serr != nil {
+				return
+			}
+		}
 		serr = setPortOptions(int(fd), lo, hi)
 	})
 	if err != nil {
 		return fmt.Errorf("egress: %s socket: %w", network, err)
 	}
 	return serr
+}
+
+// setFreeBind lets the socket bind an address no interface holds.
+func setFreeBind(fd int, v6 bool) error {
+	level, opt := unix.SOL_IP, unix.IP_FREEBIND
+	if v6 {
+		level, opt = unix.SOL_IPV6, unix.IPV6_FREEBIND
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+		return fmt.Errorf("egress: setting free bind: %w", err)
+	}
+	return nil
 }
 
 // setPortOptions sets IP_BIND_ADDRESS_NO_PORT, so that bind() only records

@@ -562,3 +562,34 @@ func TestDialNode(t *testing.T) {
 		t.Errorf("DialNode was counted as a client's flow: %+v", st.TCP)
 	}
 }
+
+// TestRouteFreeBind: with FreeBind a flow binds an address no interface
+// holds (as IPv6 needs for a prefix made local by a route); without, the
+// same address is refused as not on this host. A connected UDP socket
+// shows it: its connect sends nothing.
+func TestRouteFreeBind(t *testing.T) {
+	if b, err := os.ReadFile("/proc/sys/net/ipv6/ip_nonlocal_bind"); err != nil || strings.TrimSpace(string(b)) != "0" {
+		t.Skipf("net.ipv6.ip_nonlocal_bind is %q (%v): non-local binds succeed anyway", b, err)
+	}
+	skipNoIPv6(t)
+	src := netip.MustParseAddr("2001:db8::78")
+	uln := listenUDP(t, "[::1]:0")
+	for _, free := range []bool{false, true} {
+		d := newRouteDialer(t, Config{}, &recordingRoute{src: Source{Addr: src, FreeBind: free}})
+		c, err := d.DialUDP(context.Background(), clientSrc, addrPort(uln.LocalAddr()))
+		switch {
+		case free && err != nil:
+			t.Fatalf("FreeBind: %v", err)
+		case free && addrPort(c.LocalAddr()).Addr() != src:
+			t.Fatalf("FreeBind: bound to %v, want %v", c.LocalAddr(), src)
+		case !free && err == nil:
+			c.Close()
+			t.Fatalf("without FreeBind %v was bound", src)
+		case !free && !strings.Contains(err.Error(), "is not on this host"):
+			t.Fatalf("without FreeBind: %v, want not on this host", err)
+		}
+		if c != nil {
+			c.Close()
+		}
+	}
+}

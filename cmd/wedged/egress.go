@@ -209,7 +209,8 @@ func (e *egressPlan) route(client netip.Addr, dst netip.AddrPort) (egress.Source
 		return egress.Source{}, err
 	}
 	e.countFallback(ch)
-	return egress.Source{Addr: addrIn64(ch.Net, t.key)}, nil
+	// The /64 is the node's by a local route: IPv6 bind wants free bind.
+	return egress.Source{Addr: addrIn64(ch.Net, t.key), FreeBind: true}, nil
 }
 
 // dnsSource is where the node's DNS queries to dst (the upstream) leave
@@ -234,7 +235,7 @@ func (e *egressPlan) dnsSource(dst netip.AddrPort) (egress.Source, error) {
 	if err != nil {
 		return egress.Source{}, err
 	}
-	return egress.Source{Addr: addrIn64(ch.Net, 0)}, nil
+	return egress.Source{Addr: addrIn64(ch.Net, 0), FreeBind: true}, nil
 }
 
 func (e *egressPlan) countFallback(ch egress.Choice) {
