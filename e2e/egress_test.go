@@ -44,6 +44,10 @@ func egressPlanJSON(owners8, owners9 string) string {
      "owners": {"198.51.100.8": %q, "198.51.100.9": %q}},
     {"prefix": "198.51.100.16/30", "country": "BE", "pool": "trusted", "dc": "dc2"}
   ],
+  "ipv6": [
+    {"prefix": "2001:db8:5100::/56",    "country": "NL", "pool": "trusted", "dc": "dc1"},
+    {"prefix": "2001:db8:5100:100::/56", "country": "DE", "pool": "trusted", "dc": "dc2"}
+  ],
   "fallback": {"pools": {"trusted": "NL"}}
 }
 `, egressSlice, owners8, owners9)
@@ -130,9 +134,18 @@ func newEgressLab(t *testing.T) *egressLab {
 		}
 		return true
 	})
-	for _, w := range e.nodes {
+	for n, w := range e.nodes {
 		cs := clusterStatus(t, w)
 		e.slots = append(e.slots, cs.Cluster.Node.Slot)
+		// IPv6 is not sliced: the node's own /64 of its data center's
+		// block is routed to it and local there.
+		p := e.net6(n + 1)
+		if _, err := td.Nodes[n].Run("ip", "-6", "route", "add", "local", p.String(), "dev", "lo"); err != nil {
+			t.Fatal(err)
+		}
+		if err := td.RouteToNode(p, n+1); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// client1 in dc1, client2 in dc2: a WireGuard port the routers send
 	// there.
@@ -181,6 +194,12 @@ func newEgressLab(t *testing.T) *egressLab {
 	return e
 }
 
+// net6 is node n's /64 of its data center's IPv6 block: bits 56..63 are
+// its slot (egress.NodeNet6).
+func (e *egressLab) net6(n int) netip.Prefix {
+	return netip.MustParsePrefix(fmt.Sprintf("2001:db8:5100:%x%02x::/64", e.td.NodeDC(n)-1, e.slots[n-1]))
+}
+
 // sliceOf is the node (1-based) of data center dc whose slice holds port.
 func (e *egressLab) sliceOf(dc int, port uint16) int {
 	slot := uint8((int(port)-1024)/egressSlice + 1)
@@ -224,6 +243,18 @@ func TestSoftUnicast(t *testing.T) {
 		}
 		if got := e.egressOf(t, 1, e.origins4[0]); got.Addr() != netip.MustParseAddr("198.51.100.8") {
 			t.Fatalf("client2 leaves from %v, want 198.51.100.8, dc2's only DE address", got)
+		}
+	})
+
+	t.Run("ipv6", func(t *testing.T) {
+		// A client's IPv6 flows leave from its own address in the /64 of
+		// the node holding its session.
+		for i := range e.clients {
+			got := e.egressOf(t, i, lab.Origin6.Addr())
+			if p := e.net6(e.home[i]); !p.Contains(got.Addr()) {
+				t.Fatalf("client%d reached the origin over IPv6 from %v, want an address in node%d's %v", i+1, got, e.home[i], p)
+			}
+			t.Logf("client%d leaves over IPv6 from %v", i+1, got)
 		}
 	})
 
@@ -275,6 +306,34 @@ func TestSoftUnicast(t *testing.T) {
 			t.Fatalf("dc2 sent %d return packets to dc1, dc1 unwrapped %d (retargeted %d): want about %d each", viaDC2, unwrapped, retargeted, size/1448)
 		}
 		t.Logf("download complete (worst stall %d ms): dc2 sent %d return packets to dc1, which unwrapped %d and retargeted %d", r.MaxGapMS, viaDC2, unwrapped, retargeted)
+
+		// dc2 picks one of dc1's two nodes per flow; over 20 flows some
+		// land on the node that does not hold the slice (all on the
+		// right one: 2^-20), which sends them on.
+		var urls []string
+		for _, o := range e.origins4 {
+			urls = append(urls, fmt.Sprintf("http://%s/hold", netip.AddrPortFrom(o, lab.HTTPPort)))
+		}
+		retargetBefore := uint64(0)
+		for n, w := range e.nodes {
+			if e.td.NodeDC(n+1) == 1 {
+				retargetBefore += xdpCounters(t, w)["retarget"]
+			}
+		}
+		res, _ := e.hold(t, 0, 20, urls, e.nodes[e.home[0]-1])
+		if res.OK != 20 {
+			t.Fatalf("20 connections with their return traffic through dc2: %+v", res)
+		}
+		retargeted = 0
+		for n, w := range e.nodes {
+			if e.td.NodeDC(n+1) == 1 {
+				retargeted += xdpCounters(t, w)["retarget"]
+			}
+		}
+		if retargeted == retargetBefore {
+			t.Fatal("no return packet was sent on inside dc1 (retarget) over 20 flows")
+		}
+		t.Logf("20 connections through dc2: %d return packets sent on inside dc1", retargeted-retargetBefore)
 	})
 
 	t.Run("move", func(t *testing.T) {
