@@ -2,7 +2,7 @@ package e2e
 
 // A handshake flood (issue 6): initiations with a valid MAC1 (anyone can
 // compute it from the service's public key) and random keys, from 64
-// source addresses, about 5,000 a second in bursts of 256 (each burst
+// source addresses, about 2,500 a second in bursts of 256 (each burst
 // alone fills wireguard-go's handshake queue past its under-load mark),
 // against one node that serves a standard client. The
 // node's wireguard-go must go under load and answer with cookie replies,
@@ -12,7 +12,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -73,43 +75,54 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	before := indexCounters(t, node)
 	cookiesBefore := status(t, node).Bind.CookieReplies
-	// Three samples of each: single 3 s runs vary by ±15% here.
-	base1 := (download("before the flood") + download("before the flood")) / 2
-
-	flood, err := c.Client.Start("wgflood", nil, srv, "wgflood",
-		"-to", netip.AddrPortFrom(lab.VIP4, 51820).String(), "-key", lab.ConfigValue(conf, "PublicKey"),
-		"-from", floodSources.String(), "-burst", "256", "-every", "50ms", "-d", "12s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Second)
-	under := (download("during the flood") + download("during the flood") + download("during the flood")) / 3
-	select {
-	case <-flood.Done():
-	case <-time.After(20 * time.Second):
-		t.Fatal("wgflood did not finish")
-	}
-	if err := flood.Err(); err != nil {
-		t.Fatalf("wgflood: %v\n%s", err, flood.Output())
-	}
-	var res struct {
+	// Paired samples: a run without the flood, then one under a flood
+	// started for it, three times. Other work on the machine (the rest of
+	// the test suite, in CI) changes the rate from minute to minute; a
+	// pair shares its minute, and the median of the pairs' ratios drops
+	// the one pair such work landed on.
+	type floodResult struct {
 		Sources   int   `json:"sources"`
 		Sent      int64 `json:"sent"`
 		Cookies   int64 `json:"cookie_replies"`
 		Responses int64 `json:"responses"`
 		Other     int64 `json:"other"`
 	}
-	out := flood.Output()
-	if err := json.Unmarshal([]byte(lastLine(out)), &res); err != nil {
-		t.Fatalf("wgflood output: %v\n%s", err, out)
+	var total floodResult
+	var ratios []float64
+	for k := 1; k <= 3; k++ {
+		base := download(fmt.Sprintf("pair %d, without the flood", k))
+		flood, err := c.Client.Start("wgflood", nil, srv, "wgflood",
+			"-to", netip.AddrPortFrom(lab.VIP4, 51820).String(), "-key", lab.ConfigValue(conf, "PublicKey"),
+			"-from", floodSources.String(), "-burst", "256", "-every", "100ms", "-d", "5s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		under := download(fmt.Sprintf("pair %d, under the flood", k))
+		select {
+		case <-flood.Done():
+		case <-time.After(20 * time.Second):
+			t.Fatal("wgflood did not finish")
+		}
+		if err := flood.Err(); err != nil {
+			t.Fatalf("wgflood: %v\n%s", err, flood.Output())
+		}
+		var res floodResult
+		if err := json.Unmarshal([]byte(lastLine(flood.Output())), &res); err != nil {
+			t.Fatalf("wgflood output: %v\n%s", err, flood.Output())
+		}
+		total.Sources = res.Sources
+		total.Sent += res.Sent
+		total.Cookies += res.Cookies
+		total.Responses += res.Responses
+		ratios = append(ratios, under/base)
 	}
-	base2 := download("after the flood")
 	after := indexCounters(t, node)
-
-	base := (2*base1 + base2) / 3
-	ratio := under / base
-	t.Logf("flood: %d initiations from %d addresses, %d cookie replies, %d responses; throughput under flood %.2f× (%.0f vs %.0f Mbit/s)",
-		res.Sent, res.Sources, res.Cookies, res.Responses, ratio, under/1e6, base/1e6)
+	slices.Sort(ratios)
+	ratio := ratios[1]
+	res := total
+	t.Logf("flood: %d initiations from %d addresses, %d cookie replies, %d responses; throughput under flood / without, per pair: %.2f (median %.2f)",
+		res.Sent, res.Sources, res.Cookies, res.Responses, ratios, ratio)
 	bind := status(t, node).Bind
 	t.Logf("node: xdp %v; bind %+v", xdpCounters(t, node), bind)
 	if sent := bind.CookieReplies - cookiesBefore; sent < uint64(res.Sent)/2 || res.Cookies == 0 {
@@ -122,7 +135,7 @@ func TestHandshakeFlood(t *testing.T) {
 		t.Errorf("the node opened %.0f initiations during the flood; only the client's (rekeys) should be", d)
 	}
 	if ratio < 0.8 {
-		t.Fatalf("under the flood the client kept %.2f of its throughput, want ≥ 0.80", ratio)
+		t.Fatalf("under the flood the client kept %.2f of its throughput (median of %.2f), want ≥ 0.80", ratio, ratios)
 	}
 }
 

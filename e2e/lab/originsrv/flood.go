@@ -83,17 +83,26 @@ func wgflood(args []string) error {
 			}
 		})
 	}
-	msg := make([]byte, wgmsg.InitiationSize)
+	// The messages are made once: the generator shares the machine with
+	// what it measures, so it should cost as little as it can. wireguard-go
+	// does not remember initiations it could not open, so repeats cost it
+	// as much as new ones.
+	msgs := make([][]byte, 4096)
+	for i := range msgs {
+		msg := make([]byte, wgmsg.InitiationSize)
+		rand.Read(msg)
+		msg[0], msg[1], msg[2], msg[3] = 1, 0, 0, 0
+		clear(msg[wgmsg.OffsetInitiationMAC2:])
+		wgmsg.SetMAC1(&mac1, msg)
+		msgs[i] = msg
+	}
 	var sendErr error
 	t := time.NewTicker(*every)
 	next := 0
 loop:
 	for {
 		for range *burst {
-			rand.Read(msg)
-			msg[0], msg[1], msg[2], msg[3] = 1, 0, 0, 0
-			clear(msg[wgmsg.OffsetInitiationMAC2:])
-			wgmsg.SetMAC1(&mac1, msg)
+			msg := msgs[next%len(msgs)]
 			c := conns[next%len(conns)]
 			next++
 			if _, err := c.WriteToUDPAddrPort(msg, dst); err != nil && sendErr == nil {
