@@ -26,6 +26,9 @@ import (
 // (DESIGN.md), local to the client namespace.
 var floodSources = netip.MustParsePrefix("203.0.113.64/26")
 
+// floodReplies are the flood sources whose cookie replies come back.
+var floodReplies = netip.MustParsePrefix("203.0.113.64/30")
+
 func TestHandshakeFlood(t *testing.T) {
 	c, bins, srv := newClusterLab(t, 1, 1, false)
 	// The claim is about throughput: measure an uninstrumented node even
@@ -60,8 +63,18 @@ func TestHandshakeFlood(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := c.Router.Run("ip", "route", "add", floodSources.String(), "via", lab.ClientWAN4.Addr().String()); err != nil {
-		t.Fatal(err)
+	// The router brings the cookie replies of four source addresses back
+	// to the client namespace and drops the others': the node still
+	// answers every initiation (it counts them), and the flood's own
+	// reply path, which shares the two cores with what is measured, stays
+	// small.
+	for _, cmd := range [][]string{
+		{"ip", "route", "add", "blackhole", floodSources.String()},
+		{"ip", "route", "add", floodReplies.String(), "via", lab.ClientWAN4.Addr().String()},
+	} {
+		if _, err := c.Router.Run(cmd...); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	download := func(what string) float64 {
@@ -76,7 +89,7 @@ func TestHandshakeFlood(t *testing.T) {
 	before := indexCounters(t, node)
 	cookiesBefore := status(t, node).Bind.CookieReplies
 	// Paired samples: a run without the flood, then one under a flood
-	// started for it, three times. Other work on the machine (the rest of
+	// started for it, five times. Other work on the machine (the rest of
 	// the test suite, in CI) changes the rate from minute to minute; a
 	// pair shares its minute, and the median of the pairs' ratios drops
 	// the one pair such work landed on.
@@ -89,7 +102,7 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	var total floodResult
 	var ratios []float64
-	for k := 1; k <= 3; k++ {
+	for k := 1; k <= 5; k++ {
 		base := download(fmt.Sprintf("pair %d, without the flood", k))
 		flood, err := c.Client.Start("wgflood", nil, srv, "wgflood",
 			"-to", netip.AddrPortFrom(lab.VIP4, 51820).String(), "-key", lab.ConfigValue(conf, "PublicKey"),
@@ -119,7 +132,7 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	after := indexCounters(t, node)
 	slices.Sort(ratios)
-	ratio := ratios[1]
+	ratio := ratios[len(ratios)/2]
 	res := total
 	t.Logf("flood: %d initiations from %d addresses, %d cookie replies, %d responses; throughput under flood / without, per pair: %.2f (median %.2f)",
 		res.Sent, res.Sources, res.Cookies, res.Responses, ratios, ratio)
