@@ -24,13 +24,17 @@ func LoadOrCreateKey(path string) (wgtypes.Key, error) {
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
-	if err := writeFileAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
+	if err := WriteFileAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("server: write key: %w", err)
 	}
 	return k, nil
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+// WriteFileAtomic writes data to path with mode through a temporary file
+// in the same directory, synced, and a rename, then syncs the directory:
+// a reader never sees half a file, and a crash leaves the old file or the
+// new one, never a mix, and never the new data with an older, looser mode.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".tmp-*")
 	if err != nil {
@@ -106,7 +110,7 @@ func CreateKey(path string) (wgtypes.Key, error) {
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
-	if err := writeFileAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
+	if err := WriteFileAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("server: write key: %w", err)
 	}
 	return k, nil

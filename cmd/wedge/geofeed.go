@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/wedge-edge/wedge/egress"
+	"github.com/wedge-edge/wedge/server"
 )
 
 // usageError marks a mistake on the command line; main exits 2 for it, as
@@ -64,37 +64,10 @@ country of the clients it serves, for geolocation providers to fetch.
 	if *out == "" {
 		_, err = stdout.Write(feed.Bytes())
 	} else {
-		err = writePublic(*out, feed.Bytes())
+		err = server.WriteFileAtomic(*out, feed.Bytes(), 0o644)
 	}
 	if err != nil {
 		return fmt.Errorf("geofeed: %w", err)
 	}
 	return nil
-}
-
-// writePublic writes data to path with mode 0644 through a temporary file in
-// the same directory and a rename, so that a web server publishing the
-// file never serves half a geofeed.
-func writePublic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".wedge-geofeed-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // after a successful rename, a no-op
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

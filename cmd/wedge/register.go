@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"rsc.io/qr"
 
+	"github.com/wedge-edge/wedge/server"
 	"github.com/wedge-edge/wedge/server/clientconf"
 	"github.com/wedge-edge/wedge/server/registry"
 )
@@ -54,7 +54,7 @@ func register(args []string) error {
 	var conf bytes.Buffer
 	err = clientconf.Write(&conf, priv, reg, clientconf.Options{Family: *family, API: *api, Keepalive: *keepalive})
 	if err == nil && *out != "" {
-		err = writePrivate(*out, conf.Bytes())
+		err = server.WriteFileAtomic(*out, conf.Bytes(), 0o600)
 	}
 	if err != nil {
 		// The private key exists only here: without a config it is lost,
@@ -115,29 +115,6 @@ func describeTags(t registry.Tags) string {
 		s += ", country " + t.Country
 	}
 	return s
-}
-
-// writePrivate writes data to path with mode 0600 through a temporary file
-// and a rename, so an existing file's looser mode never applies to a new
-// private key and a crash never leaves half a config.
-func writePrivate(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".wedge-*.conf")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 func isTerminal(f *os.File) bool {
