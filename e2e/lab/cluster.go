@@ -702,7 +702,7 @@ func parseEtcdLeader(out string) (int, error) {
 
 // NodeIface is wedged's --name on node n: unique across labs, the same
 // across restarts of that node's wedged, at most 15 bytes.
-func (c *Cluster) NodeIface(n int) string { return fmt.Sprintf("wl%sn%d", c.Lab.ID, n) }
+func (c *Cluster) NodeIface(n int) string { return nodeIface(c.Lab, n) }
 
 // WedgedArgs returns the arguments for wedged on node n: state in
 // <lab dir>/wedged-N, UDP port 51820, API on DefaultAPI (the node
@@ -712,27 +712,42 @@ func (c *Cluster) NodeIface(n int) string { return fmt.Sprintf("wl%sn%d", c.Lab.
 // node id "nodeN", dc "lab", its underlay address, a service key shared by
 // all nodes in the lab directory). extra is appended.
 func (c *Cluster) WedgedArgs(n int, extra ...string) []string {
-	args := []string{
-		"--state", filepath.Join(c.Lab.Dir, fmt.Sprintf("wedged-%d", n)),
+	args := nodeWedgedArgs(c.Lab, n, c.EtcdEndpoints(), "lab", filepath.Join(c.Lab.Dir, "service.key"))
+	args = append(args,
+		"--egress", NodeEgress4(n).String(),
+		"--egress", NodeEgress6(n).String(),
+		"--egress-ports", "40000-49999",
+	)
+	return append(args, extra...)
+}
+
+// nodeWedgedArgs are the arguments every multi-node lab gives wedged on
+// node n: state in <lab dir>/wedged-N, UDP port 51820, API on DefaultAPI,
+// the VIP as v4 and v6 endpoints, the origin's DNS server as upstream, the
+// origins allowed, nodeIface, and the cluster flags (etcd, node id
+// "nodeN", data center dc, node n's underlay address, the service key).
+func nodeWedgedArgs(l *Lab, n int, etcd, dc, serviceKey string) []string {
+	return []string{
+		"--state", filepath.Join(l.Dir, fmt.Sprintf("wedged-%d", n)),
 		"--listen", "51820",
 		"--api", DefaultAPI,
 		"--endpoint", netip.AddrPortFrom(VIP4, 51820).String(),
 		"--endpoint", netip.AddrPortFrom(VIP6, 51820).String(),
-		"--egress", NodeEgress4(n).String(),
-		"--egress", NodeEgress6(n).String(),
-		"--egress-ports", "40000-49999",
 		"--dns-upstream", netip.AddrPortFrom(Origin4.Addr(), DNSPort).String(),
 		"--allow", Origins4.String(),
 		"--allow", ClusterOrigins6.String(),
-		"--name", c.NodeIface(n),
-		"--etcd", c.EtcdEndpoints(),
+		"--name", nodeIface(l, n),
+		"--etcd", etcd,
 		"--node-id", fmt.Sprintf("node%d", n),
-		"--dc", "lab",
+		"--dc", dc,
 		"--underlay", NodeUnderlay(n).String(),
-		"--service-key", filepath.Join(c.Lab.Dir, "service.key"),
+		"--service-key", serviceKey,
 	}
-	return append(args, extra...)
 }
+
+// nodeIface is wedged's --name on node n of lab l: unique across labs, the
+// same across restarts of that node's wedged, at most 15 bytes.
+func nodeIface(l *Lab, n int) string { return fmt.Sprintf("wl%sn%d", l.ID, n) }
 
 // StartWedged runs wedged on node n with WedgedArgs(n, extra...) and waits
 // for its API.

@@ -631,7 +631,7 @@ func (td *TwoDC) ServiceKey() string { return filepath.Join(td.Lab.Dir, "service
 
 // NodeIface is wedged's --name on node n: unique across labs, the same
 // across restarts of that node's wedged, at most 15 bytes.
-func (td *TwoDC) NodeIface(n int) string { return fmt.Sprintf("wl%sn%d", td.Lab.ID, n) }
+func (td *TwoDC) NodeIface(n int) string { return nodeIface(td.Lab, n) }
 
 // WedgedArgs returns the arguments for wedged on node n: state in
 // <lab dir>/wedged-N, UDP port 51820, API on DefaultAPI, the VIP as v4 and
@@ -641,25 +641,8 @@ func (td *TwoDC) NodeIface(n int) string { return fmt.Sprintf("wl%sn%d", td.Lab.
 // on its uplink for both VIPs. No egress address or port slice: the test
 // adds --egress-plan and --geoip (or --egress) to extra, which is appended.
 func (td *TwoDC) WedgedArgs(n int, extra ...string) []string {
-	args := []string{
-		"--state", filepath.Join(td.Lab.Dir, fmt.Sprintf("wedged-%d", n)),
-		"--listen", "51820",
-		"--api", DefaultAPI,
-		"--endpoint", netip.AddrPortFrom(VIP4, 51820).String(),
-		"--endpoint", netip.AddrPortFrom(VIP6, 51820).String(),
-		"--dns-upstream", netip.AddrPortFrom(Origin4.Addr(), DNSPort).String(),
-		"--allow", Origins4.String(),
-		"--allow", ClusterOrigins6.String(),
-		"--name", td.NodeIface(n),
-		"--etcd", td.EtcdEndpoints(),
-		"--node-id", fmt.Sprintf("node%d", n),
-		"--dc", DCName(td.NodeDC(n)),
-		"--underlay", NodeUnderlay(n).String(),
-		"--service-key", td.ServiceKey(),
-		"--xdp", NodeUplinkIf,
-		"--vip", VIP4.String(),
-		"--vip", VIP6.String(),
-	}
+	args := nodeWedgedArgs(td.Lab, n, td.EtcdEndpoints(), DCName(td.NodeDC(n)), td.ServiceKey())
+	args = append(args, "--xdp", NodeUplinkIf, "--vip", VIP4.String(), "--vip", VIP6.String())
 	return append(args, extra...)
 }
 
