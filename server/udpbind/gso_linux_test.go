@@ -55,6 +55,9 @@ func TestFillGSO(t *testing.T) {
 		{"single", []int{148}, true, []int{1}, []int{0}},
 		{"64 max", make64(70, 1000), true, []int{64, 6}, []int{1000, 1000}},
 		{"payload limit", []int{30000, 30000, 30000}, true, []int{2, 1}, []int{30000, 0}},
+		// 46 x 1,424 is 65,504 bytes: one IP datagram holds it, but the
+		// frame (65,546 with its headers) passes gso_max_size.
+		{"frame under gso_max_size", make64(46, 1424), true, []int{45, 1}, []int{1424, 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -74,6 +77,98 @@ func TestFillGSO(t *testing.T) {
 			}
 			tx.release()
 		})
+	}
+}
+
+// TestFillFrameSize: for every datagram length, v4 and v6, no message's
+// frame (payload, UDP, IP and a 14-byte Ethernet header) reaches the
+// default gso_max_size, where the kernel would segment it in software.
+func TestFillFrameSize(t *testing.T) {
+	for _, v := range []struct {
+		dst string
+		hdr int // IP + UDP
+	}{{"192.0.2.1", 28}, {"2001:db8::1", 48}} {
+		tx := newTxBatch()
+		tx.setDst(netip.MustParseAddr(v.dst), 51820, 0)
+		full := sized(make64(conn.IdealBatchSize, 9000)...)
+		bufs := make([][]byte, len(full))
+		for l := 1; l <= 9000; l++ {
+			for i := range bufs {
+				bufs[i] = full[i][:l]
+			}
+			tx.fill(bufs, false, true)
+			for i := range tx.vlen {
+				h := &tx.hs[i].hdr
+				payload := 0
+				for _, iov := range unsafe.Slice(h.Iov, h.Iovlen) {
+					payload += int(iov.Len)
+				}
+				if frame := payload + v.hdr + 14; h.Iovlen > 1 && frame >= 1<<16 {
+					t.Fatalf("%s, %d-byte datagrams: message %d is a %d-byte frame (%d datagrams)", v.dst, l, i, frame, h.Iovlen)
+				}
+			}
+			tx.release()
+		}
+	}
+}
+
+// TestSendGSOWhole: a full batch of WireGuard-sized datagrams reaches a
+// UDP_GRO socket as GSO packets, not datagram by datagram: the kernel kept
+// every message whole. (With a 65,507-byte limit the 46-datagram message
+// was segmented before the device and arrived as 46 datagrams.)
+func TestSendGSOWhole(t *testing.T) {
+	b, fns, port := openBind(t)
+	c := client(t, "127.0.0.1:0")
+	c.SetReadBuffer(8 << 20)
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var soErr error
+	rc.Control(func(fd uintptr) {
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+		soErr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1)
+	})
+	if soErr != nil {
+		t.Skipf("no UDP_GRO: %v", soErr)
+	}
+	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port)
+	if _, err := c.WriteToUDPAddrPort([]byte("hi"), dst); err != nil {
+		t.Fatal(err)
+	}
+	rb, sizes, eps := batch(b.BatchSize())
+	var ep conn.Endpoint
+	for _, fn := range fns {
+		if n, _ := fnOnce(fn, rb, sizes, eps); n > 0 {
+			ep = eps[0]
+			break
+		}
+	}
+	if ep == nil {
+		t.Fatal("no packet received")
+	}
+	const n, size = 92, 1424 // two full messages of 46 under the old limit
+	if err := b.Send(sized(make64(n, size)...), ep); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<16)
+	got, reads, segmented := 0, 0, 0
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for got < n*size {
+		m, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("after %d bytes in %d reads: %v", got, reads, err)
+		}
+		got += m
+		reads++
+		if m == size {
+			segmented++
+		}
+	}
+	// 92 datagrams fill two messages of 45 and one of 2 (or so): three
+	// reads. Arriving one by one would take 92.
+	if reads > 4 || segmented > 0 {
+		t.Errorf("%d datagrams arrived in %d reads, %d single datagrams: the kernel segmented the GSO packets", n, reads, segmented)
 	}
 }
 

@@ -304,13 +304,23 @@ func (t *txBatch) setSrc(dst, src netip.Addr, srcIf int32) bool {
 	return true
 }
 
-// GSO limits, as wireguard-go's StdNetBind uses them: at most 64 datagrams
-// per message (the kernel's UDP_MAX_SEGMENTS is 128 on new kernels), and
-// no more payload than one IP datagram can hold.
+// GSO limits: at most 64 datagrams per message (the kernel's
+// UDP_MAX_SEGMENTS is 128 on new kernels), and a whole GSO packet, link
+// header included, below the device's gso_max_size (64 KiB by default).
+// The kernel checks the frame (skb->len at transmit, Ethernet header and
+// all) against gso_max_size and segments a larger one in software before
+// the device: the datagrams still leave, but one by one, and the peer's
+// GRO gets no train. wireguard-go's StdNetBind stops at what one IP
+// datagram can hold (65,507 bytes), which 46 datagrams of 1,424 bytes
+// (a 1,392-byte inner packet) reach: the frame is then 65,546 bytes, and
+// every full batch was segmented. linkRoom leaves space for an Ethernet
+// header with VLAN tags and more.
 const (
 	maxGSOSegments    = 64
-	maxIPv4PayloadLen = 1<<16 - 1 - 20 - 8
-	maxIPv6PayloadLen = 1<<16 - 1 - 8
+	gsoMaxSize        = 1 << 16
+	linkRoom          = 64
+	maxIPv4PayloadLen = gsoMaxSize - 1 - linkRoom - 20 - 8
+	maxIPv6PayloadLen = gsoMaxSize - 1 - linkRoom - 40 - 8
 	txOOBSize         = 64 // CmsgSpace(IPV6_PKTINFO) + CmsgSpace(UDP_SEGMENT)
 )
 
