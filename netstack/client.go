@@ -156,6 +156,11 @@ func (c *Client) Write(bufs [][]byte, offset int) (int, error) {
 	if c.ctx.Err() != nil {
 		return 0, os.ErrClosed
 	}
+	in, ok := c.link.beginIn()
+	if !ok {
+		return 0, os.ErrClosed
+	}
+	defer in.end()
 	for _, b := range bufs {
 		if len(b) <= offset {
 			continue
@@ -166,9 +171,7 @@ func (c *Client) Write(bufs [][]byte, offset int) (int, error) {
 			c.droppedIn.Add(1)
 			continue
 		}
-		if !c.link.deliverBytes(proto, p) {
-			return 0, os.ErrClosed
-		}
+		in.deliver(proto, p)
 	}
 	return len(bufs), nil
 }

@@ -363,6 +363,11 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 	if s.ctx.Err() != nil {
 		return 0, os.ErrClosed
 	}
+	in, ok := s.link.beginIn()
+	if !ok {
+		return 0, os.ErrClosed
+	}
+	defer in.end()
 	for _, b := range bufs {
 		if len(b) <= offset {
 			continue
@@ -377,9 +382,7 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 		if s.interceptEcho(p) {
 			continue
 		}
-		if !s.link.deliverBytes(proto, p) {
-			return 0, os.ErrClosed
-		}
+		in.deliver(proto, p)
 	}
 	return len(bufs), nil
 }
