@@ -108,6 +108,9 @@ type Stats struct {
 	// Read or the buffer Read was given.
 	DroppedIn  uint64 `json:"dropped_in"`
 	DroppedOut uint64 `json:"dropped_out"`
+	// TCPReopened counts client SYNs that took over a 4-tuple the node's
+	// side still held in TIME-WAIT (a client reusing its port at once).
+	TCPReopened uint64 `json:"tcp_reopened"`
 }
 
 // FlowStats counts one transport's flows and their outcomes.
@@ -160,6 +163,7 @@ type counters struct {
 	pingReq, pingRep, pingLocal, pingFail        atomic.Uint64
 	pingDenied, pingDrop                         atomic.Uint64
 	packetsIn, packetsOut, droppedIn, droppedOut atomic.Uint64
+	tcpReopened                                  atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -173,6 +177,7 @@ func (s *Stack) Stats() Stats {
 		},
 		PacketsIn: s.stats.packetsIn.Load(), PacketsOut: s.stats.packetsOut.Load(),
 		DroppedIn: s.stats.droppedIn.Load(), DroppedOut: s.stats.droppedOut.Load(),
+		TCPReopened: s.stats.tcpReopened.Load(),
 	}
 	s.limits.mu.Lock()
 	st.Pending = s.limits.pending

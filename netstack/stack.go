@@ -279,15 +279,10 @@ func newGVisorStack(link stack.LinkEndpoint, local []netip.Addr, forwarder bool)
 		{"disable Nagle", ptr(tcpip.TCPDelayEnabled(false))},
 		// A closed flow's 4-tuple is the client's; TIME-WAIT only needs
 		// to outlast stray segments inside the tunnel (WireGuard drops
-		// replays; reordering there is milliseconds). It must also be
-		// short because gVisor's TIME-WAIT drops a SYN that reuses the
-		// 4-tuple when, as here, a forwarder rather than a listener
-		// takes new connections (Linux would accept one with a higher
-		// sequence number or timestamp), and the client retries only
-		// after 1 s, 3 s, 7 s... A client opening a few thousand
-		// connections a second to one destination reuses its ports
-		// within ~5 s: with a 5 s TIME-WAIT the lab's connection-rate
-		// run fell from 2,400/s to 14/s in some rounds.
+		// replays; reordering there is milliseconds), and it bounds the
+		// closed endpoints a client opening thousands of connections a
+		// second leaves behind. A SYN that reuses a 4-tuple still in
+		// TIME-WAIT takes it over (reopenTimeWait).
 		{"set TIME-WAIT", ptr(tcpip.TCPTimeWaitTimeoutOption(time.Second))},
 	}
 	for _, o := range tcpOpts {
@@ -391,6 +386,7 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 		if s.interceptEcho(p) {
 			continue
 		}
+		s.reopenTimeWait(proto, p)
 		in.deliver(proto, p)
 	}
 	return len(bufs), nil

@@ -9,7 +9,11 @@ import (
 	"sync"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -104,6 +108,59 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	s.removeFlow(f)
 	c.open.Add(-1)
 	s.limits.releaseFlow(client)
+}
+
+// reopenTimeWait lets a client's SYN (p, an IP packet) open a new flow on
+// a 4-tuple whose last flow the node's side closed first and still holds
+// in TIME-WAIT. gVisor passes such a SYN only to a listening endpoint, and
+// the forwarder is none, so it would be dropped until TIME-WAIT ends and
+// the client would retry after 1 s, 3 s, ... Linux accepts a SYN in
+// TIME-WAIT with a higher sequence number or timestamp; a client reusing
+// its 4-tuple does exactly that (after a simultaneous close both sides
+// are in TIME-WAIT, and Linux's tcp_tw_reuse reopens from its side within
+// the second). Here the TIME-WAIT endpoint is aborted (its RST carries the
+// old connection's sequence numbers, which the client's new connection
+// does not accept) and the SYN then reaches the forwarder. Old duplicate
+// SYNs, what TIME-WAIT guards against, do not occur inside the tunnel:
+// WireGuard drops replays.
+func (s *Stack) reopenTimeWait(proto tcpip.NetworkProtocolNumber, p []byte) {
+	var ipLen int
+	var src, dst tcpip.Address
+	switch proto {
+	case ipv4.ProtocolNumber:
+		if len(p) < header.IPv4MinimumSize {
+			return
+		}
+		ip := header.IPv4(p)
+		ipLen = int(ip.HeaderLength())
+		if ip.Protocol() != uint8(header.TCPProtocolNumber) || ip.More() || ip.FragmentOffset() != 0 || ipLen < header.IPv4MinimumSize {
+			return
+		}
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	default: // IPv6; SYNs behind extension headers are left alone
+		if len(p) < header.IPv6MinimumSize {
+			return
+		}
+		ip := header.IPv6(p)
+		if ip.NextHeader() != uint8(header.TCPProtocolNumber) {
+			return
+		}
+		ipLen = header.IPv6MinimumSize
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	}
+	if len(p) < ipLen+header.TCPMinimumSize {
+		return
+	}
+	seg := header.TCP(p[ipLen:])
+	if seg.Flags()&(header.TCPFlagSyn|header.TCPFlagAck|header.TCPFlagRst) != header.TCPFlagSyn {
+		return
+	}
+	id := stack.TransportEndpointID{LocalPort: seg.DestinationPort(), LocalAddress: dst, RemotePort: seg.SourcePort(), RemoteAddress: src}
+	ep, ok := s.stack.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID).(*tcp.Endpoint)
+	if ok && ep.EndpointState() == tcp.StateTimeWait {
+		ep.Abort()
+		s.stats.tcpReopened.Add(1)
+	}
 }
 
 // tcpFlow is a spliced pair: in is the client's connection (gVisor), out
