@@ -28,6 +28,8 @@ type Bind struct {
 	fallback atomic.Uint64
 	resets   atomic.Uint64
 	gsoOff   atomic.Uint64
+	groMsgs  atomic.Uint64
+	groDgms  atomic.Uint64
 
 	mu   sync.RWMutex // guards the fields below
 	v4   *socket      // nil if closed or IPv4 unavailable
@@ -44,6 +46,7 @@ type socket struct {
 	rc  syscall.RawConn
 	is6 bool
 	gso atomic.Bool // coalesce sends with UDP_SEGMENT
+	gro bool        // UDP_GRO on: received messages may hold several datagrams
 }
 
 // New returns a closed Bind.
@@ -58,7 +61,10 @@ func New(opts ...Option) *Bind {
 
 // Stats returns the Bind's counters.
 func (b *Bind) Stats() Stats {
-	return Stats{SrcFallbacks: b.fallback.Load(), CacheResets: b.resets.Load(), GSOOff: b.gsoOff.Load()}
+	return Stats{
+		SrcFallbacks: b.fallback.Load(), CacheResets: b.resets.Load(), GSOOff: b.gsoOff.Load(),
+		Coalesced: b.groMsgs.Load(), Datagrams: b.groDgms.Load(),
+	}
 }
 
 // Open listens on 0.0.0.0:port and [::]:port (IPV6_V6ONLY). With port 0
@@ -163,6 +169,13 @@ func (b *Bind) listen(network string, port uint16) (*socket, uint16, error) {
 			sk.gso.Store(err == nil)
 		})
 	}
+	if !b.opts.noGRO {
+		// Best effort: a kernel without UDP_GRO (< 5.0) receives datagram
+		// by datagram as before.
+		rc.Control(func(fd uintptr) {
+			sk.gro = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil
+		})
+	}
 	return sk, actual, nil
 }
 
@@ -195,8 +208,7 @@ func setSockopts(fd int, is6 bool, o options) error {
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
 		return fmt.Errorf("udpbind: IPV6_V6ONLY: %w", err)
 	}
-	// UDP_GRO is off by default; it stays off. Nothing else is enabled, so
-	// each datagram carries exactly one PKTINFO control message.
+	// UDP_GRO is set after bind (listen), where it can fail softly.
 	return nil
 }
 

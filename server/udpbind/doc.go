@@ -9,8 +9,11 @@
 // pool). This Bind keeps to the simple path:
 //
 //   - one IPv4 socket on 0.0.0.0:port and one IPv6-only socket on [::]:port;
-//   - recvmmsg into the caller's buffers, with IP_PKTINFO/IPV6_PKTINFO giving
-//     each packet's local destination address; no GRO;
+//   - recvmmsg with IP_PKTINFO/IPV6_PKTINFO giving each packet's local
+//     destination address, and UDP GRO: a train of datagrams from one
+//     client arrives as one message (the kernel no longer segments what a
+//     GSO sender or GRO made one), cut here into datagrams that all carry
+//     that message's endpoint;
 //   - sendmmsg with a PKTINFO control message naming that address as the
 //     source (ifindex 0, so routing is unchanged);
 //   - immutable, cached *Endpoint values, so steady-state receive does not
@@ -41,6 +44,7 @@ type options struct {
 	rcvBuf, sndBuf int
 	cacheSize      int
 	noGSO          bool
+	noGRO          bool
 }
 
 func defaultOptions() options {
@@ -72,6 +76,13 @@ func WithoutGSO() Option {
 	return func(o *options) { o.noGSO = true }
 }
 
+// WithoutGRO receives datagram by datagram into the caller's buffers
+// instead of enabling UDP GRO (for comparison, and for kernels without
+// it, where it is off by itself).
+func WithoutGRO() Option {
+	return func(o *options) { o.noGRO = true }
+}
+
 // Stats are a Bind's counters since New.
 type Stats struct {
 	// SrcFallbacks counts Sends the kernel refused from the endpoint's Src
@@ -83,4 +94,7 @@ type Stats struct {
 	// GSOOff counts sockets that turned UDP GSO off after the kernel
 	// refused it (EIO).
 	GSOOff uint64
+	// Coalesced counts received messages that carried several datagrams
+	// (UDP GRO), Datagrams the datagrams cut from them.
+	Coalesced, Datagrams uint64
 }

@@ -3,6 +3,7 @@ package udpbind
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"testing"
@@ -270,3 +271,98 @@ func fnOnce(fn conn.ReceiveFunc, bufs [][]byte, sizes []int, eps []conn.Endpoint
 }
 
 func timeAfter() <-chan time.Time { return time.After(500 * time.Millisecond) }
+
+// sendGSO sends lens as one UDP GSO message from c to dst: the kernel keeps
+// it one packet up to the receiving socket.
+func sendGSO(t *testing.T, c *net.UDPConn, dst netip.AddrPort, payloads [][]byte) {
+	t.Helper()
+	var msg []byte
+	for _, p := range payloads {
+		msg = append(msg, p...)
+	}
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(len(payloads[0]))
+	if _, _, err := c.WriteMsgUDPAddrPort(msg, oob, dst); err != nil {
+		t.Fatalf("GSO send: %v", err)
+	}
+}
+
+// TestReceiveGRO: trains of datagrams that arrive as one message (UDP GRO)
+// come out as the datagrams that were sent, in order, each with its
+// sender's endpoint, also when the caller's batch is smaller than a train
+// (the rest waits for the next call) and with single datagrams of another
+// peer in between. WithoutGRO gets the same datagrams one by one.
+func TestReceiveGRO(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		opts     []Option
+		coalesce bool
+	}{{"gro", nil, true}, {"without", []Option{WithoutGRO()}, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, fns, port := openBind(t, tc.opts...)
+			dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+			a, other := client(t, "127.0.0.1:0"), client(t, "127.0.0.1:0")
+			type dgram struct {
+				from netip.AddrPort
+				data []byte
+			}
+			var want []dgram
+			train := func(n, size, tail int, tag byte) {
+				var ps [][]byte
+				for i := range n {
+					l := size
+					if i == n-1 && tail > 0 {
+						l = tail
+					}
+					p := bytes.Repeat([]byte{tag}, l)
+					p[0] = byte(i)
+					ps = append(ps, p)
+					want = append(want, dgram{clientAddr(a), p})
+				}
+				sendGSO(t, a, dst, ps)
+			}
+			single := func(tag byte) {
+				p := []byte{tag, tag, tag}
+				if _, err := other.WriteToUDPAddrPort(p, dst); err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, dgram{clientAddr(other), p})
+			}
+			train(40, 1200, 333, 'a')
+			single('x')
+			train(7, 1424, 0, 'b')
+			single('y')
+			train(44, 1456, 100, 'c')
+
+			var got []dgram
+			bufs, sizes, eps := batch(16)
+			for len(got) < len(want) {
+				n, err := fnOnce(fns[0], bufs, sizes, eps)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n == 0 {
+					t.Fatalf("after %d of %d datagrams: nothing more", len(got), len(want))
+				}
+				for i := range n {
+					got = append(got, dgram{eps[i].(*Endpoint).AddrPort(), bytes.Clone(bufs[i][:sizes[i]])})
+				}
+			}
+			for i := range want {
+				if got[i].from != want[i].from || !bytes.Equal(got[i].data, want[i].data) {
+					t.Fatalf("datagram %d: %d bytes from %v, want %d from %v", i, len(got[i].data), got[i].from, len(want[i].data), want[i].from)
+				}
+			}
+			st := b.Stats()
+			if tc.coalesce && (st.Coalesced < 3 || st.Datagrams != 40+7+44) {
+				t.Errorf("Stats %+v: want 3 coalesced messages holding %d datagrams", st, 40+7+44)
+			}
+			if !tc.coalesce && st.Coalesced != 0 {
+				t.Errorf("Stats %+v: coalesced without GRO", st)
+			}
+		})
+	}
+}

@@ -21,9 +21,14 @@ type mmsghdr struct {
 	len uint32
 }
 
-// rxOOBSize is the control buffer per received datagram: one IPV6_PKTINFO
-// (the larger PKTINFO) with room to spare. Nothing else is enabled.
-const rxOOBSize = 64
+// rxOOBSize is the control buffer per received message: an IPV6_PKTINFO
+// (the larger PKTINFO, 40 bytes with its header) and a UDP_GRO segment
+// size (24), with room to spare.
+const rxOOBSize = 128
+
+// groBufSize is one message's buffer with UDP GRO: the kernel coalesces at
+// most 64 KiB.
+const groBufSize = 1 << 16
 
 // receiver is the state of one socket's ReceiveFunc. wireguard-go calls each
 // ReceiveFunc from one goroutine; mu serializes any other callers.
@@ -44,6 +49,15 @@ type receiver struct {
 	readFn func(fd uintptr) bool
 
 	cache endpointCache
+
+	// With UDP GRO (sock.gro) messages are read into rx (allocated on
+	// first use) and cut into the caller's buffers, a datagram each; what
+	// does not fit waits for the next call: messages next..got-1, the
+	// first of them from byte off.
+	rx             [][]byte
+	rxSize, rxSeg  [conn.IdealBatchSize]int // bytes; segment size, 0 for one datagram
+	rxEP           [conn.IdealBatchSize]*Endpoint
+	next, got, off int
 }
 
 func newReceiver(s *socket, b *Bind) *receiver {
@@ -87,6 +101,9 @@ func (r *receiver) read(fd uintptr) bool {
 func (r *receiver) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.sock.gro {
+		return r.receiveGRO(bufs, sizes, eps)
+	}
 
 	r.vlen = min(len(bufs), len(r.hs))
 	if r.vlen == 0 {
@@ -122,15 +139,107 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int
 			continue
 		}
 		sizes[i] = int(h.len)
-		k := r.key(i, int(h.hdr.Controllen))
+		k, _ := r.key(i, int(h.hdr.Controllen))
 		eps[i] = r.cache.get(k, r.bind)
 	}
 	return r.n, nil
 }
 
-// key parses datagram i's remote address and PKTINFO.
-func (r *receiver) key(i, oobLen int) epKey {
-	var k epKey
+// receiveGRO hands out the datagrams of messages already read, reading
+// more (blocking) only when none are left. Every datagram of a message
+// shares its endpoint: the kernel only coalesces datagrams of one flow.
+func (r *receiver) receiveGRO(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	if len(bufs) == 0 {
+		return 0, nil
+	}
+	r.skipDone()
+	if r.next == r.got {
+		if err := r.readGRO(min(len(bufs), len(r.hs))); err != nil {
+			return 0, err
+		}
+		r.skipDone() // empty and dropped messages
+	}
+	n := 0
+	for n < len(bufs) && r.next < r.got {
+		i := r.next
+		size, seg := r.rxSize[i], r.rxSeg[i]
+		if seg <= 0 {
+			seg = size
+		}
+		end := min(r.off+seg, size)
+		d := r.rx[i][r.off:end]
+		r.off = end
+		if len(d) > len(bufs[n]) {
+			sizes[n] = 0 // longer than the caller's buffer: drop
+		} else {
+			sizes[n] = copy(bufs[n], d)
+		}
+		eps[n] = r.rxEP[i]
+		n++
+		r.skipDone()
+	}
+	return n, nil
+}
+
+// skipDone moves next past messages with nothing left to hand out.
+func (r *receiver) skipDone() {
+	for r.next < r.got && r.off >= r.rxSize[r.next] {
+		r.next, r.off = r.next+1, 0
+	}
+}
+
+// readGRO reads up to vlen messages into rx.
+func (r *receiver) readGRO(vlen int) error {
+	if r.rx == nil {
+		slab := make([]byte, len(r.hs)*groBufSize)
+		r.rx = make([][]byte, len(r.hs))
+		for i := range r.rx {
+			r.rx[i] = slab[i*groBufSize : (i+1)*groBufSize : (i+1)*groBufSize]
+		}
+	}
+	r.vlen = vlen
+	for i := range vlen {
+		r.iovs[i].Base = &r.rx[i][0]
+		r.iovs[i].SetLen(groBufSize)
+		h := &r.hs[i]
+		h.hdr.Namelen = unix.SizeofSockaddrInet6
+		h.hdr.SetControllen(rxOOBSize)
+		h.hdr.Flags = 0
+		h.len = 0
+	}
+	r.next, r.got, r.off = 0, 0, 0
+	if err := r.sock.rc.Read(r.readFn); err != nil {
+		if errors.Is(err, net.ErrClosed) {
+			return net.ErrClosed
+		}
+		return err
+	}
+	if r.errno != 0 {
+		return os.NewSyscallError("recvmmsg", r.errno)
+	}
+	for i := range r.n {
+		h := &r.hs[i]
+		r.rxSize[i], r.rxSeg[i], r.rxEP[i] = 0, 0, nil
+		// A truncated control message may have lost the segment size:
+		// the message cannot be cut, so it is dropped like a truncated one.
+		if h.hdr.Flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+			continue
+		}
+		k, seg := r.key(i, int(h.hdr.Controllen))
+		size := int(h.len)
+		r.rxSize[i], r.rxSeg[i], r.rxEP[i] = size, seg, r.cache.get(k, r.bind)
+		if seg > 0 && size > seg {
+			r.bind.groMsgs.Add(1)
+			r.bind.groDgms.Add(uint64((size + seg - 1) / seg))
+		}
+	}
+	r.got = r.n
+	return nil
+}
+
+// key parses message i's remote address and PKTINFO, and the segment size
+// of a UDP GRO message (0 for a single datagram).
+func (r *receiver) key(i, oobLen int) (k epKey, seg int) {
 	sa := &r.names[i]
 	port := ntohs(sa.Port)
 	if sa.Family == unix.AF_INET {
@@ -171,12 +280,14 @@ func (r *receiver) key(i, oobLen int) epKey {
 				// interface; anything else routes normally.
 				k.srcIf = int32(binary.NativeEndian.Uint32(data[16:20]))
 			}
+		case hdr.Level == unix.SOL_UDP && hdr.Type == unix.UDP_GRO && len(data) >= 4:
+			seg = int(int32(binary.NativeEndian.Uint32(data[:4])))
 		}
 	}
 	if k.src.IsValid() && k.src.Is4() != k.dst.Addr().Is4() {
 		k.src, k.srcIf = netip.Addr{}, 0
 	}
-	return k
+	return k, seg
 }
 
 // ntohs reads a network-order port stored in a uint16 field.
