@@ -114,14 +114,13 @@ type inBatch struct {
 	*groBatch
 }
 
+// groBatch is a GRO engine whose Dispatcher is the batch itself, which
+// counts what it passes on to the NIC's dispatcher d.
 type groBatch struct {
-	g groEngine
+	g gro.GRO
 	d stack.NetworkDispatcher
 	n int // packets handed to d
 }
-
-// groEngine is gro.GRO with its Dispatcher pointing back at the batch.
-type groEngine = gro.GRO
 
 var groPool = sync.Pool{New: func() any {
 	b := new(groBatch)

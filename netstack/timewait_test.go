@@ -11,18 +11,38 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// rawTCP builds an IPv4 TCP segment without payload, checksums filled in.
+// rawTCP builds an IPv4 or IPv6 TCP segment without payload, checksums
+// filled in.
 func rawTCP(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags) []byte {
-	pkt := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize)
-	ip := header.IPv4(pkt)
-	s, d := tcpip.AddrFrom4(src.Addr().As4()), tcpip.AddrFrom4(dst.Addr().As4())
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(pkt)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber), SrcAddr: s, DstAddr: d})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	tcp := header.TCP(pkt[header.IPv4MinimumSize:])
+	ipLen := header.IPv4MinimumSize
+	if src.Addr().Is6() {
+		ipLen = header.IPv6MinimumSize
+	}
+	pkt := make([]byte, ipLen+header.TCPMinimumSize)
+	s, d := tcpip.AddrFromSlice(src.Addr().AsSlice()), tcpip.AddrFromSlice(dst.Addr().AsSlice())
+	if src.Addr().Is6() {
+		header.IPv6(pkt).Encode(&header.IPv6Fields{PayloadLength: header.TCPMinimumSize, TransportProtocol: header.TCPProtocolNumber, HopLimit: 64, SrcAddr: s, DstAddr: d})
+	} else {
+		ip := header.IPv4(pkt)
+		ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(pkt)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber), SrcAddr: s, DstAddr: d})
+		ip.SetChecksum(^ip.CalculateChecksum())
+	}
+	tcp := header.TCP(pkt[ipLen:])
 	tcp.Encode(&header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: seq, AckNum: ack, DataOffset: header.TCPMinimumSize, Flags: flags, WindowSize: 65535})
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, s, d, header.TCPMinimumSize)
 	tcp.SetChecksum(^checksum.Checksum(tcp, xsum))
 	return pkt
+}
+
+// tcpOf returns the TCP header of an IP packet, or nil.
+func tcpOf(p []byte) header.TCP {
+	switch {
+	case len(p) >= header.IPv4MinimumSize && p[0]>>4 == 4 && header.IPv4(p).Protocol() == uint8(header.TCPProtocolNumber):
+		return header.TCP(p[header.IPv4(p).HeaderLength():])
+	case len(p) >= header.IPv6MinimumSize && p[0]>>4 == 6 && header.IPv6(p).NextHeader() == uint8(header.TCPProtocolNumber):
+		return header.TCP(p[header.IPv6MinimumSize:])
+	}
+	return nil
 }
 
 // TestSYNAfterTimeWait: a client that reuses its 4-tuple right after a
@@ -32,12 +52,21 @@ func rawTCP(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags) []b
 // the client retries only after a second (in a connection-rate run, 8 such
 // stalls in 3 s cost a quarter of the rate).
 func TestSYNAfterTimeWait(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		from, to netip.Addr
+	}{{"v4", clientA[0], remote}, {"v6", clientA[1], remoteV6}} {
+		t.Run(tc.name, func(t *testing.T) { testSYNAfterTimeWait(t, tc.from, tc.to) })
+	}
+}
+
+func testSYNAfterTimeWait(t *testing.T, fromAddr, toAddr netip.Addr) {
 	// The origin closes at once: the node's side closes first.
 	d := &fakeDialer{tcpTarget: listenTCP(t, func(*net.TCPConn) {})}
 	s := newTestStack(t, Config{Dialer: d})
 	defer s.Close()
-	from := netip.AddrPortFrom(clientA[0], 40000)
-	to := netip.AddrPortFrom(remote, 7)
+	from := netip.AddrPortFrom(fromAddr, 40000)
+	to := netip.AddrPortFrom(toAddr, 7)
 	segs := make(chan header.TCP, 64)
 	go func() {
 		bufs := [][]byte{make([]byte, 2048)}
@@ -49,9 +78,8 @@ func TestSYNAfterTimeWait(t *testing.T) {
 				return
 			}
 			for i := range n {
-				p := bufs[i][:sizes[i]]
-				if p[0]>>4 == 4 && header.IPv4(p).Protocol() == uint8(header.TCPProtocolNumber) {
-					segs <- header.TCP(append([]byte(nil), p[header.IPv4(p).HeaderLength():]...))
+				if seg := tcpOf(bufs[i][:sizes[i]]); seg != nil {
+					segs <- header.TCP(append([]byte(nil), seg...))
 				}
 			}
 		}
