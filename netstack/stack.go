@@ -140,6 +140,7 @@ type Stack struct {
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // flow and ping goroutines
+	work   *workers       // runs the TCP flows' goroutines
 	pings  chan struct{}  // semaphore of maxPings
 
 	limits limiter
@@ -199,6 +200,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s.limits.init(cfg.Limits)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.work = newWorkers(s.ctx.Done())
 	s.link = newLinkEndpoint(uint32(cfg.MTU), func() { s.stats.droppedOut.Add(1) })
 
 	st, err := newGVisorStack(s.link, cfg.Local, true)
@@ -410,6 +412,7 @@ func (s *Stack) Close() error {
 		}
 		s.stack.Close()
 		s.wg.Wait()
+		s.work.wait()
 		s.stack.Wait()
 		s.link.close()
 		close(s.events)

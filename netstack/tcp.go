@@ -25,20 +25,28 @@ const spliceBufSize = 256 << 10
 
 var spliceBufs = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
 
-// handleTCP is the tcp.Forwarder handler, run on its own goroutine per SYN;
-// that goroutine lives as long as the flow. It dials the real destination
-// first and completes the client's handshake only when that succeeded; any
-// refusal, error, timeout or cap answers RST.
+// handleTCP is the tcp.Forwarder handler, run on a new goroutine per SYN.
+// It hands the flow to a worker (see workers), which runs serveTCP for as
+// long as the flow lives.
 func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
-	id := r.ID()
-	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
-	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
-	c := &s.stats.tcp
 	if !s.enter() {
 		r.Complete(true)
 		return
 	}
-	defer s.wg.Done()
+	s.work.run(func() {
+		defer s.wg.Done()
+		s.serveTCP(r)
+	})
+}
+
+// serveTCP dials the real destination first and completes the client's
+// handshake only when that succeeded; any refusal, error, timeout or cap
+// answers RST. Then it splices the two until both directions end.
+func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
+	id := r.ID()
+	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
+	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	c := &s.stats.tcp
 
 	dns := s.isDNS(dst)
 	if !dns && s.isLocal(dst.Addr()) {
@@ -102,7 +110,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		s.limits.releaseFlow(client)
 		return
 	}
-	if f.splice(s.cfg.TCPIdleTimeout) {
+	if f.splice(s.cfg.TCPIdleTimeout, s.work.run) {
 		c.idle.Add(1)
 	}
 	s.removeFlow(f)
@@ -182,18 +190,23 @@ func (f *tcpFlow) close() {
 
 // splice copies both ways until both directions end, half-closing each
 // side as its peer finishes sending, and closes both. It reports whether
-// the idle timeout ended the flow.
-func (f *tcpFlow) splice(idle time.Duration) (idled bool) {
+// the idle timeout ended the flow. One direction is copied by the calling
+// goroutine, the other by one that run starts.
+func (f *tcpFlow) splice(idle time.Duration, run func(func())) (idled bool) {
 	it := startIdleTimer(&f.last, idle, f.close)
-	errc := make(chan error, 2)
-	go func() { errc <- f.copy(f.out, f.in) }()
-	go func() { errc <- f.copy(f.in, f.out) }()
-	for range 2 {
-		if err := <-errc; err != nil {
+	copyDir := func(dst, src net.Conn) {
+		if err := f.copy(dst, src); err != nil {
 			// A reset or error on either side ends the other too.
 			f.close()
 		}
 	}
+	done := make(chan struct{})
+	run(func() {
+		copyDir(f.out, f.in)
+		close(done)
+	})
+	copyDir(f.in, f.out)
+	<-done
 	idled = it.stop()
 	f.close()
 	return idled
