@@ -21,11 +21,12 @@ const outQueueLen = 2048
 
 // linkEndpoint is the NIC between gVisor and wireguard-go. Packets the
 // stack emits are queued as packet buffers (one reference each) and copied
-// out by Read; packets from wireguard-go are delivered synchronously by the
-// caller of Write through DeliverNetworkPacket. It has no link header and
-// needs no address resolution. It offers gVisor "host" GSO: TCP hands it
-// segments of up to gsoMaxSize bytes, which read cuts into MTU-sized
-// packets (gso.go), so wireguard-go still gets what it wants.
+// out by Read; packets from wireguard-go are delivered synchronously by
+// the caller of Write, through a GRO engine per Write (inBatch). It has no
+// link header and needs no address resolution. It offers gVisor "host"
+// GSO: TCP hands it segments of up to gsoMaxSize bytes, which read cuts
+// into MTU-sized packets (gso.go), so wireguard-go still gets what it
+// wants.
 type linkEndpoint struct {
 	mtu uint32
 
@@ -66,19 +67,6 @@ func newLinkEndpoint(mtu uint32, onDrop func()) *linkEndpoint {
 	}
 }
 
-// deliver hands one inbound IP packet to the stack. It reports false when
-// the NIC is not attached (stack closing).
-func (e *linkEndpoint) deliver(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
-	e.mu.RLock()
-	d := e.dispatcher
-	e.mu.RUnlock()
-	if d == nil {
-		return false
-	}
-	d.DeliverNetworkPacket(proto, pkt)
-	return true
-}
-
 // ipProto returns the network protocol of a raw IP packet from its version
 // nibble; false for anything but IPv4 and IPv6.
 func ipProto(p []byte) (tcpip.NetworkProtocolNumber, bool) {
@@ -91,14 +79,6 @@ func ipProto(p []byte) (tcpip.NetworkProtocolNumber, bool) {
 	return 0, false
 }
 
-// deliverBytes copies the raw IP packet p into a packet buffer and delivers
-// it; false when the NIC is not attached (stack closing).
-func (e *linkEndpoint) deliverBytes(proto tcpip.NetworkProtocolNumber, p []byte) bool {
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
-	defer pkt.DecRef()
-	return e.deliver(proto, pkt)
-}
-
 // An inBatch delivers the packets of one tun.Device Write (one batch
 // wireguard-go decrypted for one peer) through gVisor's GRO, as a NIC's
 // GRO would: consecutive full-sized segments of one TCP flow in the batch
@@ -107,9 +87,8 @@ func (e *linkEndpoint) deliverBytes(proto tcpip.NetworkProtocolNumber, p []byte)
 // per train instead of once per packet. Only segments within one batch are
 // merged, so nothing waits for a timer; gVisor's rules decide what merges
 // (same flow, in sequence, same size and options, no SYN/FIN/RST/URG/PSH).
-// wireguard-go
-// writes from one goroutine per peer, so each Write takes its own engine
-// from a pool.
+// wireguard-go writes from one goroutine per peer, so each Write takes its
+// own engine from a pool.
 type inBatch struct {
 	*groBatch
 }
