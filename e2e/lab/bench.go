@@ -1,12 +1,15 @@
 package lab
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -23,6 +26,12 @@ type BenchOpts struct {
 // BenchSide is what one server measured, one value per round.
 type BenchSide struct {
 	Up, Down, CPS []float64 // bits/s, bits/s, connections/s
+	// CPU time spent by the server process (wedged or the baseline's
+	// wireguard-go) and by the client's wireguard-go: seconds per GB moved
+	// (received by iperf3) up and down, µs per connection. All zero when
+	// a process could not be read.
+	ServerUp, ServerDown, ServerCPS []float64
+	ClientUp, ClientDown, ClientCPS []float64
 }
 
 // BenchResult compares wedged with the baseline measured in the same run.
@@ -83,11 +92,13 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 	res := BenchResult{Opts: o}
 
 	type side struct {
-		name  string
-		s     *SingleNode
-		probe Probe
-		out   *BenchSide
+		name           string
+		s              *SingleNode
+		probe          Probe
+		out            *BenchSide
+		server, client int // pids, for CPU time
 	}
+	var serverPid int // set by each start func
 	setup := func(name string, start func(s *SingleNode) (string, error), out *BenchSide) (side, error) {
 		l, err := New(owner)
 		if err != nil {
@@ -107,13 +118,15 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 		if _, err := s.Client.WGQuickUp(conf); err != nil {
 			return side{}, fmt.Errorf("%s: %w", name, err)
 		}
-		return side{name: name, s: s, probe: Probe{NS: s.Client, Bin: bins.Originsrv}, out: out}, nil
+		return side{name: name, s: s, probe: Probe{NS: s.Client, Bin: bins.Originsrv}, out: out,
+			server: serverPid, client: s.Client.pidOf("wireguard", "wireguard-go")}, nil
 	}
 	wedged, err := setup("wedged", func(s *SingleNode) (string, error) {
 		w, err := s.StartWedged(bins.Wedged)
 		if err != nil {
 			return "", err
 		}
+		serverPid = w.Proc.Pid()
 		return w.Register(bins.Wedge)
 	}, &res.Wedged)
 	if err != nil {
@@ -128,6 +141,7 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 		if err != nil {
 			return "", err
 		}
+		serverPid = w.Proc.Pid()
 		return w.Register(bins.Wedge)
 	}, &res.Plan)
 	if err != nil {
@@ -138,6 +152,7 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 		if err != nil {
 			return "", err
 		}
+		serverPid = b.Proc.Pid()
 		return b.Client.String(), nil
 	}, &res.Baseline)
 	if err != nil {
@@ -152,21 +167,32 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 				if sd.name == "plan" {
 					break
 				}
+				s0, c0 := procCPU(sd.server), procCPU(sd.client)
 				r, err := sd.s.Client.Iperf3(origin, IperfOpts{Seconds: o.Seconds, Reverse: reverse})
 				if err != nil {
 					return res, fmt.Errorf("%s iperf3 (reverse %v): %w", sd.name, reverse, err)
 				}
+				gb := float64(r.BytesReceived) / 1e9
+				sCPU, cCPU := perUnit(s0, procCPU(sd.server), gb), perUnit(c0, procCPU(sd.client), gb)
 				if reverse {
 					sd.out.Down = append(sd.out.Down, r.BitsPerSecond)
+					sd.out.ServerDown = append(sd.out.ServerDown, sCPU)
+					sd.out.ClientDown = append(sd.out.ClientDown, cCPU)
 				} else {
 					sd.out.Up = append(sd.out.Up, r.BitsPerSecond)
+					sd.out.ServerUp = append(sd.out.ServerUp, sCPU)
+					sd.out.ClientUp = append(sd.out.ClientUp, cCPU)
 				}
 				logf("round %d %-8s %-4s %s", round, sd.name, map[bool]string{false: "up", true: "down"}[reverse], r)
 			}
+			s0, c0 := procCPU(sd.server), procCPU(sd.client)
 			c, err := sd.probe.CPS(url, o.CPS, o.CPSConc)
 			if err != nil {
 				return res, fmt.Errorf("%s cps: %w", sd.name, err)
 			}
+			conns := float64(c.OK) / 1e6 // µs per connection
+			sd.out.ServerCPS = append(sd.out.ServerCPS, perUnit(s0, procCPU(sd.server), conns))
+			sd.out.ClientCPS = append(sd.out.ClientCPS, perUnit(c0, procCPU(sd.client), conns))
 			if c.Errors > 0 {
 				logf("round %d %-8s cps: %d errors, e.g. %s", round, sd.name, c.Errors, c.FirstError)
 			}
@@ -209,4 +235,52 @@ func (r BenchResult) Print(w io.Writer) {
 		fmt.Fprintf(tw, "new TCP connections/s, egress plan\t%.0f\t%.0f\t%.2f\t\n", median(r.Plan.CPS), median(r.Baseline.CPS), r.PlanCPSRatio())
 	}
 	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "CPU time, median\twedged\tbaseline server\tclient (wedged)\tclient (baseline)\t\n")
+	row := func(what, unit string, a, b, c, d []float64) {
+		fmt.Fprintf(tw, "%s (%s)\t%.2f\t%.2f\t%.2f\t%.2f\t\n", what, unit, median(a), median(b), median(c), median(d))
+	}
+	row("up", "s/GB", r.Wedged.ServerUp, r.Baseline.ServerUp, r.Wedged.ClientUp, r.Baseline.ClientUp)
+	row("down", "s/GB", r.Wedged.ServerDown, r.Baseline.ServerDown, r.Wedged.ClientDown, r.Baseline.ClientDown)
+	row("per connection", "µs", r.Wedged.ServerCPS, r.Baseline.ServerCPS, r.Wedged.ClientCPS, r.Baseline.ClientCPS)
+	tw.Flush()
+}
+
+// procCPU returns the CPU time (user and system) pid has used, in
+// seconds; 0 if it cannot be read.
+func procCPU(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces: fields count from the
+	// closing parenthesis. utime and stime are fields 14 and 15, in clock
+	// ticks (USER_HZ, 100 on Linux).
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return (ut + st) / 100
+}
+
+// perUnit is the CPU time between two procCPU readings per unit of work;
+// 0 when either reading failed or there was no work.
+func perUnit(before, after, units float64) float64 {
+	if before == 0 || after == 0 || units <= 0 {
+		return 0
+	}
+	return (after - before) / units
 }

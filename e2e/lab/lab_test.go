@@ -184,3 +184,49 @@ func TestCleanupReportsRaces(t *testing.T) {
 		t.Errorf("clean run: dir %v, errors %q; want the dir gone and no errors", err, clean.errors)
 	}
 }
+
+// TestProcCPU: this process's CPU time grows while it spins; a missing
+// process reads 0, and perUnit refuses a failed reading or no work.
+func TestProcCPU(t *testing.T) {
+	before := procCPU(os.Getpid())
+	if before < 0 {
+		t.Fatalf("procCPU = %v", before)
+	}
+	x := 0
+	for after := before; after <= before; after = procCPU(os.Getpid()) {
+		for i := range 10_000_000 {
+			x += i
+		}
+	}
+	_ = x
+	if got := procCPU(-1); got != 0 {
+		t.Errorf("procCPU(-1) = %v, want 0", got)
+	}
+	for _, tc := range []struct{ b, a, u, want float64 }{
+		{1, 3, 2, 1}, {0, 3, 2, 0}, {1, 0, 2, 0}, {1, 3, 0, 0},
+	} {
+		if got := perUnit(tc.b, tc.a, tc.u); got != tc.want {
+			t.Errorf("perUnit(%v, %v, %v) = %v, want %v", tc.b, tc.a, tc.u, got, tc.want)
+		}
+	}
+}
+
+// TestBenchPrint: the result table has the ratios and the CPU table the
+// medians of each side.
+func TestBenchPrint(t *testing.T) {
+	r := BenchResult{Opts: BenchOpts{Rounds: 3}}
+	r.Wedged = BenchSide{Up: []float64{1e9, 2e9, 3e9}, Down: []float64{1e9}, CPS: []float64{100},
+		ServerUp: []float64{3, 4, 5}, ServerDown: []float64{2}, ServerCPS: []float64{250},
+		ClientUp: []float64{1}, ClientDown: []float64{1.5}, ClientCPS: []float64{80}}
+	r.Baseline = BenchSide{Up: []float64{4e9}, Down: []float64{2e9}, CPS: []float64{200},
+		ServerUp: []float64{2}, ServerDown: []float64{2.5}, ServerCPS: []float64{150},
+		ClientUp: []float64{1.2}, ClientDown: []float64{1.1}, ClientCPS: []float64{90}}
+	var b strings.Builder
+	r.Print(&b)
+	out := b.String()
+	for _, want := range []string{"0.50", "2.00", "4.00", "up (s/GB)", "4.00  ", "250.00", "150.00", "per connection (µs)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}

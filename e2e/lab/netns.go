@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -126,6 +127,18 @@ func (ns *NS) pids() []int {
 		}
 	}
 	return pids
+}
+
+// pidOf returns the pid of the first process in ns whose command name is
+// one of names, or 0.
+func (ns *NS) pidOf(names ...string) int {
+	for _, pid := range ns.pids() {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err == nil && slices.Contains(names, strings.TrimSpace(string(comm))) {
+			return pid
+		}
+	}
+	return 0
 }
 
 // Command returns a command that runs argv inside the namespace
