@@ -130,7 +130,9 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 // old connection's sequence numbers, which the client's new connection
 // does not accept) and the SYN then reaches the forwarder. Old duplicate
 // SYNs, what TIME-WAIT guards against, do not occur inside the tunnel:
-// WireGuard drops replays.
+// WireGuard drops replays. A client can only take over its own 4-tuples:
+// wireguard-go drops packets whose source is outside the sending peer's
+// allowed IPs.
 func (s *Stack) reopenTimeWait(proto tcpip.NetworkProtocolNumber, p []byte) {
 	var ipLen int
 	var src, dst tcpip.Address
