@@ -13,7 +13,8 @@
 //     destination address, and UDP GRO: a train of datagrams from one
 //     client arrives as one message (the kernel no longer segments what a
 //     GSO sender or GRO made one), cut here into datagrams that all carry
-//     that message's endpoint;
+//     that message's endpoint (each socket's receiver reads into its own
+//     128 × 64 KiB, touched only as far as messages fill them);
 //   - sendmmsg with a PKTINFO control message naming that address as the
 //     source (ifindex 0, so routing is unchanged);
 //   - immutable, cached *Endpoint values, so steady-state receive does not
