@@ -17,6 +17,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -243,6 +244,45 @@ func TestSoftUnicast(t *testing.T) {
 		}
 		if got := e.egressOf(t, 1, e.origins4[0]); got.Addr() != netip.MustParseAddr("198.51.100.8") {
 			t.Fatalf("client2 leaves from %v, want 198.51.100.8, dc2's only DE address", got)
+		}
+	})
+
+	t.Run("retag", func(t *testing.T) {
+		// A PATCH of client1's country reaches its next flows at once,
+		// without a handshake: DE (dc1 owns DE addresses too), then the
+		// override cleared, back to its GeoIP country, NL. The PATCH goes
+		// to the node that does not hold the session: the change travels
+		// through etcd.
+		id := configMeta(e.confs[0], "Registration")
+		other := e.nodes[0]
+		if e.home[0] == 1 {
+			other = e.nodes[1]
+		}
+		for _, c := range []struct {
+			body  string
+			addrs netip.Prefix
+		}{{`{"country":"DE"}`, deAddrs}, {`{"country":""}`, nlAddrs}} {
+			req, err := http.NewRequest(http.MethodPatch, other.API+"/v1/reg/"+id, strings.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := other.HTTPClient().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("PATCH %s: %s", c.body, resp.Status)
+			}
+			var got netip.AddrPort
+			took := waitUntil(t, 5*time.Second, "client1's new flows leave from "+c.addrs.String(), func() bool {
+				got = e.egressOf(t, 0, e.origins4[0])
+				return c.addrs.Contains(got.Addr())
+			})
+			if n := e.sliceOf(1, got.Port()); n != e.home[0] {
+				t.Fatalf("after PATCH %s client1 leaves from port %d: node%d's slice, its session is on node%d", c.body, got.Port(), n, e.home[0])
+			}
+			t.Logf("PATCH %s: client1's flows left from %v %v later", c.body, got, took)
 		}
 	})
 

@@ -298,10 +298,15 @@ func (n *Node) PatchTags(ctx context.Context, id string, p TagsPatch) (registry.
 		return registry.Client{}, err
 	}
 	n.mu.Lock()
-	if old, ok := n.clients[c.PublicKey]; ok && old.ID == c.ID {
+	old, held := n.clients[c.PublicKey]
+	held = held && old.ID == c.ID
+	if held {
 		n.clients[c.PublicKey] = c
 	}
 	n.mu.Unlock()
+	if held && old.Tags != c.Tags && n.cfg.OnTags != nil {
+		n.cfg.OnTags(c)
+	}
 	n.log.Info("client tags changed", "id", c.ID, "pool", c.Tags.Pool, "country", c.Tags.Country)
 	return c, nil
 }

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -426,10 +427,22 @@ func TestAPICreateTags(t *testing.T) {
 
 func TestAPIPatchTags(t *testing.T) {
 	var log syncBuffer
+	var retagMu sync.Mutex
+	var retagged []registry.Tags // what OnTags was told, in order
 	n, st := newTestNode(t, func(c *Config) {
 		c.ValidTags = vetoNowhere
 		c.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.OnTags = func(c registry.Client) {
+			retagMu.Lock()
+			retagged = append(retagged, c.Tags)
+			retagMu.Unlock()
+		}
 	})
+	calls := func() []registry.Tags {
+		retagMu.Lock()
+		defer retagMu.Unlock()
+		return slices.Clone(retagged)
+	}
 	h := n.Handler()
 	pubS := pubKey(t)
 	pub, _ := ParsePublicKey(pubS)
@@ -470,13 +483,22 @@ func TestAPIPatchTags(t *testing.T) {
 		{"garbage id", "/v1/reg/nope", `{"pool":"acme"}`, 404, registry.Tags{Country: "DE"}},
 		{"trailing slash", "/v1/reg/" + id + "/", `{"pool":"x1"}`, 200, registry.Tags{Pool: "x1", Country: "DE"}},
 	}
+	prev := registry.Tags{Pool: "trusted", Country: "NL"}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			path := c.path
 			if path == "" {
 				path = "/v1/reg/" + id
 			}
+			before := len(calls())
 			code, body := do(t, h, "PATCH", path, c.body)
+			// OnTags hears of every change, once, and of nothing else.
+			if got := calls(); c.tags != prev && (len(got) != before+1 || got[before] != c.tags) {
+				t.Errorf("OnTags calls %v after the change to %+v, want one more with it", got[before:], c.tags)
+			} else if c.tags == prev && len(got) != before {
+				t.Errorf("OnTags called %v without a change", got[before:])
+			}
+			prev = c.tags
 			if code != c.want {
 				t.Fatalf("got %d, want %d (%v)", code, c.want, body)
 			}
@@ -505,9 +527,17 @@ func TestAPIPatchTags(t *testing.T) {
 		t.Fatal(err)
 	}
 	remote.Tags = registry.Tags{Pool: "remote", Country: "FR"}
+	before := len(calls())
 	n.apply(registry.Event{Type: registry.EventPut, Client: remote})
 	if got, _ := viewTags(n, pub); got != remote.Tags {
 		t.Fatalf("node view after an EventPut: %+v, want %+v", got, remote.Tags)
+	}
+	if got := calls(); len(got) != before+1 || got[before] != remote.Tags {
+		t.Fatalf("OnTags after an EventPut with new tags: %v, want %+v", got[before:], remote.Tags)
+	}
+	n.apply(registry.Event{Type: registry.EventPut, Client: remote})
+	if got := calls(); len(got) != before+1 {
+		t.Fatalf("OnTags called again for the same registration: %v", got[before:])
 	}
 	// Tags are not the device's business: neither a PATCH nor an
 	// EventPut that changed only tags rewrote the peer.

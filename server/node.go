@@ -70,6 +70,10 @@ type Config struct {
 	// response leaves, so the client's first flows see what it stored;
 	// it must be quick. It costs one X25519 per handshake.
 	OnHandshake func(c registry.Client, src netip.AddrPort)
+	// OnTags, if set, is told when a client the device holds has new
+	// tags (a PATCH through this node, or a change from another node of
+	// the cluster), after the change is stored. It must be quick.
+	OnTags func(c registry.Client)
 	// ValidTags, if set, vetoes tags this node cannot serve (an egress
 	// pool or country it has no address for): registrations and tag
 	// changes made through this node with tags it returns an error for
@@ -289,7 +293,7 @@ func (n *Node) apply(ev registry.Event) {
 // skipping those it already holds as they are, up to MaxPeers.
 func (n *Node) addPeers(cs []registry.Client) error {
 	var b strings.Builder
-	var added []registry.Client
+	var added, retagged []registry.Client
 	full := false
 	n.mu.Lock()
 	count := len(n.clients)
@@ -303,6 +307,9 @@ func (n *Node) addPeers(cs []registry.Client) error {
 			// rewriting the peer would drop its allowed IPs for a
 			// moment (replace_allowed_ips), losing packets.
 			n.clients[c.PublicKey] = c
+			if old.Tags != c.Tags {
+				retagged = append(retagged, c)
+			}
 			continue
 		}
 		if !ok && count >= MaxPeers {
@@ -316,6 +323,11 @@ func (n *Node) addPeers(cs []registry.Client) error {
 		added = append(added, c)
 	}
 	n.mu.Unlock()
+	if n.cfg.OnTags != nil {
+		for _, c := range retagged {
+			n.cfg.OnTags(c)
+		}
+	}
 	if full {
 		n.log.Error("more registered clients than one device holds; not loading the rest", "max", MaxPeers)
 	}

@@ -47,6 +47,7 @@ type egressPlan struct {
 type clientTags struct {
 	country, pool string
 	key           uint32 // the ClientID: stable, spreads clients over addresses
+	geo           string // GeoIP country of its handshake address, kept for onTags
 }
 
 // planPoll is how often the plan and GeoIP files are checked for changes.
@@ -157,20 +158,46 @@ func (e *egressPlan) setOnReload(f func()) {
 
 // onHandshake records client c's tags: its registration's pool (else
 // --egress-pool) and country override, else the country of the address it
-// handshook from. It runs before the handshake's response leaves; a change
-// of the registration's tags applies from the client's next handshake
-// (within 2 minutes).
+// handshook from. It runs before the handshake's response leaves.
 func (e *egressPlan) onHandshake(c registry.Client, src netip.AddrPort) {
-	t := clientTags{pool: e.pool, country: c.Tags.Country, key: uint32(c.ClientID)}
-	if c.Tags.Pool != "" {
-		t.pool = c.Tags.Pool
+	var geo string
+	if db := e.geo.Load(); db != nil {
+		geo, _ = db.Country(src.Addr())
 	}
-	if db := e.geo.Load(); db != nil && t.country == "" {
-		t.country, _ = db.Country(src.Addr())
-	}
+	t := e.tagsOf(c, geo)
 	if t.country == "" {
 		e.noCountry.Add(1)
 	}
+	e.store(c, t)
+}
+
+// onTags applies a registration's changed tags to a client that has
+// handshaken here, at once (server.Config.OnTags): its next flows leave
+// from addresses with the new tags; flows already open keep their source.
+// The country of its handshake address stays what an empty country
+// override falls back to. A client not seen yet gets its tags at its
+// handshake.
+func (e *egressPlan) onTags(c registry.Client) {
+	for _, a := range []netip.Addr{c.V4, c.V6} {
+		if v, ok := e.tags.Load(a); ok && a.IsValid() {
+			e.tags.Store(a, e.tagsOf(c, v.(clientTags).geo))
+		}
+	}
+}
+
+// tagsOf is client c's tags with geo the country of its handshake address.
+func (e *egressPlan) tagsOf(c registry.Client, geo string) clientTags {
+	t := clientTags{pool: e.pool, country: c.Tags.Country, key: uint32(c.ClientID), geo: geo}
+	if c.Tags.Pool != "" {
+		t.pool = c.Tags.Pool
+	}
+	if t.country == "" {
+		t.country = geo
+	}
+	return t
+}
+
+func (e *egressPlan) store(c registry.Client, t clientTags) {
 	if c.V4.IsValid() {
 		e.tags.Store(c.V4, t)
 	}

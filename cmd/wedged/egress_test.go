@@ -221,3 +221,41 @@ func TestEgressPlanRegistrationTags(t *testing.T) {
 		t.Error("a country the plan has no address in was accepted")
 	}
 }
+
+// TestEgressPlanRetag: a tag change reaches a client seen here at once: its
+// next flow leaves from an address with the new tags; clearing the country
+// override falls back to the country of its handshake address; a client
+// not seen yet is left to its handshake.
+func TestEgressPlanRetag(t *testing.T) {
+	e, _ := newTestEgressPlan(t)
+	dst := netip.MustParseAddrPort("198.18.0.2:80")
+	c := testClient(0x21, "100.64.0.5", "fd00::5")
+	e.onHandshake(c, netip.MustParseAddrPort("203.0.113.7:4000")) // NL by GeoIP
+	nl := func() netip.Addr {
+		s, err := e.route(c.V4, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Addr
+	}
+	first := nl()
+	if !netip.MustParsePrefix("198.51.100.0/30").Contains(first) {
+		t.Fatalf("NL client leaves from %v, want ams's NL block", first)
+	}
+	c.Tags = registry.Tags{Country: "DE"}
+	e.onTags(c)
+	if s, err := e.route(c.V4, dst); err != nil || s.Addr != netip.MustParseAddr("198.51.100.6") {
+		t.Fatalf("after the change to DE: %+v, %v; want ams's DE address 198.51.100.6", s, err)
+	}
+	c.Tags = registry.Tags{}
+	e.onTags(c)
+	if got := nl(); got != first {
+		t.Fatalf("override cleared: leaves from %v, want the GeoIP country's %v again", got, first)
+	}
+	unseen := testClient(0x22, "100.64.0.6", "fd00::6")
+	unseen.Tags = registry.Tags{Country: "DE"}
+	e.onTags(unseen)
+	if _, ok := e.tags.Load(unseen.V4); ok {
+		t.Fatal("onTags stored tags for a client that has not handshaken here")
+	}
+}

@@ -360,6 +360,12 @@ func run(c *config) error {
 			}
 			return plan.onHandshake
 		}(),
+		OnTags: func() func(registry.Client) {
+			if plan == nil {
+				return nil
+			}
+			return plan.onTags
+		}(),
 		ValidTags: func() func(registry.Tags) error {
 			if plan == nil {
 				return nil
