@@ -23,6 +23,7 @@ import (
 
 	"github.com/wedge-edge/wedge/server/etcdtest"
 	"github.com/wedge-edge/wedge/server/registry"
+	"github.com/wedge-edge/wedge/server/udpbind"
 )
 
 // newTestNode is a Node on a fresh Bolt store; opts change its Config.
@@ -177,6 +178,25 @@ func TestStatus(t *testing.T) {
 	code, body := do(t, n.Handler(), "GET", "/v1/status", "")
 	if code != 200 || body["clients"].(float64) != 1 || body["public_key"] != n.PublicKey().String() {
 		t.Fatalf("status: %d %v", code, body)
+	}
+	if _, ok := body["bind"].(map[string]any)["socket"]; ok {
+		t.Errorf("socket counters with a Bind that is not udpbind: %v", body["bind"])
+	}
+	// With wedge's own Bind the socket layer's counters are there too.
+	ub := udpbind.New()
+	n2, _ := newTestNode(t, func(c *Config) { c.Bind = ub; c.Name = "wedgetest2" })
+	if err := n2.dev.Up(); err != nil {
+		t.Fatal(err)
+	}
+	_, body = do(t, n2.Handler(), "GET", "/v1/status", "")
+	sock, ok := body["bind"].(map[string]any)["socket"].(map[string]any)
+	if !ok {
+		t.Fatalf("no socket counters with udpbind: %v", body["bind"])
+	}
+	for _, k := range []string{"src_fallbacks", "endpoint_cache_resets", "gso_off", "gro_messages", "gro_datagrams"} {
+		if _, ok := sock[k].(float64); !ok {
+			t.Errorf("socket counters lack %q: %v", k, sock)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/registry"
+	"github.com/wedge-edge/wedge/server/udpbind"
 )
 
 // Status is the node's report for GET /v1/status and `wedge status`.
@@ -48,6 +49,24 @@ type BindStatus struct {
 	// CookieReplies are the cookie replies wireguard-go sent while under
 	// load (a handshake flood).
 	CookieReplies uint64 `json:"cookie_replies_sent"`
+	// Socket is the node's UDP socket layer (wedge's own Bind): absent
+	// with another Bind.
+	Socket *SocketStatus `json:"socket,omitempty"`
+}
+
+// SocketStatus counts what the node's UDP sockets did (udpbind.Stats).
+type SocketStatus struct {
+	// SrcFallbacks: sends refused from the address the client targeted
+	// (no longer local) and sent from the kernel's choice instead.
+	SrcFallbacks uint64 `json:"src_fallbacks"`
+	// CacheResets: times the endpoint cache filled up and was emptied.
+	CacheResets uint64 `json:"endpoint_cache_resets"`
+	// GSOOff: sockets that turned UDP GSO off after the kernel refused it.
+	GSOOff uint64 `json:"gso_off"`
+	// Coalesced: received messages that held several datagrams (UDP GRO),
+	// GRODatagrams the datagrams cut from them.
+	Coalesced    uint64 `json:"gro_messages"`
+	GRODatagrams uint64 `json:"gro_datagrams"`
 }
 
 // PeerStatus is one client with a session (it has handshaken since the
@@ -79,6 +98,13 @@ func (n *Node) Status() Status {
 	s.Bind.Mismatches = n.mismatches.Load()
 	s.Bind.HandshakesStarted = n.recovered.Load()
 	s.Bind.CookieReplies = n.bind.CookieReplies()
+	if ub, ok := n.bind.Bind.(*udpbind.Bind); ok {
+		st := ub.Stats()
+		s.Bind.Socket = &SocketStatus{
+			SrcFallbacks: st.SrcFallbacks, CacheResets: st.CacheResets, GSOOff: st.GSOOff,
+			Coalesced: st.Coalesced, GRODatagrams: st.Datagrams,
+		}
+	}
 	s.Indexes = n.indexStatus()
 	peers, _ := n.peers()
 	n.mu.Lock()
