@@ -203,6 +203,12 @@ func (d *Dialer) connect(ctx context.Context, proto string, src Source, dst neti
 	nd := net.Dialer{
 		Timeout:        d.timeout,
 		ControlContext: d.control,
+		// TCP keepalive after 15 s idle, every 15 s (Go's default, set
+		// here on purpose): the client's own keepalives end at the
+		// netstack, so these are what notice a dead destination (and keep
+		// state on its side fresh) for a flow nobody writes to. It costs
+		// four setsockopt calls per dial.
+		KeepAlive: 15 * time.Second,
 	}
 	if proto == "tcp" {
 		nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src.Addr, 0))
