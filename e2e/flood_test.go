@@ -26,6 +26,14 @@ import (
 // (DESIGN.md), local to the client namespace.
 var floodSources = netip.MustParsePrefix("203.0.113.64/26")
 
+// The flood test's paired downloads: how many pairs, and each download's
+// length in seconds (a flood lasts two seconds longer, started a second
+// before the download under it).
+const (
+	floodPairs  = 8
+	floodSample = 4
+)
+
 // floodReplies are the flood sources whose cookie replies come back.
 var floodReplies = netip.MustParsePrefix("203.0.113.64/30")
 
@@ -79,7 +87,7 @@ func TestHandshakeFlood(t *testing.T) {
 
 	download := func(what string) float64 {
 		t.Helper()
-		r, err := c.Client.Iperf3(lab.Origin4.Addr(), lab.IperfOpts{Seconds: 3, Reverse: true})
+		r, err := c.Client.Iperf3(lab.Origin4.Addr(), lab.IperfOpts{Seconds: floodSample, Reverse: true})
 		if err != nil {
 			t.Fatalf("%s: iperf3: %v", what, err)
 		}
@@ -89,10 +97,13 @@ func TestHandshakeFlood(t *testing.T) {
 	before := indexCounters(t, node)
 	cookiesBefore := status(t, node).Bind.CookieReplies
 	// Paired samples: a run without the flood, then one under a flood
-	// started for it, five times. Other work on the machine (the rest of
-	// the test suite, in CI) changes the rate from minute to minute; a
-	// pair shares its minute, and the median of the pairs' ratios drops
-	// the one pair such work landed on.
+	// started for it, eight times. Other work on the machine changes the
+	// rate from minute to minute, and a pair shares its minute. Single
+	// samples under the flood vary by ±40% here (how the bursts fall on
+	// the download); what is judged is the throughput kept over all
+	// pairs, total under the flood over total without (in local runs the
+	// median of five 3 s pairs' ratios read from 0.73 to 1.16 for the same
+	// code).
 	type floodResult struct {
 		Sources   int   `json:"sources"`
 		Sent      int64 `json:"sent"`
@@ -102,11 +113,12 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	var total floodResult
 	var ratios []float64
-	for k := 1; k <= 5; k++ {
+	var sumBase, sumUnder float64
+	for k := 1; k <= floodPairs; k++ {
 		base := download(fmt.Sprintf("pair %d, without the flood", k))
 		flood, err := c.Client.Start("wgflood", nil, srv, "wgflood",
 			"-to", netip.AddrPortFrom(lab.VIP4, 51820).String(), "-key", lab.ConfigValue(conf, "PublicKey"),
-			"-from", floodSources.String(), "-burst", "256", "-every", "100ms", "-d", "5s")
+			"-from", floodSources.String(), "-burst", "256", "-every", "100ms", "-d", fmt.Sprintf("%ds", floodSample+2))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,13 +141,15 @@ func TestHandshakeFlood(t *testing.T) {
 		total.Cookies += res.Cookies
 		total.Responses += res.Responses
 		ratios = append(ratios, under/base)
+		sumBase += base
+		sumUnder += under
 	}
 	after := indexCounters(t, node)
+	ratio := sumUnder / sumBase
 	slices.Sort(ratios)
-	ratio := ratios[len(ratios)/2]
 	res := total
-	t.Logf("flood: %d initiations from %d addresses, %d cookie replies, %d responses; throughput under flood / without, per pair: %.2f (median %.2f)",
-		res.Sent, res.Sources, res.Cookies, res.Responses, ratios, ratio)
+	t.Logf("flood: %d initiations from %d addresses, %d cookie replies, %d responses; throughput under flood / without: %.2f over all pairs (per pair %.2f, median %.2f)",
+		res.Sent, res.Sources, res.Cookies, res.Responses, ratio, ratios, ratios[len(ratios)/2])
 	bind := status(t, node).Bind
 	t.Logf("node: xdp %v; bind %+v", xdpCounters(t, node), bind)
 	if sent := bind.CookieReplies - cookiesBefore; sent < uint64(res.Sent)/2 || res.Cookies == 0 {
@@ -148,7 +162,7 @@ func TestHandshakeFlood(t *testing.T) {
 		t.Errorf("the node opened %.0f initiations during the flood; only the client's (rekeys) should be", d)
 	}
 	if ratio < 0.8 {
-		t.Fatalf("under the flood the client kept %.2f of its throughput (median of %.2f), want ≥ 0.80", ratio, ratios)
+		t.Fatalf("under the flood the client kept %.2f of its throughput over %d pairs (per pair %.2f), want ≥ 0.80", ratio, floodPairs, ratios)
 	}
 }
 
