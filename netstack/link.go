@@ -88,21 +88,16 @@ func ipProto(p []byte) (tcpip.NetworkProtocolNumber, bool) {
 // merged, so nothing waits for a timer; gVisor's rules decide what merges
 // (same flow, in sequence, same size and options, no SYN/FIN/RST/URG/PSH).
 // wireguard-go writes from one goroutine per peer, so each Write takes its
-// own engine from a pool.
+// own engine from a pool. The batch is the engine's Dispatcher: it counts
+// what it passes on to the NIC's dispatcher d.
 type inBatch struct {
-	*groBatch
-}
-
-// groBatch is a GRO engine whose Dispatcher is the batch itself, which
-// counts what it passes on to the NIC's dispatcher d.
-type groBatch struct {
 	g gro.GRO
 	d stack.NetworkDispatcher
 	n int // packets handed to d
 }
 
 var groPool = sync.Pool{New: func() any {
-	b := new(groBatch)
+	b := new(inBatch)
 	b.g.Init(true)
 	b.g.Dispatcher = b
 	return b
@@ -110,33 +105,33 @@ var groPool = sync.Pool{New: func() any {
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher for the GRO
 // engine: it counts and passes on.
-func (b *groBatch) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+func (b *inBatch) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	b.n++
 	b.d.DeliverNetworkPacket(proto, pkt)
 }
 
 // DeliverLinkPacket implements stack.NetworkDispatcher.
-func (b *groBatch) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+func (b *inBatch) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	b.d.DeliverLinkPacket(proto, pkt)
 }
 
 // beginIn starts a batch; false when the NIC is not attached (stack
 // closing). The batch must be ended with end.
-func (e *linkEndpoint) beginIn() (inBatch, bool) {
+func (e *linkEndpoint) beginIn() (*inBatch, bool) {
 	e.mu.RLock()
 	d := e.dispatcher
 	e.mu.RUnlock()
 	if d == nil {
-		return inBatch{}, false
+		return nil, false
 	}
-	b := groPool.Get().(*groBatch)
+	b := groPool.Get().(*inBatch)
 	b.d = d
-	return inBatch{b}, true
+	return b, true
 }
 
 // deliver copies the raw IP packet p into a packet buffer and hands it to
 // the batch's GRO, which delivers it now or at end.
-func (b inBatch) deliver(proto tcpip.NetworkProtocolNumber, p []byte) {
+func (b *inBatch) deliver(proto tcpip.NetworkProtocolNumber, p []byte) {
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
 	pkt.NetworkProtocolNumber = proto
 	// Authenticated by WireGuard (see Capabilities): GRO need not verify
@@ -150,7 +145,7 @@ func (b inBatch) deliver(proto tcpip.NetworkProtocolNumber, p []byte) {
 // pool. gVisor's GRO.Flush delivers only the first held packet of each
 // bucket (removing one resets the list links it walks), so end flushes
 // until a round delivers nothing: then every bucket is empty.
-func (b inBatch) end() {
+func (b *inBatch) end() {
 	for {
 		n := b.n
 		b.g.Flush()
@@ -159,7 +154,7 @@ func (b inBatch) end() {
 		}
 	}
 	b.d, b.n = nil, 0
-	groPool.Put(b.groBatch)
+	groPool.Put(b)
 }
 
 // enqueue queues a packet for Read, taking one reference.

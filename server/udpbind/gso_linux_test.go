@@ -133,21 +133,7 @@ func TestSendGSOWhole(t *testing.T) {
 	if soErr != nil {
 		t.Skipf("no UDP_GRO: %v", soErr)
 	}
-	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port)
-	if _, err := c.WriteToUDPAddrPort([]byte("hi"), dst); err != nil {
-		t.Fatal(err)
-	}
-	rb, sizes, eps := batch(b.BatchSize())
-	var ep conn.Endpoint
-	for _, fn := range fns {
-		if n, _ := fnOnce(fn, rb, sizes, eps); n > 0 {
-			ep = eps[0]
-			break
-		}
-	}
-	if ep == nil {
-		t.Fatal("no packet received")
-	}
+	ep := peerEndpoint(t, b, fns, c, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port))
 	const n, size = 92, 1424 // two full messages of 46 under the old limit
 	if err := b.Send(sized(make64(n, size)...), ep); err != nil {
 		t.Fatal(err)
@@ -202,20 +188,7 @@ func TestSendGSO(t *testing.T) {
 				rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) })
 			}
 			dst := netip.AddrPortFrom(netip.MustParseAddr(tc.target), port)
-			if _, err := c.WriteToUDPAddrPort([]byte("hi"), dst); err != nil {
-				t.Fatal(err)
-			}
-			rb, sizes, eps := batch(b.BatchSize())
-			var ep conn.Endpoint
-			for _, fn := range fns {
-				if n, _ := fnOnce(fn, rb, sizes, eps); n > 0 {
-					ep = eps[0]
-					break
-				}
-			}
-			if ep == nil {
-				t.Fatal("no packet received")
-			}
+			ep := peerEndpoint(t, b, fns, c, dst)
 			// Without root the buffer stays at net.core.rmem_max: a
 			// smaller burst (still two GSO messages) fits it.
 			n := 150
@@ -251,6 +224,23 @@ func TestSendGSO(t *testing.T) {
 			}
 		})
 	}
+}
+
+// peerEndpoint sends a datagram from c to dst and returns the Endpoint
+// the Bind reports it from, whichever of its sockets received it.
+func peerEndpoint(t *testing.T, b *Bind, fns []conn.ReceiveFunc, c *net.UDPConn, dst netip.AddrPort) conn.Endpoint {
+	t.Helper()
+	if _, err := c.WriteToUDPAddrPort([]byte("hi"), dst); err != nil {
+		t.Fatal(err)
+	}
+	rb, sizes, eps := batch(b.BatchSize())
+	for _, fn := range fns {
+		if n, _ := fnOnce(fn, rb, sizes, eps); n > 0 {
+			return eps[0]
+		}
+	}
+	t.Fatal("no packet received")
+	return nil
 }
 
 // fnOnce runs a ReceiveFunc in a goroutine with a short wait, since the
