@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/wedge-edge/wedge/e2e/lab"
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/lb"
-	"github.com/wedge-edge/wedge/server/clientid"
 )
 
 // frontLab is the cluster lab with the front on every node and the VIP

@@ -30,7 +30,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
-	"github.com/wedge-edge/wedge/server/happyeyeballs"
+	"github.com/wedge-edge/wedge/internal/happyeyeballs"
 )
 
 // ClientConfig configures a Client.

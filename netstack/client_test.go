@@ -20,7 +20,7 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
-	"github.com/wedge-edge/wedge/server/socks5"
+	"github.com/wedge-edge/wedge/client/socks5"
 )
 
 // Client tests wire a Client to a server-side Stack with two pumps, as

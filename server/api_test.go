@@ -21,9 +21,9 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wedge-edge/wedge/server/etcdtest"
+	"github.com/wedge-edge/wedge/internal/etcdtest"
+	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/server/registry"
-	"github.com/wedge-edge/wedge/server/udpbind"
 )
 
 // newTestNode is a Node on a fresh Bolt store; opts change its Config.

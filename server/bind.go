@@ -7,8 +7,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
-	"github.com/wedge-edge/wedge/server/clientid"
-	"github.com/wedge-edge/wedge/server/udpbind"
+	"github.com/wedge-edge/wedge/internal/clientid"
+	"github.com/wedge-edge/wedge/internal/udpbind"
 )
 
 // Bind wraps the node's conn.Bind. On every received message it reads the

@@ -14,8 +14,8 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/etcdtest"
 	"github.com/wedge-edge/wedge/server/cluster"
-	"github.com/wedge-edge/wedge/server/etcdtest"
 	"github.com/wedge-edge/wedge/server/registry"
 )
 

@@ -11,8 +11,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wedge-edge/wedge/server/clientid"
-	"github.com/wedge-edge/wedge/server/udpbind"
+	"github.com/wedge-edge/wedge/internal/clientid"
+	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/server/wgmsg"
 )
 

@@ -17,7 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/server/wgmsg"
 )
 

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/internal/atomicfile"
 )
 
 // LoadOrCreateKey reads the base64 WireGuard private key in path, creating
@@ -24,47 +25,10 @@ func LoadOrCreateKey(path string) (wgtypes.Key, error) {
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
-	if err := WriteFileAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(k.String()+"\n"), 0o600); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("server: write key: %w", err)
 	}
 	return k, nil
-}
-
-// WriteFileAtomic writes data to path with mode through a temporary file
-// in the same directory, synced, and a rename, then syncs the directory:
-// a reader never sees half a file, and a crash leaves the old file or the
-// new one, never a mix, and never the new data with an older, looser mode.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func hexKey(k wgtypes.Key) string { return hex.EncodeToString(k[:]) }
@@ -110,7 +74,7 @@ func CreateKey(path string) (wgtypes.Key, error) {
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
-	if err := WriteFileAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(k.String()+"\n"), 0o600); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("server: write key: %w", err)
 	}
 	return k, nil

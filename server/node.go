@@ -26,10 +26,10 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/internal/clientid"
+	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/registry"
-	"github.com/wedge-edge/wedge/server/udpbind"
 )
 
 // Config is what a Node needs. Store, TUN and Logger are required.

@@ -10,7 +10,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
 // Session recovery: a stamped client whose owner changed (its node died,

@@ -9,9 +9,9 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/registry"
-	"github.com/wedge-edge/wedge/server/udpbind"
 )
 
 // Status is the node's report for GET /v1/status and `wedge status`.

@@ -20,10 +20,10 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/wedge-edge/wedge/client"
+	"github.com/wedge-edge/wedge/client/socks5"
+	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/netstack"
-	"github.com/wedge-edge/wedge/server/client"
-	"github.com/wedge-edge/wedge/server/socks5"
-	"github.com/wedge-edge/wedge/server/udpbind"
 )
 
 // connect runs a wedge client: a wireguard-go device whose Bind stamps the

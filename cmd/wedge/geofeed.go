@@ -9,7 +9,7 @@ import (
 	"os"
 
 	"github.com/wedge-edge/wedge/egress"
-	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/internal/atomicfile"
 )
 
 // usageError marks a mistake on the command line; main exits 2 for it, as
@@ -64,7 +64,7 @@ country of the clients it serves, for geolocation providers to fetch.
 	if *out == "" {
 		_, err = stdout.Write(feed.Bytes())
 	} else {
-		err = server.WriteFileAtomic(*out, feed.Bytes(), 0o644)
+		err = atomicfile.WriteFile(*out, feed.Bytes(), 0o644)
 	}
 	if err != nil {
 		return fmt.Errorf("geofeed: %w", err)

@@ -13,7 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"rsc.io/qr"
 
-	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/internal/atomicfile"
 	"github.com/wedge-edge/wedge/server/clientconf"
 	"github.com/wedge-edge/wedge/server/registry"
 )
@@ -54,7 +54,7 @@ func register(args []string) error {
 	var conf bytes.Buffer
 	err = clientconf.Write(&conf, priv, reg, clientconf.Options{Family: *family, API: *api, Keepalive: *keepalive})
 	if err == nil && *out != "" {
-		err = server.WriteFileAtomic(*out, conf.Bytes(), 0o600)
+		err = atomicfile.WriteFile(*out, conf.Bytes(), 0o600)
 	}
 	if err != nil {
 		// The private key exists only here: without a config it is lost,

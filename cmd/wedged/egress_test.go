@@ -12,7 +12,7 @@ import (
 
 	"github.com/wedge-edge/wedge/egress"
 	"github.com/wedge-edge/wedge/egress/geoip/geoiptest"
-	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/registry"
 )

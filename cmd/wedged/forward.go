@@ -6,8 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/lb"
-	"github.com/wedge-edge/wedge/server/clientid"
 )
 
 // initForwarder sends a standard client's handshake initiation that reached

@@ -25,10 +25,10 @@ import (
 	"github.com/wedge-edge/wedge/netstack"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/flagfile"
 	"github.com/wedge-edge/wedge/lb"
 	"github.com/wedge-edge/wedge/server"
 	"github.com/wedge-edge/wedge/server/cluster"
-	"github.com/wedge-edge/wedge/server/flagfile"
 	"github.com/wedge-edge/wedge/server/registry"
 	"github.com/wedge-edge/wedge/server/wgmsg"
 )

@@ -13,7 +13,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wedge-edge/wedge/server/etcdtest"
+	"github.com/wedge-edge/wedge/internal/etcdtest"
 )
 
 func member(id, underlay string) Member {

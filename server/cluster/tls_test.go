@@ -21,7 +21,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/wedge-edge/wedge/server/etcdtest"
+	"github.com/wedge-edge/wedge/internal/etcdtest"
 )
 
 // testCA is a certificate authority made up for one test.

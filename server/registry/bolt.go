@@ -11,7 +11,7 @@ import (
 	"go.etcd.io/bbolt"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
 // Bolt is the embedded Store: one bbolt file under the node's state

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/server/etcdwatch"
 )
 

@@ -12,7 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/wedge-edge/wedge/server/etcdtest"
+	"github.com/wedge-edge/wedge/internal/etcdtest"
 	"github.com/wedge-edge/wedge/server/etcdwatch"
 )
 

@@ -30,7 +30,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
-	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
 // DualEndpoint is the peer endpoint string (UAPI "endpoint=") that a Bind

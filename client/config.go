@@ -12,7 +12,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wedge-edge/wedge/server/clientid"
+	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
 // Config is a client configuration as `wedge register` writes it: a

@@ -8,8 +8,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/server/clientconf"
-	"github.com/wedge-edge/wedge/server/clientid"
 )
 
 const (

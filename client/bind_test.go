@@ -19,8 +19,8 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/server"
-	"github.com/wedge-edge/wedge/server/clientid"
 )
 
 const testID clientid.ID = 0xabc123

@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/wedge-edge/wedge/server/happyeyeballs"
+	"github.com/wedge-edge/wedge/internal/happyeyeballs"
 )
 
 // Defaults for zero Server fields.
