@@ -1,5 +1,6 @@
-// Command wedge is the wedge CLI: register a client, read a node's status,
-// and run the lab benchmark.
+// Command wedge is the wedge CLI: register a client, connect with it, read
+// or drain a node, and write an egress plan's geofeed. The lab benchmarks
+// are a command of their own, e2e/wedge-lab.
 package main
 
 import (
@@ -16,7 +17,6 @@ Commands:
   connect    run a client from that config (TUN, or a SOCKS5 proxy with --socks)
   status     show a node's state (clients, sessions, counters, cluster)
   drain      mark a cluster node draining (or active again with --undo)
-  lab        build the network-namespace lab and measure (wedge lab bench)
   geofeed    write the RFC 8805 geofeed of an egress plan
 
 Run "wedge <command> --help" for a command's flags.
@@ -37,8 +37,6 @@ func main() {
 		err = status(args)
 	case "drain":
 		err = drain(args)
-	case "lab":
-		err = labCmd(args)
 	case "geofeed":
 		err = geofeed(args)
 	case "help", "-h", "--help":

@@ -1,6 +1,6 @@
 package lab
 
-// The XDP front's forwarding hop, measured (wedge lab bench-front):
+// The XDP front's forwarding hop, measured (wedge-lab bench-front):
 //
 //	client (wedge connect, TUN) ── router ──┬── owner node      (direct: VIP routed here)
 //	  iperf3 -c origin                      └── front node ─GUE─▶ owner

@@ -1,5 +1,5 @@
 // Package lab builds network-namespace labs for wedge's end-to-end tests and
-// for `wedge lab bench`: namespaces, veth pairs, addresses and routes,
+// for `wedge-lab bench`: namespaces, veth pairs, addresses and routes,
 // long-lived processes with their output in log files, wg-quick clients, a
 // plain wireguard-go baseline, and iperf3 / connections-per-second
 // measurements.

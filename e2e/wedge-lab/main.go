@@ -1,3 +1,13 @@
+// Command wedge-lab builds the network-namespace lab of e2e/lab from this
+// source tree and measures through it: wedged against a plain wireguard-go
+// baseline (bench), and the XDP front's forwarding hop against the direct
+// path (bench-front). It needs root and is run from the repository:
+//
+//	sudo go run ./e2e/wedge-lab bench --seconds 5 --rounds 3
+//	sudo go run ./e2e/wedge-lab bench-front --seconds 5 --rounds 7
+//
+// It is a command of its own, not a subcommand of wedge, so that the client
+// binary does not link the lab and, through it, the server side.
 package main
 
 import (
@@ -14,29 +24,50 @@ import (
 	"github.com/wedge-edge/wedge/e2e/lab"
 )
 
-const labUsage = `lab: usage: wedge lab bench [--seconds N] [--rounds N] [--cps D]
-       wedge lab bench-front [--seconds N] [--rounds N]`
+const usage = `Usage: wedge-lab <command> [flags]
 
-func labCmd(args []string) error {
-	if len(args) == 0 {
-		return errors.New(labUsage)
+Commands:
+  bench        wedged against a plain wireguard-go baseline, one node
+  bench-front  the XDP front's forwarding hop against the direct path, two nodes
+
+Both need root and build the lab from this source tree (run from the
+repository). Run "wedge-lab <command> --help" for a command's flags.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
 	}
-	switch args[0] {
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "bench":
-		return labBench(args[1:])
+		err = labBench(args)
 	case "bench-front":
-		return labBenchFront(args[1:])
+		err = labBenchFront(args)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "wedge-lab: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
 	}
-	return errors.New(labUsage)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "wedge-lab:", err)
+		os.Exit(1)
+	}
 }
 
 func labBench(args []string) error {
-	fs := flag.NewFlagSet("wedge lab bench", flag.ContinueOnError)
+	fs := flag.NewFlagSet("wedge-lab bench", flag.ContinueOnError)
 	seconds := fs.Int("seconds", 5, "length of each iperf3 run")
 	rounds := fs.Int("rounds", 3, "measurements per side, interleaved; the median is reported")
 	cps := fs.Duration("cps", 3*time.Second, "length of each connections-per-second run")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: wedge lab bench [flags]
+		fmt.Fprint(fs.Output(), `Usage: wedge-lab bench [flags]
 
 Builds two single-node netns labs from this source tree (run it from the
 repository, as root): one with wedged, one with the baseline (a plain
@@ -60,11 +91,11 @@ wedged/baseline ratios. Everything is removed afterwards.
 }
 
 func labBenchFront(args []string) error {
-	fs := flag.NewFlagSet("wedge lab bench-front", flag.ContinueOnError)
+	fs := flag.NewFlagSet("wedge-lab bench-front", flag.ContinueOnError)
 	seconds := fs.Int("seconds", 5, "length of each iperf3 run")
 	rounds := fs.Int("rounds", 3, "measurements per path, interleaved; the median is reported")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: wedge lab bench-front [flags]
+		fmt.Fprint(fs.Output(), `Usage: wedge-lab bench-front [flags]
 
 Builds a netns cluster lab from this source tree (run it from the
 repository, as root): two nodes running wedged with the XDP front on their
