@@ -8,8 +8,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/internal/clientid"
-	"github.com/wedge-edge/wedge/server/clientconf"
 )
 
 const (
@@ -88,10 +88,10 @@ func equal[T comparable](a, b []T) bool {
 	return true
 }
 
-// TestParseRegisterOutput parses what clientconf.Write (wedge register)
+// TestParseRegisterOutput parses what WriteConfig (wedge register)
 // renders, so the two stay in step.
 func TestParseRegisterOutput(t *testing.T) {
-	var r clientconf.Registration
+	var r api.Registration
 	r.ID, r.ClientID, r.Reserved = "abc", "AQID", [3]int{1, 2, 3}
 	r.Addresses.V4, r.Addresses.V6 = "100.96.0.2/32", "fd57:6564:6765::2/128"
 	r.Server.PublicKey = pubB64
@@ -99,7 +99,7 @@ func TestParseRegisterOutput(t *testing.T) {
 	r.MTU, r.DNS = 1420, []string{"100.96.0.1"}
 	k, _ := wgtypes.ParseKey(privB64)
 	var b strings.Builder
-	if err := clientconf.Write(&b, k, r, clientconf.Options{API: "http://x", Keepalive: 25}); err != nil {
+	if err := WriteConfig(&b, k, r, WriteOptions{API: "http://x", Keepalive: 25}); err != nil {
 		t.Fatal(err)
 	}
 	c, err := Parse(strings.NewReader(b.String()))

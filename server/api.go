@@ -12,64 +12,21 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/server/registry"
 )
 
 // MaxBodyBytes bounds API request bodies; larger ones get 413.
 const MaxBodyBytes = 64 << 10
 
-// RegRequest is the body of POST /v1/reg. Pool and Country are optional
-// (empty: the default pool, the country GeoIP gives).
-type RegRequest struct {
-	PublicKey string `json:"public_key"`
-	Pool      string `json:"pool"`
-	Country   string `json:"country"`
-}
-
-// RegResponse is the answer to POST and GET /v1/reg: everything a client
-// needs to build its configuration.
-type RegResponse struct {
-	ID        string    `json:"id"`
-	ClientID  string    `json:"client_id"` // base64 of the 3 reserved bytes
-	Reserved  [3]int    `json:"reserved"`  // the same bytes, for third-party clients
-	PublicKey string    `json:"public_key"`
-	Addresses Addresses `json:"addresses"`
-	Server    PeerInfo  `json:"server"`
-	MTU       int       `json:"mtu"`
-	DNS       []string  `json:"dns"`
-	Tags      TagsInfo  `json:"tags"`
-	Created   time.Time `json:"created"`
-}
-
-// TagsInfo is a registration's tags as the API shows them. Both keys are
-// always present; an empty string means the default (the default pool,
-// the country GeoIP gives).
-type TagsInfo struct {
-	Pool    string `json:"pool"`
-	Country string `json:"country"`
-}
-
-// Addresses are a client's inner addresses.
-type Addresses struct {
-	V4 string `json:"v4"`
-	V6 string `json:"v6"`
-}
-
-// PeerInfo is the server side of the tunnel.
-type PeerInfo struct {
-	PublicKey string   `json:"public_key"`
-	Endpoints []string `json:"endpoints"`
-}
-
 // Handler serves the registration and status API.
 //
-//	POST   /v1/reg        {"public_key": "<base64>", "pool", "country"} → 200 RegResponse
-//	GET    /v1/reg/{id}   → 200 RegResponse
-//	PATCH  /v1/reg/{id}   {"pool", "country"} (either or both) → 200 RegResponse
+//	POST   /v1/reg        {"public_key": "<base64>", "pool", "country"} → 200 api.Registration
+//	GET    /v1/reg/{id}   → 200 api.Registration
+//	PATCH  /v1/reg/{id}   {"pool", "country"} (either or both) → 200 api.Registration
 //	DELETE /v1/reg/{id}   → 204
 //	GET    /v1/status     → 200 Status
 //	GET    /v1/nodes      → 200 [cluster.Member]            (cluster only)
@@ -123,7 +80,7 @@ func (n *Node) Handler() http.Handler {
 }
 
 func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
-	var req RegRequest
+	var req api.RegRequest
 	if !readBody(w, r, &req) {
 		return
 	}
@@ -342,18 +299,18 @@ func (n *Node) lookupError(w http.ResponseWriter, err error) bool {
 	return true
 }
 
-func (n *Node) response(c registry.Client) RegResponse {
+func (n *Node) response(c registry.Client) api.Registration {
 	rb := c.ClientID.Bytes()
-	resp := RegResponse{
+	resp := api.Registration{
 		ID:        c.ID,
 		ClientID:  c.ClientID.String(),
 		Reserved:  [3]int{int(rb[0]), int(rb[1]), int(rb[2])},
 		PublicKey: c.PublicKey.String(),
-		Addresses: Addresses{V4: c.V4.String() + "/32", V6: c.V6.String() + "/128"},
-		Server:    PeerInfo{PublicKey: n.PublicKey().String(), Endpoints: []string{}},
+		Addresses: api.Addresses{V4: c.V4.String() + "/32", V6: c.V6.String() + "/128"},
+		Server:    api.Server{PublicKey: n.PublicKey().String(), Endpoints: []string{}},
 		MTU:       n.cfg.MTU,
 		DNS:       []string{},
-		Tags:      TagsInfo{Pool: c.Tags.Pool, Country: c.Tags.Country},
+		Tags:      &api.Tags{Pool: c.Tags.Pool, Country: c.Tags.Country},
 		Created:   c.Created,
 	}
 	for _, e := range n.cfg.Endpoints {
@@ -415,7 +372,7 @@ func methodNotAllowed(w http.ResponseWriter, allow string) {
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
+	writeJSON(w, code, api.Error{Error: msg})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

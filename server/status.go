@@ -9,78 +9,20 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/registry"
 )
 
-// Status is the node's report for GET /v1/status and `wedge status`.
-type Status struct {
-	Name       string   `json:"name"`
-	PublicKey  string   `json:"public_key"`
-	ListenPort uint16   `json:"listen_port"`
-	Endpoints  []string `json:"endpoints"`
-	Clients    int      `json:"clients"`
-	// Active counts clients with a handshake in the last 3 minutes.
-	Active   int            `json:"active"`
-	Cluster  *ClusterStatus `json:"cluster,omitempty"`
-	Bind     BindStatus     `json:"bind"`
-	Indexes  *IndexStatus   `json:"indexes,omitempty"`
-	Peers    []PeerStatus   `json:"peers"`
-	Sections map[string]any `json:"sections,omitempty"`
-}
-
-// ClusterStatus is the node's view of its cluster: itself, its etcd
-// connection and every live node.
-type ClusterStatus struct {
-	Node  cluster.Member   `json:"node"`
-	Etcd  cluster.Health   `json:"etcd"`
-	Nodes []cluster.Member `json:"nodes"`
-}
-
-// BindStatus counts what the Bind saw.
-type BindStatus struct {
-	Stamped    uint64 `json:"stamped"`
-	Unstamped  uint64 `json:"unstamped"`
-	Mismatches uint64 `json:"client_id_mismatches"`
-	// HandshakesStarted counts handshakes the node initiated for stamped
-	// clients that sent data without a session here (recover.go).
-	HandshakesStarted uint64 `json:"handshakes_started"`
-	// CookieReplies are the cookie replies wireguard-go sent while under
-	// load (a handshake flood).
-	CookieReplies uint64 `json:"cookie_replies_sent"`
-	// Socket is the node's UDP socket layer (wedge's own Bind): absent
-	// with another Bind.
-	Socket *SocketStatus `json:"socket,omitempty"`
-}
-
-// SocketStatus counts what the node's UDP sockets did (udpbind.Stats).
-type SocketStatus struct {
-	// SrcFallbacks: sends refused from the address the client targeted
-	// (no longer local) and sent from the kernel's choice instead.
-	SrcFallbacks uint64 `json:"src_fallbacks"`
-	// CacheResets: times the endpoint cache filled up and was emptied.
-	CacheResets uint64 `json:"endpoint_cache_resets"`
-	// GSOOff: sockets that turned UDP GSO off after the kernel refused it.
-	GSOOff uint64 `json:"gso_off"`
-	// Coalesced: received messages that held several datagrams (UDP GRO),
-	// GRODatagrams the datagrams cut from them.
-	Coalesced    uint64 `json:"gro_messages"`
-	GRODatagrams uint64 `json:"gro_datagrams"`
-}
-
-// PeerStatus is one client with a session (it has handshaken since the
-// device came up).
-type PeerStatus struct {
-	ID            string    `json:"id"`
-	PublicKey     string    `json:"public_key"`
-	ClientID      string    `json:"client_id"`
-	ClientIDSeen  string    `json:"client_id_seen,omitempty"`
-	Endpoint      string    `json:"endpoint"`
-	LastHandshake time.Time `json:"last_handshake"`
-	RxBytes       uint64    `json:"rx_bytes"`
-	TxBytes       uint64    `json:"tx_bytes"`
-}
+// The status report's types are the API's, shared with clients.
+type (
+	Status        = api.Status
+	ClusterStatus = api.ClusterStatus
+	BindStatus    = api.BindStatus
+	SocketStatus  = api.SocketStatus
+	PeerStatus    = api.PeerStatus
+)
 
 // Status reports the node's state.
 func (n *Node) Status() Status {
@@ -105,7 +47,9 @@ func (n *Node) Status() Status {
 			Coalesced: st.Coalesced, GRODatagrams: st.Datagrams,
 		}
 	}
-	s.Indexes = n.indexStatus()
+	if is := n.indexStatus(); is != nil {
+		s.Indexes = is // a nil *IndexStatus in the interface would show as null
+	}
 	peers, _ := n.peers()
 	n.mu.Lock()
 	s.Clients = len(n.clients)

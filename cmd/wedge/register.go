@@ -13,14 +13,14 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"rsc.io/qr"
 
+	"github.com/wedge-edge/wedge/client"
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/internal/atomicfile"
-	"github.com/wedge-edge/wedge/server/clientconf"
-	"github.com/wedge-edge/wedge/server/registry"
 )
 
 func register(args []string) error {
 	fs := flag.NewFlagSet("wedge register", flag.ContinueOnError)
-	api := fs.String("api", "http://127.0.0.1:8080", "registration API base `URL`")
+	apiURL := fs.String("api", "http://127.0.0.1:8080", "registration API base `URL`")
 	out := fs.String("out", "", "write the wg-quick config to `FILE` (mode 0600; default: standard output)")
 	family := fs.Int("family", 0, "endpoint family wg-quick uses: 4, 6, or 0 for the server's first")
 	keepalive := fs.Int("keepalive", 25, "PersistentKeepalive `SECONDS` (0: off); keeps NAT mappings alive")
@@ -37,7 +37,7 @@ func register(args []string) error {
 	if *family != 0 && *family != 4 && *family != 6 {
 		return fmt.Errorf("register: --family %d: want 4, 6 or 0", *family)
 	}
-	tags := registry.Tags{Pool: *pool, Country: *country}
+	tags := api.Tags{Pool: *pool, Country: *country}
 	if err := tags.Validate(); err != nil {
 		return usageError{fmt.Errorf("register: %w", err)}
 	}
@@ -47,19 +47,19 @@ func register(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	reg, err := postRegistration(ctx, &http.Client{}, *api, priv.PublicKey(), tags)
+	reg, err := postRegistration(ctx, &http.Client{}, *apiURL, priv.PublicKey(), tags)
 	if err != nil {
 		return err
 	}
 	var conf bytes.Buffer
-	err = clientconf.Write(&conf, priv, reg, clientconf.Options{Family: *family, API: *api, Keepalive: *keepalive})
+	err = client.WriteConfig(&conf, priv, reg, client.WriteOptions{Family: *family, API: *apiURL, Keepalive: *keepalive})
 	if err == nil && *out != "" {
 		err = atomicfile.WriteFile(*out, conf.Bytes(), 0o600)
 	}
 	if err != nil {
 		// The private key exists only here: without a config it is lost,
 		// so take the registration back rather than leave an orphan.
-		if derr := clientconf.Delete(ctx, &http.Client{}, *api, reg.ID); derr != nil {
+		if derr := client.Unregister(ctx, &http.Client{}, *apiURL, reg.ID); derr != nil {
 			fmt.Fprintf(os.Stderr, "wedge: could not undo registration %s: %v\n", reg.ID, derr)
 		}
 		return fmt.Errorf("register: %w", err)
@@ -89,24 +89,24 @@ func register(args []string) error {
 // them and answers without; then, if tags were asked for, the registration
 // is taken back and an error says why, rather than leave a client on an
 // egress it did not ask for.
-func postRegistration(ctx context.Context, hc *http.Client, api string, pub wgtypes.Key, tags registry.Tags) (clientconf.Registration, error) {
-	want := clientconf.Tags{Pool: tags.Pool, Country: tags.Country}
-	r, err := clientconf.Register(ctx, hc, api, pub, want)
-	if err != nil || tags == (registry.Tags{}) || (r.Tags != nil && *r.Tags == want) {
+func postRegistration(ctx context.Context, hc *http.Client, apiURL string, pub wgtypes.Key, tags api.Tags) (api.Registration, error) {
+	want := api.Tags{Pool: tags.Pool, Country: tags.Country}
+	r, err := client.Register(ctx, hc, apiURL, pub, want)
+	if err != nil || tags == (api.Tags{}) || (r.Tags != nil && *r.Tags == want) {
 		return r, err
 	}
-	err = fmt.Errorf("register: the node at %s ignored the tags (it predates egress tags); registration undone", api)
+	err = fmt.Errorf("register: the node at %s ignored the tags (it predates egress tags); registration undone", apiURL)
 	if r.Tags != nil {
-		err = fmt.Errorf("register: the node at %s stored pool %q, country %q, not the tags asked for; registration undone", api, r.Tags.Pool, r.Tags.Country)
+		err = fmt.Errorf("register: the node at %s stored pool %q, country %q, not the tags asked for; registration undone", apiURL, r.Tags.Pool, r.Tags.Country)
 	}
-	if derr := clientconf.Delete(ctx, hc, api, r.ID); derr != nil {
+	if derr := client.Unregister(ctx, hc, apiURL, r.ID); derr != nil {
 		err = errors.Join(err, fmt.Errorf("could not undo registration %s: %w", r.ID, derr))
 	}
-	return clientconf.Registration{}, err
+	return api.Registration{}, err
 }
 
 // describeTags is ", pool P, country C" for the tags that are set.
-func describeTags(t registry.Tags) string {
+func describeTags(t api.Tags) string {
 	var s string
 	if t.Pool != "" {
 		s += ", pool " + t.Pool

@@ -19,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/server"
 	"github.com/wedge-edge/wedge/server/registry"
 )
@@ -72,7 +73,7 @@ func TestRegisterBadTags(t *testing.T) {
 		{"--country", "NLD"},
 	} {
 		err := register(append([]string{"--api", srv.URL, "--out", filepath.Join(t.TempDir(), "c"), "--no-qr"}, args...))
-		if err == nil || !errors.As(err, new(usageError)) || !errors.Is(err, registry.ErrBadTags) {
+		if err == nil || !errors.As(err, new(usageError)) || !errors.Is(err, api.ErrBadTags) {
 			t.Errorf("%q: got %v, want a usage error wrapping ErrBadTags", args, err)
 		}
 	}

@@ -11,18 +11,18 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/internal/api"
 )
 
 func status(args []string) error {
 	fs := flag.NewFlagSet("wedge status", flag.ContinueOnError)
-	api := fs.String("api", "http://127.0.0.1:8080", "node API base `URL`")
+	apiURL := fs.String("api", "http://127.0.0.1:8080", "node API base `URL`")
 	asJSON := fs.Bool("json", false, "print the raw JSON report")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	hc := &http.Client{Timeout: 10 * time.Second}
-	resp, err := hc.Get(strings.TrimSuffix(*api, "/") + "/v1/status")
+	resp, err := hc.Get(strings.TrimSuffix(*apiURL, "/") + "/v1/status")
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -38,7 +38,7 @@ func status(args []string) error {
 		os.Stdout.Write(raw)
 		return nil
 	}
-	var s server.Status
+	var s api.Status
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return fmt.Errorf("status: bad answer: %w", err)
 	}
@@ -47,7 +47,7 @@ func status(args []string) error {
 }
 
 // printNodeStatus writes the human form of a node's report.
-func printNodeStatus(w io.Writer, s server.Status) {
+func printNodeStatus(w io.Writer, s api.Status) {
 	fmt.Fprintf(w, "node %s  public key %s  port %d\n", s.Name, s.PublicKey, s.ListenPort)
 	fmt.Fprintf(w, "endpoints: %s\n", strings.Join(s.Endpoints, ", "))
 	fmt.Fprintf(w, "clients registered: %d, with a session since start: %d, active (handshake < 3 min): %d\n", s.Clients, len(s.Peers), s.Active)

@@ -7,18 +7,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wedge-edge/wedge/server"
-	"github.com/wedge-edge/wedge/server/cluster"
+	"github.com/wedge-edge/wedge/internal/api"
 )
 
 func TestPrintNodeStatusCluster(t *testing.T) {
 	now := time.Now()
-	s := server.Status{Name: "wedge0", Clients: 3, Active: 2, Cluster: &server.ClusterStatus{
-		Node: cluster.Member{ID: "node1", DC: "ams", State: cluster.Active, Underlay: netip.MustParseAddr("198.18.1.1")},
-		Etcd: cluster.Health{Endpoints: []string{"http://198.18.11.1:2379"}, Connected: false, Since: now, LastError: "context deadline exceeded", ErrorAt: now},
-		Nodes: []cluster.Member{
-			{ID: "node1", DC: "ams", State: cluster.Active, Clients: 2, Underlay: netip.MustParseAddr("198.18.1.1")},
-			{ID: "node2", DC: "ams", State: cluster.Draining, Clients: 5, Underlay: netip.MustParseAddr("198.18.2.1")},
+	s := api.Status{Name: "wedge0", Clients: 3, Active: 2, Cluster: &api.ClusterStatus{
+		Node: api.Member{ID: "node1", DC: "ams", State: api.Active, Underlay: netip.MustParseAddr("198.18.1.1")},
+		Etcd: api.Health{Endpoints: []string{"http://198.18.11.1:2379"}, Connected: false, Since: now, LastError: "context deadline exceeded", ErrorAt: now},
+		Nodes: []api.Member{
+			{ID: "node1", DC: "ams", State: api.Active, Clients: 2, Underlay: netip.MustParseAddr("198.18.1.1")},
+			{ID: "node2", DC: "ams", State: api.Draining, Clients: 5, Underlay: netip.MustParseAddr("198.18.2.1")},
 		},
 	}}
 	var b bytes.Buffer
@@ -36,7 +35,7 @@ func TestPrintNodeStatusCluster(t *testing.T) {
 		}
 	}
 	b.Reset()
-	printNodeStatus(&b, server.Status{Name: "solo"})
+	printNodeStatus(&b, api.Status{Name: "solo"})
 	if !strings.Contains(b.String(), "cluster: none") {
 		t.Errorf("single-node output:\n%s", b.String())
 	}

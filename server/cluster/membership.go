@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,64 +16,24 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/server/etcdwatch"
 )
 
-// State is a node's membership state.
-type State string
-
-const (
-	// Active nodes take new clients.
-	Active State = "active"
-	// Draining nodes keep the clients they have and take no new ones.
-	Draining State = "draining"
+// State is a node's membership state; Member and Health are how the
+// cluster sees a node and its etcd connection. They are part of the status
+// report clients read, so they are the API's types (internal/api).
+type (
+	State  = api.State
+	Member = api.Member
+	Health = api.Health
 )
 
-// Member is one live node as the cluster sees it.
-type Member struct {
-	ID       string     `json:"id"`
-	DC       string     `json:"dc"`
-	Underlay netip.Addr `json:"underlay"`
-	// State is Draining while a drain mark exists for ID (wedge drain),
-	// whether or not the node is up; the mark outlives restarts.
-	State State `json:"state"`
-	// Clients is how many clients had a handshake with the node in the
-	// last 3 minutes, as it last reported.
-	Clients int       `json:"clients"`
-	Started time.Time `json:"started"`
-	// Slot is the node's number in its data center, 1..255, unique among
-	// its live nodes (claimed on the node's lease under members/slots/):
-	// the session indexes the node hands out carry it, so fronts can
-	// route a standard client's transport messages to the node that holds
-	// the session (server/wgmsg).
-	Slot uint8 `json:"slot,omitempty"`
-	// Pinned is set by a draining node once Pins lists the clients it
-	// keeps (SetPins): until then fronts keep it in their Maglev tables,
-	// so its clients never go elsewhere before their pins exist.
-	Pinned bool `json:"pinned,omitempty"`
-	// Pins are the ClientIDs the node keeps although the table gives them
-	// to another node: all its clients while it drains, and otherwise the
-	// ones a membership change moved away from it while they held a
-	// session here. 3 bytes each, big-endian, ascending (PinnedClientIDs
-	// decodes them).
-	Pins []byte `json:"pins,omitempty"`
-}
-
-// PinnedClientIDs decodes Pins; nil when they are malformed.
-func (mem Member) PinnedClientIDs() []uint32 {
-	if len(mem.Pins)%3 != 0 {
-		return nil
-	}
-	out := make([]uint32, 0, len(mem.Pins)/3)
-	for i := 0; i < len(mem.Pins); i += 3 {
-		id := uint32(mem.Pins[i])<<16 | uint32(mem.Pins[i+1])<<8 | uint32(mem.Pins[i+2])
-		if id == 0 {
-			return nil
-		}
-		out = append(out, id)
-	}
-	return out
-}
+// The states a node is in.
+const (
+	Active   = api.Active
+	Draining = api.Draining
+)
 
 // packPins encodes ClientIDs (24-bit, nonzero) for Member.Pins: sorted,
 // without duplicates.
@@ -139,22 +98,6 @@ type Membership struct {
 	health   Health
 	lease    clientv3.LeaseID
 	probedOK time.Time
-}
-
-// Health is this node's view of its etcd connection.
-type Health struct {
-	Endpoints []string `json:"endpoints"`
-	// Connected: the last probe (a quorum read, once a second) succeeded
-	// within the last 3 s, so registrations can be made.
-	Connected bool `json:"connected"`
-	// Since is when Connected last changed.
-	Since time.Time `json:"since"`
-	// Lease is the node's lease id (hex), "" while it has none.
-	Lease string `json:"lease,omitempty"`
-	// Revision is the etcd revision the membership view is complete up to.
-	Revision  int64     `json:"revision"`
-	LastError string    `json:"last_error,omitempty"`
-	ErrorAt   time.Time `json:"error_at,omitzero"`
 }
 
 // ErrIDInUse: another live node has this node id.

@@ -14,6 +14,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
@@ -28,59 +29,14 @@ type Client struct {
 	Created   time.Time
 }
 
-// Tags choose how a client's traffic leaves: the egress pool its
-// registration asked for and an optional country that overrides the GeoIP
-// lookup. Empty means the default.
-type Tags struct {
-	Pool    string
-	Country string
-}
+// Tags choose how a client's traffic leaves (the egress pool and an
+// optional country override); they and their rules are the API's
+// (api.Tags.Validate), so a registration and the egress plan accept the
+// same names.
+type Tags = api.Tags
 
-// MaxPoolLen is the longest pool name Validate accepts.
-const MaxPoolLen = 32
-
-// Validate checks t. Pool is empty (the default pool) or 1 to MaxPoolLen
-// characters of a-z, 0-9 and '-', the first a letter or digit. Country is
-// empty (GeoIP decides) or an ISO 3166-1 alpha-2 code in upper case, such
-// as "NL". Errors wrap ErrBadTags.
-func (t Tags) Validate() error {
-	if t.Pool != "" && !validPool(t.Pool) {
-		return fmt.Errorf("%w: pool %s: want 1 to %d characters of a-z, 0-9 and '-', starting with a letter or digit (empty for the default pool)",
-			ErrBadTags, shown(t.Pool), MaxPoolLen)
-	}
-	if t.Country != "" && !validCountry(t.Country) {
-		return fmt.Errorf("%w: country %s: want two upper-case letters A-Z, an ISO 3166-1 alpha-2 code such as \"NL\" (empty to use GeoIP)",
-			ErrBadTags, shown(t.Country))
-	}
-	return nil
-}
-
-func validPool(s string) bool {
-	if len(s) == 0 || len(s) > MaxPoolLen || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-func validCountry(s string) bool {
-	return len(s) == 2 && 'A' <= s[0] && s[0] <= 'Z' && 'A' <= s[1] && s[1] <= 'Z'
-}
-
-// shown quotes a rejected value for an error message, shortened: it may be
-// anything a client sent.
-func shown(s string) string {
-	const max = 40
-	if len(s) > max {
-		return fmt.Sprintf("%q… (%d bytes)", s[:max], len(s))
-	}
-	return fmt.Sprintf("%q", s)
-}
+// MaxPoolLen is the longest pool name Tags.Validate accepts.
+const MaxPoolLen = api.MaxPoolLen
 
 // Sentinel errors callers branch on.
 var (
@@ -88,7 +44,7 @@ var (
 	ErrExists    = errors.New("registry: public key already registered")
 	ErrExhausted = errors.New("registry: address or ClientID pool exhausted")
 	// ErrBadTags: Tags.Validate refused the tags; nothing was changed.
-	ErrBadTags = errors.New("registry: bad tags")
+	ErrBadTags = api.ErrBadTags
 	// ErrUnavailable: a shared store cannot be reached (or has no quorum);
 	// nothing was changed and the caller may retry later.
 	ErrUnavailable = errors.New("registry: store unavailable")

@@ -1,8 +1,10 @@
-// Package clientconf renders the client configuration `wedge register`
-// writes: a wg-quick file that wg-quick accepts as it is, carrying wedge's
-// extra facts (ClientID, every endpoint) on "#@ Key = value" lines, which
-// wg-quick and other WireGuard tools read as comments.
-package clientconf
+package client
+
+// This file renders the client configuration `wedge register` writes: a
+// wg-quick file that wg-quick accepts as it is, carrying wedge's extra
+// facts (ClientID, every endpoint) on "#@ Key = value" lines, which
+// wg-quick and other WireGuard tools read as comments. config.go parses
+// the same file back.
 
 import (
 	"fmt"
@@ -13,37 +15,12 @@ import (
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/internal/api"
 )
 
-// Registration is what the registration API answered (server.RegResponse,
-// restated here so clients need not import the server).
-type Registration struct {
-	ID        string `json:"id"`
-	ClientID  string `json:"client_id"`
-	Reserved  [3]int `json:"reserved"`
-	Addresses struct {
-		V4 string `json:"v4"`
-		V6 string `json:"v6"`
-	} `json:"addresses"`
-	Server struct {
-		PublicKey string   `json:"public_key"`
-		Endpoints []string `json:"endpoints"`
-	} `json:"server"`
-	MTU int      `json:"mtu"`
-	DNS []string `json:"dns"`
-	// Tags are the egress tags the node stored; nil from a node that
-	// predates them.
-	Tags *Tags `json:"tags,omitempty"`
-}
-
-// Tags are a registration's egress tags (empty: the node's defaults).
-type Tags struct {
-	Pool    string `json:"pool"`
-	Country string `json:"country"`
-}
-
-// Options shape the rendered file.
-type Options struct {
+// WriteOptions shape the rendered file.
+type WriteOptions struct {
 	// Family picks the Endpoint line wg-quick uses: 4, 6, or 0 for the
 	// first endpoint the server listed.
 	Family int
@@ -57,7 +34,7 @@ type Options struct {
 // first one when family is 0 or none matches.
 func PrimaryEndpoint(eps []string, family int) (string, error) {
 	if len(eps) == 0 {
-		return "", fmt.Errorf("clientconf: the server advertised no endpoint")
+		return "", fmt.Errorf("client: the server advertised no endpoint")
 	}
 	for _, e := range eps {
 		host, _, err := net.SplitHostPort(e)
@@ -70,17 +47,17 @@ func PrimaryEndpoint(eps []string, family int) (string, error) {
 		}
 	}
 	if family != 0 {
-		return "", fmt.Errorf("clientconf: the server advertised no IPv%d endpoint (it has %s)", family, strings.Join(eps, ", "))
+		return "", fmt.Errorf("client: the server advertised no IPv%d endpoint (it has %s)", family, strings.Join(eps, ", "))
 	}
 	return eps[0], nil
 }
 
-// Validate checks every field a server sent before any of it is written
+// CheckRegistration checks every field a server sent before any of it is written
 // into a file that wg-quick executes as root: a key is a key, an address
 // an address, an endpoint a host and port, identifiers plain text. A
 // malicious or hijacked API could otherwise smuggle "PostUp = ..." lines.
-func (r Registration) Validate() error {
-	bad := func(field, v string) error { return fmt.Errorf("clientconf: server sent a bad %s: %q", field, v) }
+func CheckRegistration(r api.Registration) error {
+	bad := func(field, v string) error { return fmt.Errorf("client: server sent a bad %s: %q", field, v) }
 	if _, err := wgtypes.ParseKey(r.Server.PublicKey); err != nil {
 		return bad("server public key", r.Server.PublicKey)
 	}
@@ -133,13 +110,13 @@ func plain(s string) bool {
 	return true
 }
 
-// Write renders the configuration for private key priv.
-func Write(w io.Writer, priv wgtypes.Key, r Registration, o Options) error {
-	if err := r.Validate(); err != nil {
+// WriteConfig renders the configuration for private key priv.
+func WriteConfig(w io.Writer, priv wgtypes.Key, r api.Registration, o WriteOptions) error {
+	if err := CheckRegistration(r); err != nil {
 		return err
 	}
 	if !plain(o.API) {
-		return fmt.Errorf("clientconf: bad API URL %q", o.API)
+		return fmt.Errorf("client: bad API URL %q", o.API)
 	}
 	ep, err := PrimaryEndpoint(r.Server.Endpoints, o.Family)
 	if err != nil {

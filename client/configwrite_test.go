@@ -1,14 +1,16 @@
-package clientconf
+package client
 
 import (
 	"strings"
 	"testing"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/internal/api"
 )
 
-func reg() Registration {
-	var r Registration
+func reg() api.Registration {
+	var r api.Registration
 	r.ID, r.ClientID, r.Reserved = "abc", "EjRW", [3]int{18, 52, 86}
 	r.Addresses.V4, r.Addresses.V6 = "100.96.0.2/32", "fd57:6564:6765::2/128"
 	sk, _ := wgtypes.GeneratePrivateKey()
@@ -26,7 +28,7 @@ func TestWrite(t *testing.T) {
 		want   string
 	}{{0, "Endpoint = 192.0.2.1:51820\n"}, {4, "Endpoint = 192.0.2.1:51820\n"}, {6, "Endpoint = [2001:db8:1::1]:51820\n"}} {
 		var b strings.Builder
-		if err := Write(&b, k, r0, Options{Family: c.family, Keepalive: 25}); err != nil {
+		if err := WriteConfig(&b, k, r0, WriteOptions{Family: c.family, Keepalive: 25}); err != nil {
 			t.Fatal(err)
 		}
 		s := b.String()
@@ -56,11 +58,11 @@ func TestNoEndpointOfFamily(t *testing.T) {
 	r := reg()
 	r.Server.Endpoints = r.Server.Endpoints[:1]
 	k, _ := wgtypes.GeneratePrivateKey()
-	if err := Write(&strings.Builder{}, k, r, Options{Family: 6}); err == nil {
+	if err := WriteConfig(&strings.Builder{}, k, r, WriteOptions{Family: 6}); err == nil {
 		t.Fatal("want an error for a missing IPv6 endpoint")
 	}
 	r.Server.Endpoints = nil
-	if err := Write(&strings.Builder{}, k, r, Options{}); err == nil {
+	if err := WriteConfig(&strings.Builder{}, k, r, WriteOptions{}); err == nil {
 		t.Fatal("want an error for no endpoint")
 	}
 }
@@ -68,25 +70,25 @@ func TestNoEndpointOfFamily(t *testing.T) {
 func TestValidateRejectsInjection(t *testing.T) {
 	k, _ := wgtypes.GeneratePrivateKey()
 	sk, _ := wgtypes.GeneratePrivateKey()
-	mut := []func(r *Registration){
-		func(r *Registration) { r.ID = "x\nPostUp = touch /tmp/pwned" },
-		func(r *Registration) { r.ClientID = "a b" },
-		func(r *Registration) { r.Server.PublicKey = "srvkey\nPostUp = id" },
-		func(r *Registration) { r.Server.Endpoints = []string{"192.0.2.1:51820\nPostUp = id"} },
-		func(r *Registration) { r.Server.Endpoints = []string{"192.0.2.1:0"} },
-		func(r *Registration) { r.Addresses.V4 = "100.96.0.2/32\nPostUp = id" },
-		func(r *Registration) { r.DNS = []string{"1.1.1.1, 2.2.2.2"} },
-		func(r *Registration) { r.Reserved[1] = 256 },
-		func(r *Registration) { r.MTU = 70000 },
+	mut := []func(r *api.Registration){
+		func(r *api.Registration) { r.ID = "x\nPostUp = touch /tmp/pwned" },
+		func(r *api.Registration) { r.ClientID = "a b" },
+		func(r *api.Registration) { r.Server.PublicKey = "srvkey\nPostUp = id" },
+		func(r *api.Registration) { r.Server.Endpoints = []string{"192.0.2.1:51820\nPostUp = id"} },
+		func(r *api.Registration) { r.Server.Endpoints = []string{"192.0.2.1:0"} },
+		func(r *api.Registration) { r.Addresses.V4 = "100.96.0.2/32\nPostUp = id" },
+		func(r *api.Registration) { r.DNS = []string{"1.1.1.1, 2.2.2.2"} },
+		func(r *api.Registration) { r.Reserved[1] = 256 },
+		func(r *api.Registration) { r.MTU = 70000 },
 	}
 	for i, m := range mut {
 		r := reg()
 		r.Server.PublicKey = sk.PublicKey().String()
-		if err := Write(&strings.Builder{}, k, r, Options{}); err != nil {
+		if err := WriteConfig(&strings.Builder{}, k, r, WriteOptions{}); err != nil {
 			t.Fatalf("baseline registration rejected: %v", err)
 		}
 		m(&r)
-		if err := Write(&strings.Builder{}, k, r, Options{}); err == nil {
+		if err := WriteConfig(&strings.Builder{}, k, r, WriteOptions{}); err == nil {
 			t.Errorf("mutation %d accepted", i)
 		}
 	}

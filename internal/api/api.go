@@ -1,0 +1,121 @@
+// Package api holds the wire types of wedge's HTTP API: the registration
+// request and answer, egress tags and the rules for their names, and the
+// node's status report. The node (server/) serves them and the client
+// (client/, cmd/wedge) reads them, so the JSON both sides speak is defined
+// once; api_test.go pins it in both directions.
+//
+// api imports nothing of wedge's and nothing outside the standard library,
+// so either side can import it without pulling in the other.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// RegRequest is the body of POST /v1/reg. Pool and Country are optional
+// (empty: the default pool, the country GeoIP gives).
+type RegRequest struct {
+	PublicKey string `json:"public_key"`
+	Pool      string `json:"pool,omitempty"`
+	Country   string `json:"country,omitempty"`
+}
+
+// Registration is the answer to POST and GET /v1/reg (and PATCH):
+// everything a client needs to build its configuration.
+type Registration struct {
+	ID        string    `json:"id"`
+	ClientID  string    `json:"client_id"` // base64 of the 3 reserved bytes
+	Reserved  [3]int    `json:"reserved"`  // the same bytes, for third-party clients
+	PublicKey string    `json:"public_key"`
+	Addresses Addresses `json:"addresses"`
+	Server    Server    `json:"server"`
+	MTU       int       `json:"mtu"`
+	DNS       []string  `json:"dns"`
+	// Tags are the egress tags the node stored. A node always sends them,
+	// both keys present (an empty string is the default); nil only in an
+	// answer from a node that predates tags.
+	Tags    *Tags     `json:"tags,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+// Addresses are a client's inner addresses, as prefixes ("…/32", "…/128").
+type Addresses struct {
+	V4 string `json:"v4"`
+	V6 string `json:"v6"`
+}
+
+// Server is the node side of the tunnel: the service's public key and the
+// endpoints it advertises, v4 and v6.
+type Server struct {
+	PublicKey string   `json:"public_key"`
+	Endpoints []string `json:"endpoints"`
+}
+
+// Tags choose how a client's traffic leaves: the egress pool its
+// registration asked for and an optional country that overrides the GeoIP
+// lookup. Empty means the default.
+type Tags struct {
+	Pool    string `json:"pool"`
+	Country string `json:"country"`
+}
+
+// MaxPoolLen is the longest pool name ValidPool accepts.
+const MaxPoolLen = 32
+
+// ErrBadTags: Tags.Validate refused the tags.
+var ErrBadTags = errors.New("bad tags")
+
+// Validate checks t. Pool is empty (the default pool) or a name ValidPool
+// accepts; Country is empty (GeoIP decides) or one ValidCountry accepts.
+// Errors wrap ErrBadTags and say what a valid value looks like.
+func (t Tags) Validate() error {
+	if t.Pool != "" && !ValidPool(t.Pool) {
+		return fmt.Errorf("%w: pool %s: want 1 to %d characters of a-z, 0-9 and '-', starting with a letter or digit (empty for the default pool)",
+			ErrBadTags, Shown(t.Pool), MaxPoolLen)
+	}
+	if t.Country != "" && !ValidCountry(t.Country) {
+		return fmt.Errorf("%w: country %s: want two upper-case letters A-Z, an ISO 3166-1 alpha-2 code such as \"NL\" (empty to use GeoIP)",
+			ErrBadTags, Shown(t.Country))
+	}
+	return nil
+}
+
+// ValidPool reports whether s is a pool name: 1 to MaxPoolLen characters
+// of a-z, 0-9 and '-', the first a letter or digit. The egress plan and
+// the registry use the same rule, so every pool a plan names can be asked
+// for and every pool a client asks for can be named in a plan.
+func ValidPool(s string) bool {
+	if len(s) == 0 || len(s) > MaxPoolLen || s[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidCountry reports whether s is an ISO 3166-1 alpha-2 code in upper
+// case, such as "NL" (the form GeoIP databases and RFC 8805 feeds use).
+func ValidCountry(s string) bool {
+	return len(s) == 2 && 'A' <= s[0] && s[0] <= 'Z' && 'A' <= s[1] && s[1] <= 'Z'
+}
+
+// Shown quotes a rejected value for an error message, shortened: it may be
+// anything a client sent.
+func Shown(s string) string {
+	const max = 40
+	if len(s) > max {
+		return fmt.Sprintf("%q… (%d bytes)", s[:max], len(s))
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+// Error is the body of every 4xx and 5xx answer.
+type Error struct {
+	Error string `json:"error"`
+}
