@@ -5,7 +5,7 @@ import (
 )
 
 // FuzzXDP runs random frames through the program of the fixture's front
-// node (xBaseState(0)) and holds it to the model in xdp_test.go: the same
+// node (xBaseState(0)) and holds it to the model in model_test.go: the same
 // verdict and counter deltas, an output equal to the input (or to the
 // decapsulated input), and XDP_TX only for a well-formed WireGuard packet
 // to a VIP owned by another valid node, whose output must then be a
