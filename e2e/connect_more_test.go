@@ -175,7 +175,7 @@ func (c *socksClient) waitOutput(re *regexp.Regexp, timeout time.Duration) ([]st
 	}
 }
 
-// What wedge connect prints (server/client logs it, cmd/wedge prints
+// What wedge connect prints (client/ logs it, cmd/wedge prints
 // the status line).
 var (
 	reSettled  = regexp.MustCompile(`msg="endpoint settled" family=(\d) endpoint=(\S+)`)

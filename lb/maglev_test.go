@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// maxClientID is the largest 24-bit ClientID (server/clientid.Max).
+// maxClientID is the largest 24-bit ClientID (internal/clientid.Max).
 const maxClientID = 1<<24 - 1
 
 func TestMaglevHash(t *testing.T) {
