@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/wedge-edge/wedge/client/socks5"
+	"github.com/wedge-edge/wedge/internal/testutil"
 )
 
 // Client tests wire a Client to a server-side Stack with two pumps, as
@@ -299,7 +300,7 @@ func TestClientDialByName(t *testing.T) {
 func TestClientCloseNoLeak(t *testing.T) {
 	echo := listenUDPEcho(t, "udp4", "127.0.0.1:0")
 	tcpTarget := listenTCP(t, echoTCP)
-	checkGoroutines(t, func() {
+	testutil.CheckGoroutines(t, func() {
 		d := &fakeDialer{tcpTarget: tcpTarget, udpTarget: echo.LocalAddr().String()}
 		s, err := New(Config{MTU: testMTU, Dialer: d, Logger: testLogger(t), Local: []netip.Addr{serverV4, serverV6}})
 		if err != nil {

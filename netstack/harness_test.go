@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +17,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 	wgnetstack "golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/wedge-edge/wedge/internal/testutil"
 )
 
 // The harness wires client-side stacks (wireguard-go's tun/netstack, what
@@ -339,37 +340,11 @@ func listenUDPEcho(t testing.TB, network, addr string) *net.UDPConn {
 	return pc.(*net.UDPConn)
 }
 
-// waitFor polls cond until it holds or d passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// checkGoroutines fails if, after f, more goroutines run than before.
-func checkGoroutines(t *testing.T, f func()) {
-	t.Helper()
-	runtime.GC()
-	before := runtime.NumGoroutine()
-	f()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		now := runtime.NumGoroutine()
-		if now <= before {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			n := runtime.Stack(buf, true)
-			t.Fatalf("goroutines: got %d after Close, want <= %d\n%s", now, before, buf[:n])
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// waitFor and checkGoroutines are internal/testutil's WaitFor and
+// CheckGoroutines under the names stack_test.go calls them by.
+var (
+	waitFor         = testutil.WaitFor
+	checkGoroutines = testutil.CheckGoroutines
+)
 
 func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }

@@ -9,13 +9,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wedge-edge/wedge/internal/testutil"
 )
 
 // The tests run a Server on 127.0.0.1 whose Dial goes to real 127.0.0.1
@@ -618,7 +619,7 @@ func TestUDPAssociate(t *testing.T) {
 
 	// Closing the control connection ends the association and its flows.
 	ctrl.Close()
-	waitFor(t, 5*time.Second, "flows closed", func() bool { return closed.Load() == opened.Load() })
+	testutil.WaitFor(t, 5*time.Second, "flows closed", func() bool { return closed.Load() == opened.Load() })
 	if _, _, err := exchange(uc, 0, ipAddr(echo), []byte("late"), 300*time.Millisecond); err == nil {
 		t.Fatal("after the control connection closed: got an answer, want none")
 	}
@@ -686,7 +687,7 @@ func isTimeout(err error) bool {
 func TestServeCloseNoLeak(t *testing.T) {
 	tcpEcho := listenTCPEcho(t)
 	udpEcho := listenUDPEcho(t)
-	checkGoroutines(t, func() {
+	testutil.CheckGoroutines(t, func() {
 		proxy, stop := startServer(t, &Server{Dial: netDial})
 		relayConn := socksDial(t, proxy)
 		if rep, _ := doRequest(t, relayConn, cmdConnect, ipAddr(tcpEcho)); rep != repSucceeded {
@@ -712,36 +713,4 @@ func TestServeCloseNoLeak(t *testing.T) {
 		}
 		uc.Close()
 	})
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// checkGoroutines fails if, after f, more goroutines run than before.
-func checkGoroutines(t *testing.T, f func()) {
-	t.Helper()
-	runtime.GC()
-	before := runtime.NumGoroutine()
-	f()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		now := runtime.NumGoroutine()
-		if now <= before {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			n := runtime.Stack(buf, true)
-			t.Fatalf("goroutines: got %d after Serve returned, want <= %d\n%s", now, before, buf[:n])
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -16,6 +16,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/wedge-edge/wedge/internal/testutil"
 )
 
 // keyPair is an X25519 key pair as wireguard-go takes it.
@@ -223,14 +225,8 @@ func captureInitiations(tb testing.TB, client keyPair, service [32]byte, n int) 
 	return out
 }
 
-// waitFor polls cond until it holds or five seconds pass.
+// waitFor is testutil.WaitFor with this package's patience: five seconds.
 func waitFor(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testutil.WaitFor(tb, 5*time.Second, what, cond)
 }
