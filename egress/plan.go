@@ -15,6 +15,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/wedge-edge/wedge/internal/api"
 )
 
 const (
@@ -474,27 +476,19 @@ func (p *Plan) parseFallback(fb fallbackJSON) error {
 	return nil
 }
 
-const nameRule = "not a valid name (want [a-z0-9][a-z0-9-]{0,31})"
+const nameRule = "not a valid name (want [a-z0-9][a-z0-9-]{0,31}, the API's pool rule)"
 
-// validName reports whether s has the form of a pool or data center name:
-// [a-z0-9][a-z0-9-]{0,31}.
-func validName(s string) bool {
-	if len(s) < 1 || len(s) > 32 || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+// validName reports whether s has the form of a pool or data center name.
+// Pools follow the registration API's rule (api.ValidPool), so every pool a
+// plan names can be asked for and every pool a client asks for can be
+// named here; data center names follow the same rule.
+func validName(s string) bool { return api.ValidPool(s) }
 
-// checkCountry checks the form of an ISO 3166-1 alpha-2 code; whether the
-// code is assigned is not checked, the plan's authors know their countries.
+// checkCountry checks the form of an ISO 3166-1 alpha-2 code (the API's
+// rule, api.ValidCountry); whether the code is assigned is not checked,
+// the plan's authors know their countries.
 func checkCountry(s string) error {
-	if len(s) != 2 || !upper(s[0]) || !upper(s[1]) {
+	if !api.ValidCountry(s) {
 		return fmt.Errorf("%q is not an ISO 3166-1 alpha-2 code (want two upper-case letters, like \"NL\")", s)
 	}
 	return nil
