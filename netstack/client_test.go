@@ -3,7 +3,6 @@ package netstack
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -159,39 +158,13 @@ func TestClientTCP(t *testing.T) {
 				t.Fatalf("DialContext: %v", err)
 			}
 			defer conn.Close()
-			checkEchoConn(t, conn, 2<<20)
+			testutil.CheckEcho(t, conn, 2<<20)
 			d.mu.Lock()
 			defer d.mu.Unlock()
 			if want := netip.AddrPortFrom(tc.dst, 7); len(d.dials) != 1 || d.dials[0] != want {
 				t.Fatalf("node dialed %v, want [%v]", d.dials, want)
 			}
 		})
-	}
-}
-
-// checkEchoConn writes size random bytes, half-closes and checks the echo.
-func checkEchoConn(t *testing.T, conn net.Conn, size int) {
-	t.Helper()
-	conn.SetDeadline(time.Now().Add(20 * time.Second))
-	data := make([]byte, size)
-	rand.Read(data)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := conn.Write(data)
-		if err == nil {
-			err = conn.(interface{ CloseWrite() error }).CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(conn)
-	if err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Fatalf("echo: got %d bytes, want the %d sent back intact", len(got), len(data))
 	}
 }
 
@@ -287,7 +260,7 @@ func TestClientDialByName(t *testing.T) {
 				t.Fatalf("DialContext: %v", err)
 			}
 			defer conn.Close()
-			checkEchoConn(t, conn, 1000)
+			testutil.CheckEcho(t, conn, 1000)
 			d.mu.Lock()
 			defer d.mu.Unlock()
 			if len(d.dials) != 1 || d.dials[0] != tc.want {
@@ -422,7 +395,7 @@ func TestSOCKS5EndToEnd(t *testing.T) {
 			d.dials = nil
 			d.mu.Unlock()
 			conn := socksConnect(t, ln.Addr().String(), tc.host, 7)
-			checkEchoConn(t, conn, 1<<20)
+			testutil.CheckEcho(t, conn, 1<<20)
 			d.mu.Lock()
 			defer d.mu.Unlock()
 			if len(d.dials) != 1 || d.dials[0] != tc.want {

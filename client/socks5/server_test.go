@@ -3,7 +3,6 @@ package socks5
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -175,30 +174,6 @@ func readReply(c net.Conn) (byte, addr, error) {
 
 func ipAddr(ap netip.AddrPort) addr { return addr{ip: ap.Addr(), port: ap.Port()} }
 
-func checkEcho(t *testing.T, c net.Conn, size int) {
-	t.Helper()
-	data := make([]byte, size)
-	rand.Read(data)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Write(data)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Fatalf("echo: got %d bytes, want the %d sent", len(got), len(data))
-	}
-}
-
 func TestServeNilDial(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -221,7 +196,7 @@ func TestConnectEcho(t *testing.T) {
 	if bnd.ip != netip.MustParseAddr("127.0.0.1") || bnd.port == 0 {
 		t.Fatalf("BND: got %v, want 127.0.0.1:port", bnd)
 	}
-	checkEcho(t, c, 4<<20)
+	testutil.CheckEcho(t, c, 4<<20)
 }
 
 // TestConnectPipelined sends greeting, request and data in one write, as
@@ -280,7 +255,7 @@ func TestConnectDomain(t *testing.T) {
 		if rep, _ := doRequest(t, c, cmdConnect, addr{name: "echo.test", port: echo.Port()}); rep != repSucceeded {
 			t.Fatalf("REP: got %#x, want success", rep)
 		}
-		checkEcho(t, c, 1000)
+		testutil.CheckEcho(t, c, 1000)
 		c2 := socksDial(t, proxy)
 		if rep, _ := doRequest(t, c2, cmdConnect, addr{name: "nx.test", port: 1}); rep != repHostUnreachable {
 			t.Fatalf("REP for NXDOMAIN: got %#x, want %#x", rep, repHostUnreachable)
@@ -308,7 +283,7 @@ func TestConnectDomain(t *testing.T) {
 		if got.Load() != "echo.test:7" {
 			t.Fatalf("Dial address: got %v, want echo.test:7", got.Load())
 		}
-		checkEcho(t, c, 1000)
+		testutil.CheckEcho(t, c, 1000)
 	})
 }
 
@@ -336,7 +311,7 @@ func TestConnectHappyEyeballs(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("connect took %v, want about the fallback delay", d)
 	}
-	checkEcho(t, c, 100)
+	testutil.CheckEcho(t, c, 100)
 }
 
 func TestConnectFailureReplies(t *testing.T) {

@@ -4,6 +4,10 @@
 package testutil
 
 import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -51,6 +55,42 @@ func CheckGoroutines(t testing.TB, f func()) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// CheckEcho writes size random bytes to c, half-closes it and fails tb
+// (Fatalf) unless the same bytes come back, then EOF, within 20 seconds:
+// c must lead to an echo server, and have CloseWrite (as *net.TCPConn and
+// gVisor's TCP conns do).
+func CheckEcho(tb testing.TB, c net.Conn, size int) {
+	tb.Helper()
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok {
+		tb.Fatalf("echo: %T has no CloseWrite", c)
+		return
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	data := make([]byte, size)
+	rand.Read(data)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = cw.CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		tb.Fatalf("read echo: %v", err)
+		return
+	}
+	if err := <-errc; err != nil {
+		tb.Fatalf("write: %v", err)
+		return
+	}
+	if !bytes.Equal(got, data) {
+		tb.Fatalf("echo: got %d bytes, want the %d sent back intact", len(got), len(data))
 	}
 }
 

@@ -2,6 +2,8 @@ package testutil
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -76,5 +78,45 @@ func TestCheckGoroutinesLeak(t *testing.T) {
 	got := tb.failures()
 	if len(got) != 1 || !strings.Contains(got[0], "running 100ms after f returned") || !strings.Contains(got[0], "TestCheckGoroutinesLeak") {
 		t.Fatalf("CheckGoroutines: failures %q, want one with the leaked goroutine's stack", got)
+	}
+}
+
+// echoServer serves one connection on 127.0.0.1, echoing all it reads but
+// the last drop bytes, then half-closing.
+func echoServer(t *testing.T, drop int) net.Conn {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		c.Write(b[:len(b)-drop])
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); <-done })
+	return c
+}
+
+func TestCheckEcho(t *testing.T) {
+	tb := &fakeTB{TB: t}
+	CheckEcho(tb, echoServer(t, 0), 100000)
+	if got := tb.failures(); len(got) != 0 {
+		t.Fatalf("CheckEcho of a faithful echo: failures %q, want none", got)
+	}
+	CheckEcho(tb, echoServer(t, 1), 100000)
+	if got := tb.failures(); len(got) != 1 || !strings.Contains(got[0], "got 99999 bytes") {
+		t.Fatalf("CheckEcho of an echo one byte short: failures %q, want one", got)
 	}
 }
