@@ -44,25 +44,9 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 	if c.leaseTTL < 2*time.Second {
 		return nil, fmt.Errorf("--lease-ttl %v: want at least 2s", c.leaseTTL)
 	}
-	id := c.nodeID
-	if id == "" {
-		if id, err = os.Hostname(); err != nil || id == "" {
-			return nil, fmt.Errorf("--node-id not given and no host name: %v", err)
-		}
-	}
-	if strings.ContainsAny(id, "/ \t\n") {
-		return nil, fmt.Errorf("--node-id %q: no '/' or spaces", id)
-	}
-	if c.dc == "" || strings.ContainsAny(c.dc, "/ \t\n") {
-		return nil, fmt.Errorf("--dc %q: want a name without '/' or spaces", c.dc)
-	}
-	var underlay netip.Addr
-	if c.underlay != "" {
-		if underlay, err = netip.ParseAddr(c.underlay); err != nil {
-			return nil, fmt.Errorf("--underlay %q: %w", c.underlay, err)
-		}
-	} else if underlay, err = routeSource(endpoints[0]); err != nil {
-		return nil, fmt.Errorf("--underlay not given and none found towards %s: %w", endpoints[0], err)
+	id, underlay, err := clusterSelf(c, endpoints[0])
+	if err != nil {
+		return nil, err
 	}
 	cfg := cluster.Config{
 		Endpoints: endpoints, CAFile: c.etcdCA, CertFile: c.etcdCert, KeyFile: c.etcdKey,
@@ -75,7 +59,60 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 	wctx, cancel := context.WithTimeout(ctx, startupWait)
 	defer cancel()
 	log.Info("joining the cluster", "etcd", endpoints, "node", id, "dc", c.dc, "underlay", underlay)
+	cli, err := dialEtcd(wctx, cfg, prefix, key, log)
+	if err != nil {
+		if diag := cluster.Diagnose(endpoints[0], cfg); diag != "" {
+			err = fmt.Errorf("%w (%s)", err, diag)
+		}
+		return nil, fmt.Errorf("etcd at %s: %w", c.etcd, err)
+	}
+	store, err := registry.NewEtcd(cli, prefix, pools)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	m, err := cluster.Join(wctx, cli, prefix, cluster.Member{ID: id, DC: c.dc, Underlay: underlay},
+		cluster.Options{TTL: c.leaseTTL, Log: log.With("component", "cluster")})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return &clusterParts{cli: cli, store: store, member: m}, nil
+}
+
+// clusterSelf is this node's ID (--node-id, else the host name) and
+// underlay address (--underlay, else the source towards endpoint, the
+// first etcd endpoint), checked with --dc.
+func clusterSelf(c *config, endpoint string) (string, netip.Addr, error) {
+	id := c.nodeID
+	var err error
+	if id == "" {
+		if id, err = os.Hostname(); err != nil || id == "" {
+			return "", netip.Addr{}, fmt.Errorf("--node-id not given and no host name: %v", err)
+		}
+	}
+	if strings.ContainsAny(id, "/ \t\n") {
+		return "", netip.Addr{}, fmt.Errorf("--node-id %q: no '/' or spaces", id)
+	}
+	if c.dc == "" || strings.ContainsAny(c.dc, "/ \t\n") {
+		return "", netip.Addr{}, fmt.Errorf("--dc %q: want a name without '/' or spaces", c.dc)
+	}
+	var underlay netip.Addr
+	if c.underlay != "" {
+		if underlay, err = netip.ParseAddr(c.underlay); err != nil {
+			return "", netip.Addr{}, fmt.Errorf("--underlay %q: %w", c.underlay, err)
+		}
+	} else if underlay, err = routeSource(endpoint); err != nil {
+		return "", netip.Addr{}, fmt.Errorf("--underlay not given and none found towards %s: %w", endpoint, err)
+	}
+	return id, underlay, nil
+}
+
+// dialEtcd connects to etcd and checks the service key, retrying every
+// second until wctx ends or an error waiting will not cure.
+func dialEtcd(wctx context.Context, cfg cluster.Config, prefix string, key wgtypes.Key, log *slog.Logger) (*clientv3.Client, error) {
 	var cli *clientv3.Client
+	var err error
 	for {
 		if cli == nil {
 			// With --etcd-user the client logs in while dialing, so
@@ -98,23 +135,9 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 		if cli != nil {
 			cli.Close()
 		}
-		if diag := cluster.Diagnose(endpoints[0], cfg); diag != "" {
-			err = fmt.Errorf("%w (%s)", err, diag)
-		}
-		return nil, fmt.Errorf("etcd at %s: %w", c.etcd, err)
-	}
-	store, err := registry.NewEtcd(cli, prefix, pools)
-	if err != nil {
-		cli.Close()
 		return nil, err
 	}
-	m, err := cluster.Join(wctx, cli, prefix, cluster.Member{ID: id, DC: c.dc, Underlay: underlay},
-		cluster.Options{TTL: c.leaseTTL, Log: log.With("component", "cluster")})
-	if err != nil {
-		cli.Close()
-		return nil, err
-	}
-	return &clusterParts{cli: cli, store: store, member: m}, nil
+	return cli, nil
 }
 
 // routeSource returns the address the kernel would send from towards an
