@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/egress"
+	"github.com/wedge-edge/wedge/netstack"
+	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/server/cluster"
+	"github.com/wedge-edge/wedge/server/front"
+	"github.com/wedge-edge/wedge/server/registry"
+	"github.com/wedge-edge/wedge/server/wgmsg"
+)
+
+// serviceKey is the service private key: --service-key, or alone the one
+// in --state (created on first start).
+func serviceKey(c *config) (wgtypes.Key, error) {
+	switch {
+	case c.serviceKey != "":
+		return server.LoadKey(c.serviceKey)
+	case c.etcd != "":
+		return wgtypes.Key{}, errors.New("--etcd needs --service-key FILE, the same file on every node: create it once with `wedged genkey FILE` and copy it to each node")
+	default:
+		return server.LoadOrCreateKey(filepath.Join(c.state, "private.key"))
+	}
+}
+
+// nodeStore is where the registry lives: etcd with the cluster's
+// membership, or alone the embedded store in --state.
+type nodeStore struct {
+	store  registry.Store
+	member *cluster.Membership // nil alone
+	close  func()
+}
+
+func openStore(ctx context.Context, c *config, key wgtypes.Key, s *settings) (*nodeStore, error) {
+	if c.etcd != "" {
+		cl, err := joinCluster(ctx, c, key, s.pools, s.log)
+		if err != nil {
+			return nil, err
+		}
+		return &nodeStore{store: cl.store, member: cl.member, close: cl.close}, nil
+	}
+	bolt, err := registry.OpenBolt(filepath.Join(c.state, "registry.db"), s.pools)
+	if err != nil {
+		return nil, err
+	}
+	return &nodeStore{store: bolt, close: func() { bolt.Close() }}, nil
+}
+
+// startNode builds the netstack the tunnel ends in and the WireGuard
+// device around it.
+func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st *nodeStore, eg *egressParts) (*server.Node, error) {
+	gw4, gw6 := s.pools.Gateways()
+	var dns []netip.Addr
+	if s.dnsUp.IsValid() {
+		dns = []netip.Addr{gw4, gw6}
+	}
+	stack, err := netstack.New(netstack.Config{
+		MTU:         c.mtu,
+		Dialer:      eg.dialer,
+		Logger:      s.log.With("component", "netstack"),
+		Local:       []netip.Addr{gw4, gw6},
+		DNSUpstream: s.dnsUp,
+		DNSDial:     eg.dnsDial(),
+		Limits:      netstack.Limits{MaxFlows: c.maxFlows, MaxFlowsPerClient: c.maxPerCli},
+		IsDenied:    func(err error) bool { return errors.Is(err, egress.ErrDenied) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	cfg := server.Config{
+		Name:       c.name,
+		ListenPort: uint16(c.listen),
+		PrivateKey: key,
+		Endpoints:  s.endpoints,
+		MTU:        c.mtu,
+		DNS:        dns,
+		Store:      st.store,
+		TUN:        stack,
+		Logger:     s.log,
+		UAPI:       true,
+		Cluster:    st.member,
+		Owners:     front.Owners,
+		Stats: map[string]func() any{
+			"netstack": func() any { return stack.Stats() },
+			"egress":   func() any { return eg.dialer.Stats() },
+		},
+	}
+	eg.hook(&cfg)
+	node, err := server.New(ctx, cfg)
+	if err != nil {
+		stack.Close()
+		return nil, err
+	}
+	return node, nil
+}
+
+// startFront attaches the XDP front to --xdp and, in a cluster where this
+// node has a slot, forwards the initiations of clients another node owns
+// there. On an error it leaves nothing behind.
+func startFront(c *config, s *settings, key wgtypes.Key, member *cluster.Membership, node *server.Node, router *egress.Router) (*front.Front, error) {
+	fc := front.Config{WGPort: uint16(c.listen), GUEPort: uint16(c.guePort), VIPs: s.vips,
+		IndexKey: wgmsg.IndexKey(key), Member: member, Egress: router, Log: s.log}
+	if member != nil {
+		self := member.Self()
+		fc.ID, fc.DC, fc.Underlay = self.ID, self.DC, self.Underlay
+	} else {
+		fc.ID, fc.DC = "self", c.dc
+		var err error
+		if fc.Underlay, err = netip.ParseAddr(c.underlay); err != nil {
+			return nil, fmt.Errorf("--xdp without --etcd needs --underlay (this node's IPv4 address): %v", err)
+		}
+	}
+	x, err := front.New(fc)
+	if err != nil {
+		return nil, fmt.Errorf("--xdp: %w", err)
+	}
+	if err := x.Attach(c.xdp); err != nil {
+		x.Close()
+		return nil, err
+	}
+	if member != nil && member.Self().Slot != 0 {
+		// Tagged indexes: standard clients' packets find this node by
+		// the slot in their session index, and their initiations are
+		// forwarded to their owner (README: Standard clients roam).
+		fwd, err := x.StartForwarding()
+		if err == nil {
+			err = node.EnableIndexes(server.IndexConfig{Slot: member.Self().Slot, Forward: fwd.Forward})
+		}
+		if err != nil {
+			x.Close()
+			return nil, err
+		}
+	}
+	node.AddStats("xdp", x.Stats)
+	return x, nil
+}
