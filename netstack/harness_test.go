@@ -17,8 +17,6 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 	wgnetstack "golang.zx2c4.com/wireguard/tun/netstack"
-
-	"github.com/wedge-edge/wedge/internal/testutil"
 )
 
 // The harness wires client-side stacks (wireguard-go's tun/netstack, what
@@ -339,12 +337,5 @@ func listenUDPEcho(t testing.TB, network, addr string) *net.UDPConn {
 	t.Cleanup(func() { pc.Close(); <-done })
 	return pc.(*net.UDPConn)
 }
-
-// waitFor and checkGoroutines are internal/testutil's WaitFor and
-// CheckGoroutines under the names stack_test.go calls them by.
-var (
-	waitFor         = testutil.WaitFor
-	checkGoroutines = testutil.CheckGoroutines
-)
 
 func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wedge-edge/wedge/internal/testutil"
 )
 
 func TestNewRejectsBadConfig(t *testing.T) {
@@ -244,7 +246,7 @@ func TestTCPIdleTimeout(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("origin side not closed")
 	}
-	waitFor(t, 2*time.Second, "idle counter", func() bool { return h.stack.Stats().TCP.IdleClosed == 1 })
+	testutil.WaitFor(t, 2*time.Second, "idle counter", func() bool { return h.stack.Stats().TCP.IdleClosed == 1 })
 	if st := h.stack.Stats(); st.TCP.Open != 0 || st.Clients != 0 {
 		t.Fatalf("after idle close: open %d clients %d, want 0 0", st.TCP.Open, st.Clients)
 	}
@@ -293,7 +295,7 @@ func TestTCPPerClientCaps(t *testing.T) {
 			_, err := h.dialTCP(t, 0, netip.AddrPortFrom(remote, 80), 10*time.Second)
 			first <- err
 		}()
-		waitFor(t, 2*time.Second, "first dial pending", func() bool { return h.stack.Stats().Pending == 1 })
+		testutil.WaitFor(t, 2*time.Second, "first dial pending", func() bool { return h.stack.Stats().Pending == 1 })
 		start := time.Now()
 		if _, err := h.dialTCP(t, 0, netip.AddrPortFrom(remote, 81), 5*time.Second); err == nil || time.Since(start) > time.Second {
 			t.Fatalf("second dial: got %v after %v, want a prompt RST", err, time.Since(start))
@@ -345,7 +347,7 @@ func TestUDPRoundTripAndIdle(t *testing.T) {
 			if st := h.stack.Stats(); st.UDP.Total != 1 || st.UDP.Open != 1 {
 				t.Fatalf("after 3 datagrams: total %d open %d, want 1 1", st.UDP.Total, st.UDP.Open)
 			}
-			waitFor(t, 3*time.Second, "UDP idle expiry", func() bool {
+			testutil.WaitFor(t, 3*time.Second, "UDP idle expiry", func() bool {
 				st := h.stack.Stats()
 				return st.UDP.Open == 0 && st.UDP.IdleClosed == 1 && st.Clients == 0
 			})
@@ -390,7 +392,7 @@ func TestUDPRefusedICMP(t *testing.T) {
 				}
 				defer c0.Close()
 				c0.Write([]byte("hold"))
-				waitFor(t, 2*time.Second, "pending", func() bool { return h.stack.Stats().Pending == 1 })
+				testutil.WaitFor(t, 2*time.Second, "pending", func() bool { return h.stack.Stats().Pending == 1 })
 			}
 			c, err := h.clients[0].net.DialUDPAddrPort(netip.AddrPort{}, tc.dst)
 			if err != nil {
@@ -433,7 +435,7 @@ func TestUDPDeniedAdminProhibited(t *testing.T) {
 			}
 			defer c.Close()
 			c.Write([]byte("knock"))
-			waitFor(t, 2*time.Second, "ICMP unreachable", func() bool { return len(h.icmpSeen()) > 0 })
+			testutil.WaitFor(t, 2*time.Second, "ICMP unreachable", func() bool { return len(h.icmpSeen()) > 0 })
 			p := h.icmpSeen()[0]
 			off := 20
 			if tc.dst.Is6() {
@@ -489,13 +491,13 @@ func TestPing(t *testing.T) {
 				t.Fatalf("write echo: %v", err)
 			}
 			if !tc.wantReply {
-				waitFor(t, 2*time.Second, "ping failure counted", func() bool { return h.stack.Stats().ICMP.Failed == 1 })
+				testutil.WaitFor(t, 2*time.Second, "ping failure counted", func() bool { return h.stack.Stats().ICMP.Failed == 1 })
 				if got := h.icmpSeen(); len(got) != 0 {
 					t.Fatalf("got ICMP %x, want none", got[0])
 				}
 				return
 			}
-			waitFor(t, 5*time.Second, "echo reply", func() bool { return len(h.icmpSeen()) > 0 })
+			testutil.WaitFor(t, 5*time.Second, "echo reply", func() bool { return len(h.icmpSeen()) > 0 })
 			p := h.icmpSeen()[0]
 			rsrc, rdst := srcDst(p)
 			off, wantType := 20, byte(0)
@@ -621,7 +623,7 @@ func TestDNSToLocal(t *testing.T) {
 }
 
 func TestNoGoroutineLeak(t *testing.T) {
-	checkGoroutines(t, func() { t.Run("flows", testLeakFlows) })
+	testutil.CheckGoroutines(t, func() { t.Run("flows", testLeakFlows) })
 }
 
 func testLeakFlows(t *testing.T) {

@@ -9,6 +9,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/conn/bindtest"
+
+	"github.com/wedge-edge/wedge/internal/testutil"
 )
 
 // Two stock wireguard-go devices in memory:
@@ -128,7 +130,7 @@ func (tp *translatedPair) rekeyAndWait(t *testing.T, fromServer bool) {
 	time.Sleep(40 * time.Millisecond)
 	before := tp.handshakes()
 	tp.rekey(fromServer)
-	waitFor(t, "the handshake", func() bool { return tp.handshakes() > before })
+	testutil.WaitFor(t, 5*time.Second, "the handshake", func() bool { return tp.handshakes() > before })
 }
 
 func (tp *translatedPair) checkSenders(t *testing.T, want int) {
@@ -221,7 +223,7 @@ func TestCookieFromLoadedClient(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the client to answer junk with cookies", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "the client to answer junk with cookies", func() bool {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		return tp.junkCookies > 0
@@ -229,14 +231,14 @@ func TestCookieFromLoadedClient(t *testing.T) {
 
 	time.Sleep(40 * time.Millisecond)
 	tp.rekey(true)
-	waitFor(t, "a cookie reply to the server's tagged index", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "a cookie reply to the server's tagged index", func() bool {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		return tp.cookieIn > 0
 	})
 	// wireguard-go consumes the reply in a handshake worker; until then
 	// its next initiation has no MAC2 and draws another cookie. Retry.
-	waitFor(t, "an initiation with a MAC2", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "an initiation with a MAC2", func() bool {
 		if tp.tr.Stats().SkippedMAC2 > 0 {
 			return true
 		}

@@ -16,8 +16,6 @@ import (
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
-
-	"github.com/wedge-edge/wedge/internal/testutil"
 )
 
 // keyPair is an X25519 key pair as wireguard-go takes it.
@@ -223,10 +221,4 @@ func captureInitiations(tb testing.TB, client keyPair, service [32]byte, n int) 
 	}
 	dev.Close()
 	return out
-}
-
-// waitFor is testutil.WaitFor with this package's patience: five seconds.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	testutil.WaitFor(tb, 5*time.Second, what, cond)
 }
