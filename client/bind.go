@@ -1,6 +1,8 @@
-// Package client is the wedge client: the config file `wedge register`
-// writes, and the conn.Bind wrapper that makes a wireguard-go device a
-// WARP-style client.
+// Package client is the WARP-style wedge client: the config file `wedge
+// register` writes and `wedge connect` reads (config.go, configwrite.go), the
+// calls to the registration API (register.go), the conn.Bind wrapper that
+// makes a wireguard-go device a WARP-style client (this file), and the
+// routes and DNS of TUN mode (routing.go).
 //
 // The Bind wrapper does three things below wireguard-go:
 //
@@ -15,6 +17,9 @@
 //     ENETUNREACH, or a receive error), it closes and reopens its inner Bind
 //     itself, so the device, its peer, keys and the connections inside the
 //     tunnel are untouched.
+//
+// It is the client side alone: it must not import server/, lb/ or e2e/ (the
+// client binary links no node code; internal/api carries the API's types).
 package client
 
 import (

@@ -5,6 +5,10 @@
 // The tests need root. Without it, or without a tool the lab uses, they
 // skip with the reason; with CI=true they fail instead, so CI never passes by
 // skipping. .ci/run installs everything.
+//
+// The tests drive the binaries from outside: they must not import server/,
+// client/, netstack/ or egress/. They may import lb/ (its Maglev table
+// predicts a client's owner) and internal/clientid.
 package e2e
 
 import (

@@ -21,4 +21,8 @@
 // that is not local to the host fails at bind() with an error saying so.
 // Ping keeps using Config.Sources: ICMP echo replies carry no port that
 // would steer them back to the node that sent the request.
+//
+// It is plain sockets and the egress plan: it must not import gVisor,
+// wireguard-go, server/, client/, lb/ or netstack/ (netstack reaches it
+// through its Dialer interface, the XDP front through server/front).
 package egress

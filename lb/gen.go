@@ -2,6 +2,10 @@
 // program in bpf/ and feeds its maps (configuration, node entries, the
 // Maglev table of ClientID owners, pins and flows), and builds the tables
 // from cluster membership.
+//
+// It must not import gVisor, wireguard-go, server/, client/, netstack/ or
+// egress/: membership and the egress table reach it as plain values from
+// server/front.
 package lb
 
 // The generated wedgelb_bpfel.go and .o are committed; regenerate them with

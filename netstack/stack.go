@@ -6,6 +6,10 @@
 // a stack owning the client's inner addresses, dialed into by programs.
 // It is the only package that imports gVisor and nothing gVisor-typed
 // appears in its API.
+//
+// It is the only package that imports gVisor, and nothing gVisor-typed
+// leaves it. It must not import server/, client/, egress/, lb/ or
+// cilium/ebpf: egress meets it through the Dialer interface (contract.go).
 package netstack
 
 import (

@@ -3,6 +3,9 @@
 // clients applied to that device live, the UAPI socket `wg` talks to, and the
 // registration API. The device's tun.Device is supplied by the caller (the
 // gVisor netstack in wedged); this package never imports gVisor.
+//
+// server/ and its subpackages are the node alone: they must not import
+// gVisor (netstack/ owns it), client/, netstack/ or e2e/.
 package server
 
 import (

@@ -3,6 +3,8 @@
 // passes the userspace tunnel's DialContext and Resolve. It supports the
 // no-authentication method and the CONNECT and UDP ASSOCIATE commands;
 // BIND is answered "command not supported". It knows nothing of the tunnel.
+//
+// It belongs to the client and must not import server/, lb/ or e2e/.
 package socks5
 
 import (

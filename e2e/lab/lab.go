@@ -29,6 +29,10 @@
 //
 // The baseline (StartBaseline) is a plain wireguard-go server with kernel
 // forwarding and NAT in the same shape, for ratios measured in one run.
+//
+// It drives wedge from outside, through its binaries: it must not import
+// server/, client/, netstack/ or egress/ (the flood generator in originsrv
+// uses server/wgmsg to speak WireGuard's handshake).
 package lab
 
 import (

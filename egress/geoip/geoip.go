@@ -18,6 +18,9 @@
 // reading process, which would take the whole node down. The cost is the
 // file size in heap (about 9 MB for GeoLite2-Country, 60 MB for City;
 // prefer a Country database).
+//
+// Like egress, it must not import gVisor, wireguard-go, server/, client/,
+// lb/ or netstack/.
 package geoip
 
 import (

@@ -5,6 +5,9 @@
 // so the receiver must zero bytes 1..3 before wireguard-go sees the message:
 // zeroing restores exactly what the client MACed. The client, the server Bind
 // and the tests share this package.
+//
+// Both sides use it; it must not import any room of the tree (server/,
+// client/, netstack/, egress/, lb/, e2e/).
 package clientid
 
 import (

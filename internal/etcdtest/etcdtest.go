@@ -2,6 +2,8 @@
 // tests of the etcd backends. It runs the etcd binary .ci/run installs
 // (Debian's etcd-server); without one the test is skipped, or fails when
 // CI is set, so a CI machine cannot quietly skip the etcd contract tests.
+//
+// It is imported only by tests and must not import any room of the tree.
 package etcdtest
 
 import (

@@ -8,6 +8,9 @@
 //
 // A key is a flag name without dashes. Flags given on the command line win
 // over the file.
+//
+// It must not import any room of the tree (server/, client/, netstack/,
+// egress/, lb/, e2e/).
 package flagfile
 
 import (

@@ -1,6 +1,9 @@
 // Package happyeyeballs dials one of several addresses the RFC 8305 way, as
 // net.Dialer does, for dialers that are not net.Dialer (a userspace stack,
 // a proxy's upstream).
+//
+// The client's userspace stack (netstack) and its SOCKS5 server both dial
+// with it, so it lives in internal/ and must not import any room of the tree.
 package happyeyeballs
 
 import (

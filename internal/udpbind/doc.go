@@ -26,6 +26,9 @@
 //
 // On other operating systems Supported is false and Open returns an error
 // wrapping errors.ErrUnsupported; use conn.NewDefaultBind there.
+//
+// Both the node and `wedge connect` use it; it must not import any room of
+// the tree (server/, client/, netstack/, egress/, lb/, e2e/).
 package udpbind
 
 const (

@@ -2,6 +2,8 @@
 // membership of nodes (held by leases, so a dead node drops out by itself),
 // draining, the check that every node runs with the same service key, and
 // each node's view of its etcd connection.
+//
+// As all of server/, it must not import gVisor, client/, netstack/ or e2e/.
 package cluster
 
 import (

@@ -2,6 +2,8 @@
 // then every change in order. It resumes a broken watch from the last
 // revision it delivered, so no event is missed across an etcd outage, and
 // takes a fresh snapshot when etcd has compacted that revision away.
+//
+// As all of server/, it must not import gVisor, client/, netstack/ or e2e/.
 package etcdwatch
 
 import (

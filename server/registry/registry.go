@@ -1,6 +1,9 @@
 // Package registry holds the registered clients: public key, ClientID and
 // inner addresses. Store is the contract every backend implements; Bolt is the
 // embedded default that needs no external service.
+//
+// As all of server/, it must not import gVisor, client/, netstack/ or e2e/;
+// the API's view of a registration is internal/api's.
 package registry
 
 import (

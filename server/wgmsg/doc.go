@@ -68,4 +68,6 @@
 // it in 16 tries. Routing by it is safe because a misrouted transport message
 // fails its AEAD wherever it lands, and a misrouted handshake message its MAC1
 // or Noise state.
+//
+// As all of server/, it must not import gVisor, client/, netstack/ or e2e/.
 package wgmsg

@@ -9,6 +9,8 @@
 // ranges are allowed, because tests and the lab use the documentation ranges
 // (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32), which
 // MaxMind's writer refuses by default.
+//
+// It is a test helper and must not import any room of the tree.
 package geoiptest
 
 import (
