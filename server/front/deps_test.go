@@ -6,11 +6,13 @@ import (
 	"testing"
 )
 
-// front runs beside the device, not inside it: it must not link gVisor,
-// the client, the netstack or wireguard-go's device.
+// front is a server/ package (ARCHITECTURE.md) that runs beside the device,
+// not inside it: it must not link gVisor, the client, the netstack, the e2e
+// lab or wireguard-go's device.
 var forbiddenDeps = []string{
 	"github.com/wedge-edge/wedge/client",
 	"github.com/wedge-edge/wedge/netstack",
+	"github.com/wedge-edge/wedge/e2e",
 	"gvisor.dev",
 	"golang.zx2c4.com/wireguard/device",
 	"golang.zx2c4.com/wireguard/conn",

@@ -5,8 +5,9 @@
 // that reached this node though another node owns them to that owner.
 //
 // It owns the wiring between server/cluster, egress.Router and lb, not the
-// program itself (lb) nor the device (server). It must not import gVisor,
-// client/ or the wireguard-go device: it runs beside them, not inside.
+// program itself (lb) nor the device (server). Like every server/ package
+// it must not import gVisor, client/, netstack/ or e2e/; nor wireguard-go's
+// device: it runs beside the device, not inside it.
 package front
 
 import (
