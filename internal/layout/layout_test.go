@@ -27,6 +27,8 @@ type rule struct {
 var rules = []rule{
 	{from: "@/server/...", deny: []string{"gvisor.dev/", "@/client/...", "@/netstack/...", "@/e2e/...", "@/cmd/..."},
 		why: "server/ is the node's WireGuard side and control plane; gVisor stays in netstack/, the client in client/"},
+	{from: "@/server/front", deny: []string{"golang.zx2c4.com/wireguard/device", "golang.zx2c4.com/wireguard/conn", "golang.zx2c4.com/wireguard/tun"},
+		why: "the front's control runs beside the WireGuard device, not inside it"},
 	{from: "@/client/...", deny: []string{"@/server/...", "@/lb/...", "@/e2e/...", "@/cmd/...", "github.com/cilium/ebpf", "go.etcd.io/", "google.golang.org/grpc"},
 		why: "the client links nothing of the node"},
 	{from: "@/cmd/wedge", deny: []string{"@/server/...", "@/lb/...", "@/e2e/...", "github.com/cilium/ebpf", "go.etcd.io/", "google.golang.org/grpc"},
