@@ -1,6 +1,9 @@
 // Command wedge is the wedge CLI: register a client, connect with it, read
 // or drain a node, and write an egress plan's geofeed. The lab benchmarks
 // are a command of their own, e2e/wedge-lab.
+//
+// It is the client binary: it must not import server/, lb/ or e2e/, and
+// links no etcd, bbolt, grpc or cilium/ebpf (TestClientDeps, internal/layout).
 package main
 
 import (

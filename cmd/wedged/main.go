@@ -6,6 +6,8 @@
 // the egress router and dialer (egress.go), the netstack, the device, the
 // XDP front (server/front) and the API, started in that order by run and
 // closed in the reverse order.
+//
+// It may import any product package; nothing imports it.
 package main
 
 import (

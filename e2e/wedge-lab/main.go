@@ -3,11 +3,13 @@
 // baseline (bench), and the XDP front's forwarding hop against the direct
 // path (bench-front). It needs root and is run from the repository:
 //
-//	sudo go run ./e2e/wedge-lab bench --seconds 5 --rounds 3
-//	sudo go run ./e2e/wedge-lab bench-front --seconds 5 --rounds 7
+//	go run ./e2e/wedge-lab bench --seconds 5 --rounds 3        # as root
+//	go run ./e2e/wedge-lab bench-front --seconds 5 --rounds 7  # as root
 //
 // It is a command of its own, not a subcommand of wedge, so that the client
 // binary does not link the lab and, through it, the server side.
+//
+// Like all of e2e/, it must not import server/, client/, netstack/ or egress/.
 package main
 
 import (
@@ -131,7 +133,7 @@ func runLab(tools []string, bench func(cl *lab.Cleanups, bins lab.Bins) (func(io
 		return errors.New("lab: needs root (it makes network namespaces)")
 	}
 	if err := lab.Check(tools...); err != nil {
-		return fmt.Errorf("lab: %w (sudo .ci/run installs everything)", err)
+		return fmt.Errorf("lab: %w (bash .ci/run, as root, installs everything)", err)
 	}
 	dir, err := os.MkdirTemp("", "wedge-bench-")
 	if err != nil {

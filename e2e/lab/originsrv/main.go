@@ -26,6 +26,9 @@
 //	    sends WireGuard initiations with a valid MAC1 and random keys from
 //	    every (local) address of PREFIX, in bursts, and prints
 //	    {"sources","sent","cookie_replies","responses","other"}.
+//
+// Like all of e2e/, it must not import server/, client/, netstack/ or
+// egress/, except server/wgmsg, whose handshake code wgflood needs.
 package main
 
 import (
