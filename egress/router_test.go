@@ -14,17 +14,18 @@ import (
 	"github.com/wedge-edge/wedge/egress/geoip/geoiptest"
 )
 
-const routerTestPlan = `{
-  "slice": 2048,
-  "data_centers": {"ams": {"country": "NL"}, "fra": {"country": "DE"}},
-  "ipv4": [
-    {"prefix": "198.51.100.0/30", "country": "NL", "pool": "trusted", "dc": "ams"},
-    {"prefix": "198.51.100.4/30", "country": "DE", "pool": "trusted", "dc": "fra",
-     "owners": {"198.51.100.6": "ams"}}
-  ],
-  "ipv6": [{"prefix": "2001:db8:5100::/48", "country": "NL", "pool": "trusted", "dc": "ams"}],
-  "fallback": {"pools": {"trusted": "NL"}}
-}`
+// routerTestPlan is testdata/plan-two-dc.json, which server/front's and
+// cmd/wedged's tests read too: ams and fra, one address of fra's block
+// owned by ams.
+var routerTestPlan = mustRead("testdata/plan-two-dc.json")
+
+func mustRead(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
 
 // newTestRouter is the router of a node of ams in slot 3, pool trusted,
 // with a GeoIP database that puts 203.0.113.0/25 in NL and the upper half

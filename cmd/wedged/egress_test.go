@@ -14,16 +14,14 @@ import (
 	"github.com/wedge-edge/wedge/server/registry"
 )
 
-const testPlan = `{
-  "slice": 2048,
-  "data_centers": {"ams": {"country": "NL"}, "fra": {"country": "DE"}},
-  "ipv4": [
-    {"prefix": "198.51.100.0/30", "country": "NL", "pool": "trusted", "dc": "ams"},
-    {"prefix": "198.51.100.4/30", "country": "DE", "pool": "trusted", "dc": "fra",
-     "owners": {"198.51.100.6": "ams"}}
-  ],
-  "fallback": {"pools": {"trusted": "NL"}}
-}`
+// testPlan is egress's test plan of two data centers, ams and fra.
+var testPlan = func() string {
+	b, err := os.ReadFile("../../egress/testdata/plan-two-dc.json")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
 
 // TestOpenRouterErrors: --egress-plan and --geoip fail the start with
 // errors that name the flag.

@@ -2,35 +2,27 @@ package front
 
 import (
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/wedge-edge/wedge/egress"
 	"github.com/wedge-edge/wedge/server/cluster"
 )
 
-const testPlan = `{
-  "slice": 2048,
-  "data_centers": {"ams": {"country": "NL"}, "fra": {"country": "DE"}},
-  "ipv4": [
-    {"prefix": "198.51.100.0/30", "country": "NL", "pool": "trusted", "dc": "ams"},
-    {"prefix": "198.51.100.4/30", "country": "DE", "pool": "trusted", "dc": "fra",
-     "owners": {"198.51.100.6": "ams"}}
-  ],
-  "ipv6": [{"prefix": "2001:db8:5100::/48", "country": "NL", "pool": "trusted", "dc": "ams"}],
-  "fallback": {"pools": {"trusted": "NL"}}
-}`
+// testPlan is egress's test plan of two data centers, ams and fra.
+var testPlan = mustRead("../../egress/testdata/plan-two-dc.json")
+
+func mustRead(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
 
 // The same plan with 198.51.100.4 moved to ams.
-const movedPlan = `{
-  "slice": 2048,
-  "data_centers": {"ams": {"country": "NL"}, "fra": {"country": "DE"}},
-  "ipv4": [
-    {"prefix": "198.51.100.0/30", "country": "NL", "pool": "trusted", "dc": "ams"},
-    {"prefix": "198.51.100.4/30", "country": "DE", "pool": "trusted", "dc": "fra",
-     "owners": {"198.51.100.6": "ams", "198.51.100.4": "ams"}}
-  ],
-  "fallback": {"pools": {"trusted": "NL"}}
-}`
+var movedPlan = strings.Replace(testPlan, `"owners": {"198.51.100.6": "ams"}`, `"owners": {"198.51.100.6": "ams", "198.51.100.4": "ams"}`, 1)
 
 func TestEgressTable(t *testing.T) {
 	p, err := egress.ParsePlan([]byte(testPlan))
