@@ -15,13 +15,20 @@ import (
 
 // LoadOrCreateKey reads the base64 WireGuard private key in path, creating
 // it (mode 0600, written to a temporary file, fsynced and renamed, so a crash
-// never leaves a half-written key) when the file does not exist.
+// never leaves a half-written key) when the file does not exist. An
+// existing key readable by group or others is refused, as LoadKey does.
 func LoadOrCreateKey(path string) (wgtypes.Key, error) {
-	k, err := readKey(path)
-	if !errors.Is(err, fs.ErrNotExist) {
-		return k, err
+	st, err := os.Stat(path)
+	switch {
+	case err == nil:
+		if err := checkKeyMode(path, st); err != nil {
+			return wgtypes.Key{}, err
+		}
+		return readKey(path)
+	case !errors.Is(err, fs.ErrNotExist):
+		return wgtypes.Key{}, fmt.Errorf("server: key file: %w", err)
 	}
-	k, err = wgtypes.GeneratePrivateKey()
+	k, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
@@ -44,10 +51,19 @@ func LoadKey(path string) (wgtypes.Key, error) {
 	if err != nil {
 		return wgtypes.Key{}, fmt.Errorf("server: key file: %w", err)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return wgtypes.Key{}, fmt.Errorf("server: key file %s is readable by others (mode %v): chmod 600 it", path, st.Mode().Perm())
+	if err := checkKeyMode(path, st); err != nil {
+		return wgtypes.Key{}, err
 	}
 	return readKey(path)
+}
+
+// checkKeyMode refuses a key file that group or others may read or write:
+// the key is the whole service's identity.
+func checkKeyMode(path string, st fs.FileInfo) error {
+	if st.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("server: key file %s is readable by others (mode %v): chmod 600 it", path, st.Mode().Perm())
+	}
+	return nil
 }
 
 // readKey parses the key file at path; a missing file's error wraps

@@ -27,9 +27,22 @@ func TestKeyFiles(t *testing.T) {
 	if got, err := LoadOrCreateKey(p); err != nil || got != k {
 		t.Fatalf("LoadOrCreateKey of an existing key = %v, %v", got, err)
 	}
-	os.Chmod(p, 0o644)
-	if _, err := LoadKey(p); err == nil {
-		t.Fatal("LoadKey accepted a world-readable key")
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadKey(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("LoadKey of a mode %v key: %v, want a refusal", mode, err)
+		}
+		if _, err := LoadOrCreateKey(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("LoadOrCreateKey of a mode %v key: %v, want a refusal", mode, err)
+		}
+	}
+	if err := os.Chmod(p, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := LoadOrCreateKey(p); err != nil || got != k {
+		t.Fatalf("LoadOrCreateKey of a mode 0400 key = %v, %v; want the key", got, err)
 	}
 	bad := filepath.Join(dir, "bad.key")
 	os.WriteFile(bad, []byte("not a key\n"), 0o600)
