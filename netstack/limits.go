@@ -4,90 +4,322 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// limiter counts open flows and pending dials, globally and per client.
-type limiter struct {
-	lim Limits
+// Budgets per client
+//
+// Every cap below counts per client, not per address: Config.ClientOf tells
+// which inner addresses belong to one registration (its IPv4 and its IPv6
+// address), and an address it does not know is a client of its own.
+//
+// Open flows: at most Limits.MaxFlowsPerClient per client and MaxFlows in
+// all.
+//
+// Pending dials (a flow whose destination has not answered yet) are shared
+// fairly: besides MaxPending in all and MaxPendingPerClient each, a client
+// may start a dial only while it holds fewer than 1/PendingShare of the
+// slots still free (pending·share < free). The allowance shrinks as the
+// pool fills, so clients that dial blackholes as fast as they may cannot
+// take the last slots: n such clients settle where each holds h with
+// h·share ≈ free = MaxPending − n·h, that is h ≈ MaxPending/(n+share), and
+// together n/(n+share) of the pool (8 hostile clients with the default
+// share of 8: half of it). The other share/(n+share) stays free, and a
+// client with no dial pending needs only one free slot, so its new flows
+// are never refused for want of one; a client with k pending needs more
+// than k·share free. A refusal only ever falls on a client that holds at
+// least 1/share of what is free, so when slots run short the clients that
+// hold the most are refused first, and those that hold little keep
+// dialing.
+// What no per-client rule can stop is many clients (many registrations)
+// each holding one dial: that is the registration API's rate limits' job.
+// A blackholed dial ends at Config.TCPDialTimeout.
+//
+// New flows: a token bucket per client (Limits.FlowRate per second, bursts
+// of FlowBurst) bounds how fast one client opens flows, whatever their
+// fate; a refused flow does not cost a token.
+//
+// Buffered bytes: a client that never reads (a zero window) makes the node
+// hold what the origin sends, in gVisor's send buffer and in the splice's
+// copy buffer, and one whose origin never reads makes it hold what the
+// client sends, in gVisor's receive buffer. Each TCP flow takes a grant
+// from its client's budget (Limits.BufferPerClient) when it opens: a
+// quarter of what the client has left, rounded down to a power of two,
+// between minGrant (16 KiB) and maxGrant (the default send buffer, 4 MiB).
+// A flow with a smaller grant than maxGrant gets send and receive buffers
+// of its grant (fixed, not auto-tuned) and copy buffers of at most its
+// grant; a flow with a full grant keeps the defaults (4 MiB to send, up
+// to 8 MiB to receive, 256 KiB copy buffers). Either way a flow's buffers
+// hold at most four times its grant, and the grants of one client sum to
+// at most its budget plus minGrant per flow (grantFor), so one client
+// makes the node hold at most 4·(BufferPerClient + flows·16 KiB), and a
+// zero window (send queue and one copy buffer) half of that. A client's
+// first flows (five with the default budget) get full buffers; once it
+// has many open, new ones get small ones and are slower (a 16 KiB window
+// carries ~1.3 Mbit/s at 100 ms). Grants are returned when flows end;
+// open flows keep theirs.
+//
+// Refusals are counted by reason (Refusals) in Stats.
 
-	mu      sync.Mutex
-	flows   int
-	pending int
-	clients map[netip.Addr]*clientCount
+// Defaults for the per-client budgets' zero Limits fields.
+const (
+	// DefaultPendingShare: a client may hold at most 1/8 of the free dial
+	// slots.
+	DefaultPendingShare = 8
+	// DefaultFlowRate and DefaultFlowBurst: new flows per second per
+	// client, and the burst. A browser opening a heavy page opens tens.
+	DefaultFlowRate  = 500
+	DefaultFlowBurst = 1000
+	// DefaultBufferPerClient is the buffer budget of one client's TCP
+	// flows: five flows with the default buffers, then smaller ones.
+	DefaultBufferPerClient = 32 << 20
+)
+
+const (
+	// minGrant is the smallest buffer grant of a TCP flow: a window of a
+	// few segments, enough to make progress.
+	minGrant = 16 << 10
+	// maxGrant is the largest: the default send buffer.
+	maxGrant = tcpTXBufDef
+)
+
+// clientKey names a client for the budgets: its registration when
+// Config.ClientOf knows the address, else the address itself.
+type clientKey struct {
+	id   uint64
+	addr netip.Addr // zero when id names the client
 }
 
-type clientCount struct{ flows, pending int }
+// clientOf returns the key of the client that owns inner address a.
+func (s *Stack) clientOf(a netip.Addr) clientKey {
+	if s.cfg.ClientOf != nil {
+		if id, ok := s.cfg.ClientOf(a); ok {
+			return clientKey{id: id}
+		}
+	}
+	return clientKey{addr: a}
+}
+
+// refusal is why the limiter refused a flow.
+type refusal int
+
+const (
+	admitted refusal = iota
+	refusedFlows
+	refusedClientFlows
+	refusedPending
+	refusedClientPending
+	refusedPendingShare
+	refusedRate
+	numRefusals
+)
+
+// limiter counts open flows, pending dials and buffer grants, globally and
+// per client, and keeps each client's token bucket.
+type limiter struct {
+	lim Limits
+	now func() int64 // nanotime; tests replace it
+
+	mu        sync.Mutex
+	flows     int
+	pending   int
+	granted   int64
+	clients   map[clientKey]*clientState
+	lastSweep int64
+}
+
+type clientState struct {
+	flows, pending int
+	granted        int64
+	tokens         float64
+	refilled       int64 // nanotime of the last refill
+}
+
+// sweepEvery is how often idle clients whose bucket is full again are
+// forgotten; until then a client that opens and closes flows keeps its
+// bucket, so closing everything does not refill it.
+const sweepEvery = int64(10 * time.Second)
 
 func (l *limiter) init(lim Limits) {
 	l.lim = lim
-	l.clients = make(map[netip.Addr]*clientCount)
+	l.clients = make(map[clientKey]*clientState)
+	if l.now == nil {
+		l.now = nanotime
+	}
 }
 
-// acquirePending reserves a dial slot for client; false when a cap is hit.
-func (l *limiter) acquirePending(client netip.Addr) bool {
+// state returns client's state, creating it with a full bucket.
+func (l *limiter) state(client clientKey, now int64) *clientState {
+	c := l.clients[client]
+	if c == nil {
+		c = &clientState{tokens: float64(l.lim.FlowBurst), refilled: now}
+		l.clients[client] = c
+	}
+	return c
+}
+
+// refill adds the tokens earned since the last refill; it reports whether
+// the bucket is full.
+func (l *limiter) refill(c *clientState, now int64) bool {
+	if l.lim.FlowRate < 0 {
+		return true
+	}
+	burst := float64(l.lim.FlowBurst)
+	c.tokens = min(burst, c.tokens+float64(now-c.refilled)*float64(l.lim.FlowRate)/1e9)
+	c.refilled = now
+	return c.tokens >= burst
+}
+
+// acquire admits a new flow of client: it checks the flow caps (reserving
+// nothing: promote decides for good), takes a token and reserves a dial
+// slot.
+func (l *limiter) acquire(client clientKey) refusal {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	c := l.clients[client]
-	if l.pending >= l.lim.MaxPending || (c != nil && c.pending >= l.lim.MaxPendingPerClient) {
-		return false
-	}
-	if c == nil {
-		c = new(clientCount)
-		l.clients[client] = c
+	now := l.now()
+	l.sweep(now)
+	c := l.state(client, now)
+	r := l.admit(c, now)
+	if r != admitted {
+		l.gc(client, c, now)
+		return r
 	}
 	c.pending++
 	l.pending++
-	return true
+	return admitted
 }
 
-// promote turns a pending dial into an open flow; false (and the pending
-// slot released) when a flow cap is hit.
-func (l *limiter) promote(client netip.Addr) bool {
+func (l *limiter) admit(c *clientState, now int64) refusal {
+	switch {
+	case l.flows >= l.lim.MaxFlows:
+		return refusedFlows
+	case c.flows >= l.lim.MaxFlowsPerClient:
+		return refusedClientFlows
+	case l.pending >= l.lim.MaxPending:
+		return refusedPending
+	case c.pending >= l.lim.MaxPendingPerClient:
+		return refusedClientPending
+	case c.pending*l.lim.PendingShare >= l.lim.MaxPending-l.pending:
+		return refusedPendingShare
+	}
+	l.refill(c, now)
+	if l.lim.FlowRate >= 0 {
+		if c.tokens < 1 {
+			return refusedRate
+		}
+		c.tokens--
+	}
+	return admitted
+}
+
+// promote turns a pending dial into an open flow; on a refusal the pending
+// slot is released.
+func (l *limiter) promote(client clientKey) refusal {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c := l.clients[client]
 	c.pending--
 	l.pending--
-	if l.flows >= l.lim.MaxFlows || c.flows >= l.lim.MaxFlowsPerClient {
-		l.gc(client, c)
-		return false
+	switch {
+	case l.flows >= l.lim.MaxFlows:
+		l.gc(client, c, l.now())
+		return refusedFlows
+	case c.flows >= l.lim.MaxFlowsPerClient:
+		l.gc(client, c, l.now())
+		return refusedClientFlows
 	}
 	c.flows++
 	l.flows++
-	return true
+	return admitted
 }
 
-// checkFlow reports whether client may open one more flow now. It reserves
-// nothing: promote decides for good.
-func (l *limiter) checkFlow(client netip.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	c := l.clients[client]
-	return l.flows < l.lim.MaxFlows && (c == nil || c.flows < l.lim.MaxFlowsPerClient)
-}
-
-func (l *limiter) releasePending(client netip.Addr) {
+func (l *limiter) releasePending(client clientKey) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c := l.clients[client]
 	c.pending--
 	l.pending--
-	l.gc(client, c)
+	l.gc(client, c, l.now())
 }
 
-func (l *limiter) releaseFlow(client netip.Addr) {
+func (l *limiter) releaseFlow(client clientKey) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c := l.clients[client]
 	c.flows--
 	l.flows--
-	l.gc(client, c)
+	l.gc(client, c, l.now())
 }
 
-func (l *limiter) gc(client netip.Addr, c *clientCount) {
-	if c.flows == 0 && c.pending == 0 {
+// grant takes a TCP flow's buffer grant from client's budget (see
+// grantFor); the flow must be open (promoted).
+func (l *limiter) grant(client clientKey) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.clients[client]
+	free := int64(l.lim.BufferPerClient) - c.granted
+	if l.lim.BufferPerClient < 0 {
+		free = 4 * maxGrant
+	}
+	g := grantFor(free)
+	c.granted += int64(g)
+	l.granted += int64(g)
+	return g
+}
+
+// ungrant returns a grant; call it before releaseFlow.
+func (l *limiter) ungrant(client clientKey, g int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.clients[client]
+	c.granted -= int64(g)
+	l.granted -= int64(g)
+}
+
+// grantFor is the grant of a flow whose client has free bytes of its
+// budget left: a quarter of them, rounded down to a power of two, between
+// minGrant and maxGrant. Grants over a budget B sum to at most about B
+// until they reach minGrant: each takes at most a quarter of what is left.
+func grantFor(free int64) int {
+	g := int64(minGrant)
+	for g*2 <= free/4 && g*2 <= maxGrant {
+		g *= 2
+	}
+	return int(g)
+}
+
+// gc forgets an idle client once its bucket is full again (a client with
+// flows keeps its state in any case); otherwise sweep does it later.
+func (l *limiter) gc(client clientKey, c *clientState, now int64) {
+	if c.flows != 0 || c.pending != 0 {
+		return
+	}
+	if c.granted == 0 && l.refill(c, now) {
 		delete(l.clients, client)
 	}
+}
+
+// sweep forgets, at most once per sweepEvery, idle clients whose buckets
+// are full again.
+func (l *limiter) sweep(now int64) {
+	if now-l.lastSweep < sweepEvery {
+		return
+	}
+	l.lastSweep = now
+	for k, c := range l.clients {
+		l.gc(k, c, now)
+	}
+}
+
+// activeClients counts clients with a flow or a dial now.
+func (l *limiter) activeClients() int {
+	n := 0
+	for _, c := range l.clients {
+		if c.flows > 0 || c.pending > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // Stats is a snapshot of a Stack's counters.
@@ -99,6 +331,9 @@ type Stats struct {
 	Pending int `json:"pending"`
 	// Clients is the number of clients with a flow or dial now.
 	Clients int `json:"clients"`
+	// BufferGranted is the sum of the open TCP flows' buffer grants: the
+	// most their buffers may hold (see Limits.BufferPerClient).
+	BufferGranted int64 `json:"buffer_granted"`
 	// PacketsIn and PacketsOut count IP packets written by and read by
 	// wireguard-go.
 	PacketsIn  uint64 `json:"packets_in"`
@@ -123,14 +358,33 @@ type FlowStats struct {
 	DialFailures uint64 `json:"dial_failures"`
 	Denied       uint64 `json:"denied"`
 	DialTimeouts uint64 `json:"dial_timeouts"`
-	// CapHits counts flows refused by a Limits cap.
+	// CapHits counts flows refused by a Limits cap, any of Refused's
+	// reasons.
 	CapHits uint64 `json:"cap_hits"`
+	// Refused splits CapHits by reason.
+	Refused Refusals `json:"refused"`
 	// RefusedLocal counts flows to a Local address other than DNS.
 	RefusedLocal uint64 `json:"refused_local"`
 	// DNS counts flows forwarded to the DNS upstream.
 	DNS uint64 `json:"dns"`
-	// IdleClosed counts flows closed by the idle timeout.
-	IdleClosed uint64 `json:"idle_closed"`
+	// IdleClosed counts flows closed by the idle timeout; SilentClosed
+	// those closed by the shorter one for flows that never carried a
+	// byte (Config.TCPSilentTimeout).
+	IdleClosed   uint64 `json:"idle_closed"`
+	SilentClosed uint64 `json:"silent_closed"`
+	// SmallBuffers counts TCP flows opened with less than the default
+	// buffers because their client's buffer budget was running low.
+	SmallBuffers uint64 `json:"small_buffers"`
+}
+
+// Refusals counts refused flows by the cap that refused them.
+type Refusals struct {
+	Flows         uint64 `json:"flows"`          // Limits.MaxFlows
+	ClientFlows   uint64 `json:"client_flows"`   // Limits.MaxFlowsPerClient
+	Pending       uint64 `json:"pending"`        // Limits.MaxPending
+	ClientPending uint64 `json:"client_pending"` // Limits.MaxPendingPerClient
+	PendingShare  uint64 `json:"pending_share"`  // the fair share of the free dial slots
+	Rate          uint64 `json:"rate"`           // Limits.FlowRate
 }
 
 // PingStats counts ICMP echo handling.
@@ -147,14 +401,28 @@ type flowCounters struct {
 	open                                 atomic.Int64
 	total, dialFail, denied, dialTimeout atomic.Uint64
 	capHits, refusedLocal, dns, idle     atomic.Uint64
+	silent, smallBuffers                 atomic.Uint64
+	refused                              [numRefusals]atomic.Uint64
+}
+
+// refuse counts a flow refused for r.
+func (c *flowCounters) refuse(r refusal) {
+	c.capHits.Add(1)
+	c.refused[r].Add(1)
 }
 
 func (c *flowCounters) snapshot() FlowStats {
 	return FlowStats{
 		Open: c.open.Load(), Total: c.total.Load(),
 		DialFailures: c.dialFail.Load(), Denied: c.denied.Load(), DialTimeouts: c.dialTimeout.Load(),
-		CapHits: c.capHits.Load(), RefusedLocal: c.refusedLocal.Load(), DNS: c.dns.Load(),
-		IdleClosed: c.idle.Load(),
+		CapHits: c.capHits.Load(),
+		Refused: Refusals{
+			Flows: c.refused[refusedFlows].Load(), ClientFlows: c.refused[refusedClientFlows].Load(),
+			Pending: c.refused[refusedPending].Load(), ClientPending: c.refused[refusedClientPending].Load(),
+			PendingShare: c.refused[refusedPendingShare].Load(), Rate: c.refused[refusedRate].Load(),
+		},
+		RefusedLocal: c.refusedLocal.Load(), DNS: c.dns.Load(),
+		IdleClosed: c.idle.Load(), SilentClosed: c.silent.Load(), SmallBuffers: c.smallBuffers.Load(),
 	}
 }
 
@@ -181,7 +449,8 @@ func (s *Stack) Stats() Stats {
 	}
 	s.limits.mu.Lock()
 	st.Pending = s.limits.pending
-	st.Clients = len(s.limits.clients)
+	st.Clients = s.limits.activeClients()
+	st.BufferGranted = s.limits.granted
 	s.limits.mu.Unlock()
 	return st
 }

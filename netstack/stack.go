@@ -53,6 +53,11 @@ const (
 	DefaultMaxFlowsPerClient   = 2048
 	DefaultMaxPending          = 2048
 	DefaultMaxPendingPerClient = 128
+
+	// DefaultTCPSilentTimeout closes a TCP flow that carried no byte
+	// either way: protocols where the server speaks first answer within
+	// seconds, and clients that speak first do so at once.
+	DefaultTCPSilentTimeout = 60 * time.Second
 )
 
 const (
@@ -105,11 +110,21 @@ type Config struct {
 	DNSDial func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error)
 	// Limits caps flows and pending dials; zero fields take defaults.
 	Limits Limits
+	// ClientOf, if set, names the client (registration) an inner source
+	// address belongs to, so that a client's IPv4 and IPv6 addresses share
+	// one set of budgets (limits.go). An address it returns false for, or
+	// every address without it, is a client of its own. It is called once
+	// per new flow, must be quick and safe for concurrent use.
+	ClientOf func(netip.Addr) (uint64, bool)
 	// TCPDialTimeout bounds a TCP dial (default DefaultTCPDialTimeout).
 	TCPDialTimeout time.Duration
 	// TCPIdleTimeout closes a TCP flow with no data either way for this
 	// long (default DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
+	// TCPSilentTimeout closes a TCP flow that has carried no byte either
+	// way for this long (default DefaultTCPSilentTimeout; never longer than
+	// TCPIdleTimeout): a connection opened only to hold a slot.
+	TCPSilentTimeout time.Duration
 	// UDPIdleTimeout closes a UDP flow with no datagram either way for
 	// this long (default DefaultUDPIdleTimeout).
 	UDPIdleTimeout time.Duration
@@ -121,14 +136,28 @@ type Config struct {
 	IsDenied func(error) bool
 }
 
-// Limits caps the stack's resources. A client is an inner source address.
-// Zero fields take the Default* values.
+// Limits caps the stack's resources. A client is a registration (see
+// Config.ClientOf), or an inner source address. Zero fields take the
+// Default* values. How they make a fair share is in limits.go.
 type Limits struct {
 	// MaxFlows caps open TCP+UDP flows, MaxFlowsPerClient per client.
 	MaxFlows, MaxFlowsPerClient int
 	// MaxPending caps in-flight TCP and UDP dials, MaxPendingPerClient per
 	// client.
 	MaxPending, MaxPendingPerClient int
+	// PendingShare: a client may start a dial only while it holds fewer
+	// than 1/PendingShare of the free dial slots.
+	PendingShare int
+	// FlowRate is the new flows per second a client may open on average,
+	// FlowBurst how many at once (default: twice FlowRate, or
+	// DefaultFlowBurst with the default rate). A negative FlowRate lifts
+	// the limit.
+	FlowRate, FlowBurst int
+	// BufferPerClient is the buffer budget, in bytes, of one client's
+	// TCP flows: what a client that stops reading (or whose origin does)
+	// can make the node hold. Negative: no budget, every flow gets the
+	// default buffers.
+	BufferPerClient int
 }
 
 // Stack is a gVisor netstack serving as wireguard-go's tun.Device. Create
@@ -184,6 +213,8 @@ func New(cfg Config) (*Stack, error) {
 	def(&cfg.TCPDialTimeout, DefaultTCPDialTimeout)
 	def(&cfg.TCPIdleTimeout, DefaultTCPIdleTimeout)
 	def(&cfg.UDPIdleTimeout, DefaultUDPIdleTimeout)
+	def(&cfg.TCPSilentTimeout, DefaultTCPSilentTimeout)
+	cfg.TCPSilentTimeout = min(cfg.TCPSilentTimeout, cfg.TCPIdleTimeout)
 	defInt := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -193,6 +224,15 @@ func New(cfg Config) (*Stack, error) {
 	defInt(&cfg.Limits.MaxFlowsPerClient, DefaultMaxFlowsPerClient)
 	defInt(&cfg.Limits.MaxPending, DefaultMaxPending)
 	defInt(&cfg.Limits.MaxPendingPerClient, DefaultMaxPendingPerClient)
+	defInt(&cfg.Limits.PendingShare, DefaultPendingShare)
+	if cfg.Limits.FlowRate == 0 {
+		cfg.Limits.FlowRate = DefaultFlowRate
+		defInt(&cfg.Limits.FlowBurst, DefaultFlowBurst)
+	}
+	defInt(&cfg.Limits.FlowBurst, max(1, 2*cfg.Limits.FlowRate))
+	if cfg.Limits.BufferPerClient == 0 {
+		cfg.Limits.BufferPerClient = DefaultBufferPerClient
+	}
 
 	s := &Stack{
 		cfg:    cfg,
@@ -477,7 +517,8 @@ func nanotime() int64                      { return int64(time.Since(epoch)) }
 
 var epoch = time.Now()
 
-// idleTimer calls onIdle once last has not been touched for idle.
+// idleTimer calls onIdle once last has not been touched for idle(), which
+// it asks each time it checks (a flow's limit may change as it lives).
 type idleTimer struct {
 	mu      sync.Mutex
 	t       *time.Timer
@@ -485,18 +526,18 @@ type idleTimer struct {
 	fired   bool
 }
 
-func startIdleTimer(last *atomicTime, idle time.Duration, onIdle func()) *idleTimer {
+func startIdleTimer(last *atomicTime, idle func() time.Duration, onIdle func()) *idleTimer {
 	it := &idleTimer{}
 	it.mu.Lock()
 	defer it.mu.Unlock()
-	it.t = time.AfterFunc(idle, func() {
+	it.t = time.AfterFunc(idle(), func() {
 		it.mu.Lock()
 		if it.stopped {
 			it.mu.Unlock()
 			return
 		}
-		if d := last.since(); d < idle {
-			it.t.Reset(idle - d)
+		if d, lim := last.since(), idle(); d < lim {
+			it.t.Reset(lim - d)
 			it.mu.Unlock()
 			return
 		}

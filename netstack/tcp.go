@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -18,12 +19,36 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// spliceBufSize is the copy buffer per direction: large enough that one
-// read drains several MSS worth of gVisor's receive queue (or of the
-// kernel socket) per system call / lock round.
+// spliceBufSize is the largest copy buffer per direction: large enough
+// that one read drains several MSS worth of gVisor's receive queue (or of
+// the kernel socket) per system call / lock round. A flow whose buffer
+// grant is smaller copies through a buffer of its grant's size.
 const spliceBufSize = 256 << 10
 
-var spliceBufs = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
+// spliceBufs are pools of copy buffers by size: minGrant<<i bytes.
+var spliceBufs [spliceClasses]sync.Pool
+
+const spliceClasses = 5 // minGrant (16 KiB) .. spliceBufSize
+
+func init() {
+	if minGrant<<(spliceClasses-1) != spliceBufSize {
+		panic("netstack: splice buffer classes do not end at spliceBufSize")
+	}
+	for i := range spliceBufs {
+		size := minGrant << i
+		spliceBufs[i].New = func() any { b := make([]byte, size); return &b }
+	}
+}
+
+// spliceClass is the pool of the largest buffer not over size (at least
+// minGrant).
+func spliceClass(size int) int {
+	i := 0
+	for i+1 < spliceClasses && minGrant<<(i+1) <= size {
+		i++
+	}
+	return i
+}
 
 // handleTCP is the tcp.Forwarder handler, run on a new goroutine per SYN.
 // It hands the flow to a worker (see workers), which runs serveTCP for as
@@ -54,9 +79,9 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	client := src.Addr()
-	if !s.limits.checkFlow(client) || !s.limits.acquirePending(client) {
-		c.capHits.Add(1)
+	client := s.clientOf(src.Addr())
+	if why := s.limits.acquire(client); why != admitted {
+		c.refuse(why)
 		r.Complete(true)
 		return
 	}
@@ -76,9 +101,9 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	if !s.limits.promote(client) {
+	if why := s.limits.promote(client); why != admitted {
 		out.Close()
-		c.capHits.Add(1)
+		c.refuse(why)
 		r.Complete(true)
 		return
 	}
@@ -94,7 +119,21 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	// Keepalive on the client side is left to the client; the idle
-	// timeout below bounds dead flows.
+	// timeouts below bound dead flows.
+	grant := s.limits.grant(client)
+	defer s.limits.ungrant(client, grant)
+	if grant < maxGrant {
+		// The client's budget runs low: small buffers both ways, so
+		// neither a client that stops reading nor an origin that does
+		// makes the node hold more than the grant in gVisor's queues.
+		// (Setting them turns off their auto-tuning, which only full
+		// grants keep.)
+		c.smallBuffers.Add(1)
+		ep.SocketOptions().SetSendBufferSize(int64(grant), true)
+		if grant < tcpRXBufDef {
+			ep.SocketOptions().SetReceiveBufferSize(int64(grant), true)
+		}
+	}
 	in := gonet.NewTCPConn(&wq, ep)
 
 	if dns {
@@ -102,7 +141,7 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 	}
 	c.total.Add(1)
 	c.open.Add(1)
-	f := &tcpFlow{in: in, out: out}
+	f := &tcpFlow{in: in, ep: ep, out: out, buf: spliceClass(min(grant, spliceBufSize))}
 	f.last.touch()
 	if !s.addFlow(f) {
 		f.close()
@@ -110,8 +149,11 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 		s.limits.releaseFlow(client)
 		return
 	}
-	if f.splice(s.cfg.TCPIdleTimeout, s.work.run) {
+	switch f.splice(s.cfg.TCPIdleTimeout, s.cfg.TCPSilentTimeout, s.work.run) {
+	case closedIdle:
 		c.idle.Add(1)
+	case closedSilent:
+		c.silent.Add(1)
 	}
 	s.removeFlow(f)
 	c.open.Add(-1)
@@ -176,12 +218,24 @@ func (s *Stack) reopenTimeWait(proto tcpip.NetworkProtocolNumber, p []byte) {
 // tcpFlow is a spliced pair: in is the client's connection (gVisor), out
 // the real destination's.
 type tcpFlow struct {
-	in   *gonet.TCPConn
-	out  net.Conn
-	last atomicTime
+	in      *gonet.TCPConn
+	ep      tcpip.Endpoint // in's
+	out     net.Conn
+	buf     int // spliceBufs class of the copy buffers
+	last    atomicTime
+	carried atomic.Bool // a byte went either way
 
 	once sync.Once
 }
+
+// closedBy is what ended a flow.
+type closedBy int
+
+const (
+	closedByPeer closedBy = iota // an end closed, reset or failed
+	closedIdle                   // the idle timeout
+	closedSilent                 // the timeout of flows that never carried a byte
+)
 
 func (f *tcpFlow) close() {
 	f.once.Do(func() {
@@ -192,10 +246,17 @@ func (f *tcpFlow) close() {
 
 // splice copies both ways until both directions end, half-closing each
 // side as its peer finishes sending, and closes both. It reports whether
-// the idle timeout ended the flow. One direction is copied by the calling
-// goroutine, the other by one that run starts.
-func (f *tcpFlow) splice(idle time.Duration, run func(func())) (idled bool) {
-	it := startIdleTimer(&f.last, idle, f.close)
+// one of the idle timeouts ended the flow: idle, or silent while no byte
+// went either way. One direction is copied by the calling goroutine, the
+// other by one that run starts.
+func (f *tcpFlow) splice(idle, silent time.Duration, run func(func())) closedBy {
+	limit := func() time.Duration {
+		if f.carried.Load() {
+			return idle
+		}
+		return silent
+	}
+	it := startIdleTimer(&f.last, limit, f.close)
 	copyDir := func(dst, src net.Conn) {
 		if err := f.copy(dst, src); err != nil {
 			// A reset or error on either side ends the other too.
@@ -209,9 +270,15 @@ func (f *tcpFlow) splice(idle time.Duration, run func(func())) (idled bool) {
 	})
 	copyDir(f.in, f.out)
 	<-done
-	idled = it.stop()
+	idled := it.stop()
 	f.close()
-	return idled
+	switch {
+	case !idled:
+		return closedByPeer
+	case f.carried.Load() || silent >= idle:
+		return closedIdle
+	}
+	return closedSilent
 }
 
 type closeWriter interface{ CloseWrite() error }
@@ -219,13 +286,16 @@ type closeWriter interface{ CloseWrite() error }
 // copy moves src to dst until src's EOF, then half-closes dst. It returns
 // nil on a clean EOF.
 func (f *tcpFlow) copy(dst, src net.Conn) error {
-	bp := spliceBufs.Get().(*[]byte)
-	defer spliceBufs.Put(bp)
+	bp := spliceBufs[f.buf].Get().(*[]byte)
+	defer spliceBufs[f.buf].Put(bp)
 	buf := *bp
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			f.last.touch()
+			if !f.carried.Load() {
+				f.carried.Store(true)
+			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return werr
 			}

@@ -47,9 +47,9 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		c.refusedLocal.Add(1)
 		return false
 	}
-	client := src.Addr()
-	if !s.limits.checkFlow(client) || !s.limits.acquirePending(client) {
-		c.capHits.Add(1)
+	client := s.clientOf(src.Addr())
+	if why := s.limits.acquire(client); why != admitted {
+		c.refuse(why)
 		return false
 	}
 	if !s.enter() {
@@ -90,8 +90,8 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 			s.sendRaw(unreachable(quote, s.denied(err)))
 			return
 		}
-		if !s.limits.promote(client) {
-			c.capHits.Add(1)
+		if why := s.limits.promote(client); why != admitted {
+			c.refuse(why)
 			in.Close()
 			out.Close()
 			s.sendRaw(unreachable(quote, true))
@@ -136,7 +136,7 @@ func (f *udpFlow) close() {
 // relay copies datagrams both ways until either side fails or the flow is
 // idle for idle. It reports whether the idle timeout ended it.
 func (f *udpFlow) relay(idle time.Duration) bool {
-	it := startIdleTimer(&f.last, idle, f.close)
+	it := startIdleTimer(&f.last, func() time.Duration { return idle }, f.close)
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
 		defer func() { done <- struct{}{} }()
