@@ -209,7 +209,7 @@ func TestNodeReloadsClients(t *testing.T) {
 	var keys []wgtypes.Key
 	for range 3 {
 		k, _ := wgtypes.GeneratePrivateKey()
-		if _, err := st.Create(context.Background(), k.PublicKey(), registry.Tags{}); err != nil {
+		if _, err := st.Create(context.Background(), registry.Client{PublicKey: k.PublicKey()}); err != nil {
 			t.Fatal(err)
 		}
 		keys = append(keys, k.PublicKey())

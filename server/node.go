@@ -388,14 +388,22 @@ func writePeer(b *strings.Builder, c registry.Client) {
 }
 
 // Register creates a registration with tags and adds the peer to the
-// running device. If the device refuses the peer, the registration is
-// undone. Tags that fail registry.Tags.Validate are refused with
-// registry.ErrBadTags, ones Config.ValidTags vetoes with ErrTagsRefused.
+// running device (RegisterClient).
 func (n *Node) Register(ctx context.Context, pub wgtypes.Key, tags registry.Tags) (registry.Client, error) {
-	if pub == n.PublicKey() {
+	return n.RegisterClient(ctx, registry.Client{PublicKey: pub, Tags: tags})
+}
+
+// RegisterClient creates a registration of want.PublicKey with want's
+// tags, token hash and grants (registry.Store.Create) and adds the peer
+// to the running device. If the device refuses the peer, the
+// registration is undone. Tags that fail registry.Tags.Validate are
+// refused with registry.ErrBadTags, ones Config.ValidTags vetoes with
+// ErrTagsRefused.
+func (n *Node) RegisterClient(ctx context.Context, want registry.Client) (registry.Client, error) {
+	if want.PublicKey == n.PublicKey() {
 		return registry.Client{}, ErrOwnKey
 	}
-	if err := n.checkTags(tags); err != nil {
+	if err := n.checkTags(want.Tags); err != nil {
 		return registry.Client{}, err
 	}
 	n.regMu.Lock()
@@ -409,7 +417,7 @@ func (n *Node) Register(ctx context.Context, pub wgtypes.Key, tags registry.Tags
 	if n.cfg.Cluster != nil && !n.cfg.Cluster.Connected() {
 		return registry.Client{}, fmt.Errorf("%w: etcd is not reachable from this node", registry.ErrUnavailable)
 	}
-	c, err := n.cfg.Store.Create(ctx, pub, tags)
+	c, err := n.cfg.Store.Create(ctx, want)
 	if err != nil {
 		return registry.Client{}, err
 	}

@@ -16,10 +16,24 @@ import (
 
 // RegRequest is the body of POST /v1/reg. Pool and Country are optional
 // (empty: the default pool, the country GeoIP gives).
+//
+// Who may set what: on the public API a client sends its key, optionally
+// an enrollment token and a country; its pool, plus tier and quota come
+// from the enrollment token (a request naming a pool, Plus or QuotaBytes
+// there is refused). On the admin API the operator sets any of them and
+// EnrollToken is ignored.
 type RegRequest struct {
 	PublicKey string `json:"public_key"`
 	Pool      string `json:"pool,omitempty"`
 	Country   string `json:"country,omitempty"`
+	// EnrollToken is an enrollment token the operator handed out: it
+	// grants a pool, the plus tier, a quota and counts against its
+	// max_registrations (public API only).
+	EnrollToken string `json:"enroll_token,omitempty"`
+	// Plus and QuotaBytes are the admin's to set (admin API only); nil:
+	// not set (free tier, no quota).
+	Plus       *bool   `json:"plus,omitempty"`
+	QuotaBytes *uint64 `json:"quota_bytes,omitempty"`
 }
 
 // Registration is the answer to POST and GET /v1/reg (and PATCH):
@@ -38,6 +52,15 @@ type Registration struct {
 	// answer from a node that predates tags.
 	Tags    *Tags     `json:"tags,omitempty"`
 	Created time.Time `json:"created"`
+	// Plus is the plus tier (WARP+-like); QuotaBytes the registration's
+	// traffic quota in bytes, 0 for none. Both are set by an enrollment
+	// token or by the operator, never by the client itself.
+	Plus       bool   `json:"plus"`
+	QuotaBytes uint64 `json:"quota_bytes"`
+	// Token is the registration's own bearer token for GET, PATCH and
+	// DELETE of itself on the public API. Only the answer to POST carries
+	// it: the node keeps a hash, never the token.
+	Token string `json:"token,omitempty"`
 }
 
 // Addresses are a client's inner addresses, as prefixes ("…/32", "…/128").

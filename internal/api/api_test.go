@@ -20,7 +20,7 @@ const regJSON = `{"id":"0123456789abcdef0123456789abcdef","client_id":"EjRW","re
 	`"addresses":{"v4":"100.96.0.2/32","v6":"fd57:6564:6765::2/128"},` +
 	`"server":{"public_key":"c2VydmVyLWtleS1zZXJ2ZXIta2V5LXNlcnZlci1rZXk=","endpoints":["192.0.2.1:51820","[2001:db8::1]:51820"]},` +
 	`"mtu":1420,"dns":["100.96.0.1","fd57:6564:6765::1"],"tags":{"pool":"trusted","country":""},` +
-	`"created":"2026-12-02T09:00:00Z"}`
+	`"created":"2026-12-02T09:00:00Z","plus":true,"quota_bytes":1000000000,"token":"wedge.0123456789abcdef0123456789abcdef.c2VjcmV0"}`
 
 func regValue() Registration {
 	return Registration{
@@ -31,10 +31,13 @@ func regValue() Registration {
 		Addresses: Addresses{V4: "100.96.0.2/32", V6: "fd57:6564:6765::2/128"},
 		Server: Server{PublicKey: "c2VydmVyLWtleS1zZXJ2ZXIta2V5LXNlcnZlci1rZXk=",
 			Endpoints: []string{"192.0.2.1:51820", "[2001:db8::1]:51820"}},
-		MTU:     1420,
-		DNS:     []string{"100.96.0.1", "fd57:6564:6765::1"},
-		Tags:    &Tags{Pool: "trusted"},
-		Created: time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC),
+		MTU:        1420,
+		DNS:        []string{"100.96.0.1", "fd57:6564:6765::1"},
+		Tags:       &Tags{Pool: "trusted"},
+		Created:    time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC),
+		Plus:       true,
+		QuotaBytes: 1e9,
+		Token:      "wedge.0123456789abcdef0123456789abcdef.c2VjcmV0",
 	}
 }
 
@@ -66,6 +69,14 @@ func TestRegistrationJSON(t *testing.T) {
 	if old.Tags != nil {
 		t.Errorf("answer without tags: got %+v, want nil", old.Tags)
 	}
+	// GET and PATCH answers carry no token (the node keeps only its
+	// hash), and always carry plus and quota_bytes.
+	r := regValue()
+	r.Token, r.Plus, r.QuotaBytes = "", false, 0
+	got, _ = json.Marshal(r)
+	if s := string(got); strings.Contains(s, `"token"`) || !strings.HasSuffix(s, `"plus":false,"quota_bytes":0}`) {
+		t.Errorf("answer without a token: got %s", s)
+	}
 }
 
 func TestRegRequestJSON(t *testing.T) {
@@ -76,6 +87,8 @@ func TestRegRequestJSON(t *testing.T) {
 		{RegRequest{PublicKey: "k"}, `{"public_key":"k"}`},
 		{RegRequest{PublicKey: "k", Pool: "trusted"}, `{"public_key":"k","pool":"trusted"}`},
 		{RegRequest{PublicKey: "k", Pool: "p", Country: "NL"}, `{"public_key":"k","pool":"p","country":"NL"}`},
+		{RegRequest{PublicKey: "k", EnrollToken: "e"}, `{"public_key":"k","enroll_token":"e"}`},
+		{RegRequest{PublicKey: "k", Plus: new(false), QuotaBytes: new(uint64(0))}, `{"public_key":"k","plus":false,"quota_bytes":0}`},
 	} {
 		got, err := json.Marshal(c.req)
 		if err != nil {
@@ -85,7 +98,7 @@ func TestRegRequestJSON(t *testing.T) {
 			t.Errorf("%+v: got %s, want %s", c.req, got, c.want)
 		}
 		var back RegRequest
-		if err := json.Unmarshal(got, &back); err != nil || back != c.req {
+		if err := json.Unmarshal(got, &back); err != nil || !reflect.DeepEqual(back, c.req) {
 			t.Errorf("%s: got %+v, %v; want %+v", got, back, err, c.req)
 		}
 	}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,7 +37,7 @@ var (
 	cursorV6      = []byte("next_v6")
 )
 
-// record is the stored form of a Client.
+// record is the stored form of a Client (Bolt's and Etcd's).
 type record struct {
 	ID        string    `json:"id"`
 	PublicKey string    `json:"public_key"`
@@ -46,14 +47,30 @@ type record struct {
 	Pool      string    `json:"pool,omitempty"`
 	Country   string    `json:"country,omitempty"`
 	Created   time.Time `json:"created"`
+	// TokenHash is hex SHA-256 of the registration's bearer token.
+	TokenHash      string     `json:"token_sha256,omitempty"`
+	Plus           bool       `json:"plus,omitempty"`
+	QuotaBytes     uint64     `json:"quota_bytes,omitempty"`
+	Enrollment     string     `json:"enrollment,omitempty"`
+	Awaiting       bool       `json:"awaiting_handshake,omitempty"`
+	FirstHandshake *time.Time `json:"first_handshake,omitempty"`
 }
 
 func encode(c Client) ([]byte, error) {
-	return json.Marshal(record{
+	r := record{
 		ID: c.ID, PublicKey: c.PublicKey.String(), ClientID: uint32(c.ClientID),
 		V4: c.V4.String(), V6: c.V6.String(), Pool: c.Tags.Pool, Country: c.Tags.Country,
-		Created: c.Created,
-	})
+		Created: c.Created, Plus: c.Plus, QuotaBytes: c.QuotaBytes, Enrollment: c.Enrollment,
+		Awaiting: c.AwaitingHandshake,
+	}
+	if c.TokenHash != ([32]byte{}) {
+		r.TokenHash = hex.EncodeToString(c.TokenHash[:])
+	}
+	if !c.FirstHandshake.IsZero() {
+		t := c.FirstHandshake.UTC()
+		r.FirstHandshake = &t
+	}
+	return json.Marshal(r)
 }
 
 // OpenBolt opens (creating if needed) the store at path.
@@ -86,15 +103,15 @@ func OpenBolt(path string, pools Pools) (*Bolt, error) {
 // Close closes the file.
 func (b *Bolt) Close() error { return b.db.Close() }
 
-// Create registers pub with tags.
-func (b *Bolt) Create(ctx context.Context, pub wgtypes.Key, tags Tags) (Client, error) {
-	if err := tags.Validate(); err != nil {
+// Create registers c.PublicKey (Store.Create).
+func (b *Bolt) Create(ctx context.Context, c Client) (Client, error) {
+	pub := c.PublicKey
+	if err := c.Tags.Validate(); err != nil {
 		return Client{}, err
 	}
 	if err := ctx.Err(); err != nil {
 		return Client{}, err
 	}
-	var c Client
 	err := b.db.Update(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketByKey).Get(pub[:]) != nil {
 			return ErrExists
@@ -111,8 +128,8 @@ func (b *Bolt) Create(ctx context.Context, pub wgtypes.Key, tags Tags) (Client, 
 		if err != nil {
 			return err
 		}
-		c = Client{ID: newID(), PublicKey: pub, ClientID: cid, V4: v4, V6: v6, Tags: tags,
-			Created: time.Now().UTC().Truncate(time.Second)}
+		c.ID, c.ClientID, c.V4, c.V6 = newID(), cid, v4, v6
+		c.Created = time.Now().UTC().Truncate(time.Second)
 		return put(tx, c)
 	})
 	if err != nil {
@@ -216,6 +233,11 @@ func (b *Bolt) SetTags(ctx context.Context, id string, t Tags) (Client, error) {
 	if err := t.Validate(); err != nil {
 		return Client{}, err
 	}
+	return b.Update(ctx, id, func(c *Client) error { c.Tags = t; return nil })
+}
+
+// Update changes the registration with id in one transaction (Store.Update).
+func (b *Bolt) Update(ctx context.Context, id string, fn func(*Client) error) (Client, error) {
 	if err := ctx.Err(); err != nil {
 		return Client{}, err
 	}
@@ -226,11 +248,17 @@ func (b *Bolt) SetTags(ctx context.Context, id string, t Tags) (Client, error) {
 		if raw == nil {
 			return ErrNotFound
 		}
-		var err error
-		if c, err = decode(raw); err != nil {
+		old, err := decode(raw)
+		if err != nil {
 			return err
 		}
-		c.Tags = t
+		c = old
+		if err := fn(&c); err != nil {
+			return err
+		}
+		if err := checkUpdate(old, c); err != nil || c == old {
+			return err
+		}
 		rec, err := encode(c)
 		if err != nil {
 			return err
@@ -243,8 +271,22 @@ func (b *Bolt) SetTags(ctx context.Context, id string, t Tags) (Client, error) {
 	return c, nil
 }
 
+// checkUpdate refuses what Update must not write.
+func checkUpdate(old, c Client) error {
+	if !old.Fixed(c) {
+		return ErrFixed
+	}
+	return c.Tags.Validate()
+}
+
 // Delete removes the registration with id.
 func (b *Bolt) Delete(ctx context.Context, id string) (Client, error) {
+	return b.DeleteIf(ctx, id, nil)
+}
+
+// DeleteIf removes the registration with id if cond (nil: always)
+// accepts it, in one transaction (Store.DeleteIf).
+func (b *Bolt) DeleteIf(ctx context.Context, id string, cond func(Client) error) (Client, error) {
 	var c Client
 	err := b.db.Update(func(tx *bbolt.Tx) error {
 		raw := tx.Bucket(bucketClients).Get([]byte(id))
@@ -254,6 +296,11 @@ func (b *Bolt) Delete(ctx context.Context, id string) (Client, error) {
 		var err error
 		if c, err = decode(raw); err != nil {
 			return err
+		}
+		if cond != nil {
+			if err := cond(c); err != nil {
+				return err
+			}
 		}
 		cid := c.ClientID.Bytes()
 		for _, kv := range []struct{ bucket, k []byte }{
@@ -308,6 +355,18 @@ func decode(raw []byte) (Client, error) {
 	if !v4.Is4() || !v6.Is6() || v6.Is4In6() || v6.Zone() != "" {
 		return Client{}, fmt.Errorf("registry: corrupt record %s: addresses %v, %v", r.ID, v4, v6)
 	}
-	return Client{ID: r.ID, PublicKey: pub, ClientID: clientid.ID(r.ClientID), V4: v4, V6: v6,
-		Tags: Tags{Pool: r.Pool, Country: r.Country}, Created: r.Created}, nil
+	c := Client{ID: r.ID, PublicKey: pub, ClientID: clientid.ID(r.ClientID), V4: v4, V6: v6,
+		Tags: Tags{Pool: r.Pool, Country: r.Country}, Created: r.Created,
+		Plus: r.Plus, QuotaBytes: r.QuotaBytes, Enrollment: r.Enrollment, AwaitingHandshake: r.Awaiting}
+	if r.TokenHash != "" {
+		h, err := hex.DecodeString(r.TokenHash)
+		if err != nil || len(h) != len(c.TokenHash) {
+			return Client{}, fmt.Errorf("registry: corrupt record %s: token hash", r.ID)
+		}
+		c.TokenHash = [32]byte(h)
+	}
+	if r.FirstHandshake != nil {
+		c.FirstHandshake = r.FirstHandshake.UTC()
+	}
+	return c, nil
 }

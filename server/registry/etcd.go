@@ -134,8 +134,9 @@ const attemptTimeout = 2 * time.Second
 // and lets the transaction decide; a collision (rare until a pool is
 // nearly full) retries, and after a few the draw is made from the free
 // addresses actually left, so a full pool ends in ErrExhausted.
-func (e *Etcd) Create(ctx context.Context, pub wgtypes.Key, tags Tags) (Client, error) {
-	if err := tags.Validate(); err != nil {
+func (e *Etcd) Create(ctx context.Context, want Client) (Client, error) {
+	pub := want.PublicKey
+	if err := want.Tags.Validate(); err != nil {
 		return Client{}, err
 	}
 	ctx, cancel := e.ctx(ctx)
@@ -162,8 +163,9 @@ func (e *Etcd) Create(ctx context.Context, pub wgtypes.Key, tags Tags) (Client, 
 				}
 			}
 		}
-		c := Client{ID: newID(), PublicKey: pub, ClientID: cid, V4: v4, V6: v6, Tags: tags,
-			Created: time.Now().UTC().Truncate(time.Second)}
+		c := want
+		c.ID, c.ClientID, c.V4, c.V6 = newID(), cid, v4, v6
+		c.Created = time.Now().UTC().Truncate(time.Second)
 		rec, err := encode(c)
 		if err != nil {
 			return Client{}, err
@@ -332,6 +334,16 @@ func validID(id string) bool {
 // transaction, guarded by the record's revision so a concurrent change is
 // never half undone.
 func (e *Etcd) Delete(ctx context.Context, id string) (Client, error) {
+	return e.DeleteIf(ctx, id, nil)
+}
+
+// DeleteIf is Delete when cond (nil: always) accepts the record as read;
+// the transaction compares the record's revision, so a record changed
+// after cond saw it (another node recorded the client's first handshake)
+// is read and judged again, never deleted on an old view. Several nodes
+// expiring the same registration at once delete it once; the others get
+// ErrNotFound.
+func (e *Etcd) DeleteIf(ctx context.Context, id string, cond func(Client) error) (Client, error) {
 	if !validID(id) {
 		return Client{}, ErrNotFound
 	}
@@ -344,7 +356,7 @@ func (e *Etcd) Delete(ctx context.Context, id string) (Client, error) {
 			return Client{}, unavailable(err)
 		}
 		if len(resp.Kvs) == 0 {
-			if seen != nil {
+			if seen != nil && cond == nil {
 				// Gone since we read it: our own delete whose answer was
 				// lost, or another one; either way it held this.
 				return *seen, nil
@@ -354,6 +366,11 @@ func (e *Etcd) Delete(ctx context.Context, id string) (Client, error) {
 		c, err := decode(resp.Kvs[0].Value)
 		if err != nil {
 			return Client{}, err
+		}
+		if cond != nil {
+			if err := cond(c); err != nil {
+				return Client{}, err
+			}
 		}
 		txn, err := e.commit(ctx, func(actx context.Context) (*clientv3.TxnResponse, error) {
 			return e.cli.Txn(actx).
@@ -373,15 +390,22 @@ func (e *Etcd) Delete(ctx context.Context, id string) (Client, error) {
 	}
 }
 
-// SetTags rewrites the record of registration id with new tags in a
-// transaction guarded by the record's revision, so a registration deleted
-// (or changed) since it was read is never written back; a changed one is
-// read again and retried. Only the record changes, so watchers get one
-// EventPut. Tags equal to the stored ones write nothing.
+// SetTags replaces the tags of registration id (Update); tags equal to
+// the stored ones write nothing.
 func (e *Etcd) SetTags(ctx context.Context, id string, t Tags) (Client, error) {
 	if err := t.Validate(); err != nil {
 		return Client{}, err
 	}
+	return e.Update(ctx, id, func(c *Client) error { c.Tags = t; return nil })
+}
+
+// Update rewrites the record of registration id in a transaction guarded
+// by the record's revision, so a registration deleted (or changed) since
+// it was read is never written back; a changed one is read again and fn
+// runs again. Only the record changes, so watchers get one EventPut. A
+// change fn does not make writes nothing (so a retry of a write whose
+// answer was lost ends there).
+func (e *Etcd) Update(ctx context.Context, id string, fn func(*Client) error) (Client, error) {
 	if !validID(id) {
 		return Client{}, ErrNotFound
 	}
@@ -395,16 +419,20 @@ func (e *Etcd) SetTags(ctx context.Context, id string, t Tags) (Client, error) {
 		if len(resp.Kvs) == 0 {
 			return Client{}, ErrNotFound
 		}
-		c, err := decode(resp.Kvs[0].Value)
+		old, err := decode(resp.Kvs[0].Value)
 		if err != nil {
 			return Client{}, err
 		}
-		if c.Tags == t {
-			// Nothing to do, or an earlier try of ours committed and
-			// its answer was lost with the connection.
+		c := old
+		if err := fn(&c); err != nil {
+			return Client{}, err
+		}
+		if err := checkUpdate(old, c); err != nil {
+			return Client{}, err
+		}
+		if c == old {
 			return c, nil
 		}
-		c.Tags = t
 		rec, err := encode(c)
 		if err != nil {
 			return Client{}, err

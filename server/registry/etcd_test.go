@@ -56,7 +56,7 @@ func TestEtcdTwoClientsConcurrent(t *testing.T) {
 			if i%2 == 1 {
 				s = b
 			}
-			res[i], errs[i] = s.Create(context.Background(), newKey(t), Tags{})
+			res[i], errs[i] = s.Create(context.Background(), Client{PublicKey: newKey(t)})
 		}()
 	}
 	wg.Wait()
@@ -85,13 +85,13 @@ func TestEtcdUnavailable(t *testing.T) {
 	cli := e.Client(t)
 	s, _ := NewEtcd(cli, "/u/", DefaultPools)
 	s.timeout = time.Second
-	c, err := s.Create(context.Background(), newKey(t), Tags{})
+	c, err := s.Create(context.Background(), Client{PublicKey: newKey(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.Stop()
 	start := time.Now()
-	if _, err := s.Create(context.Background(), newKey(t), Tags{}); !errors.Is(err, ErrUnavailable) {
+	if _, err := s.Create(context.Background(), Client{PublicKey: newKey(t)}); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Create with etcd down: %v, want ErrUnavailable", err)
 	}
 	if d := time.Since(start); d > 3*time.Second {
@@ -177,7 +177,7 @@ func TestEtcdWatch(t *testing.T) {
 	watcher, _ := NewEtcd(e.Client(t), "/w/", DefaultPools)
 	want := map[string]Client{}
 	for range 3 {
-		c, err := writer.Create(ctx, newKey(t), Tags{})
+		c, err := writer.Create(ctx, Client{PublicKey: newKey(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,7 +189,7 @@ func TestEtcdWatch(t *testing.T) {
 	v.waitFor(t, want, "initial snapshot")
 
 	start := time.Now()
-	c, err := writer.Create(ctx, newKey(t), Tags{})
+	c, err := writer.Create(ctx, Client{PublicKey: newKey(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestEtcdWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	delete(want, gone)
-	c2, err := writer.Create(ctx, newKey(t), Tags{})
+	c2, err := writer.Create(ctx, Client{PublicKey: newKey(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,11 +241,11 @@ func TestEtcdWatchCompacted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s, _ := NewEtcd(cli, "/k/", DefaultPools)
-	a, err := s.Create(ctx, newKey(t), Tags{})
+	a, err := s.Create(ctx, Client{PublicKey: newKey(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.Create(ctx, newKey(t), Tags{})
+	b, err := s.Create(ctx, Client{PublicKey: newKey(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestEtcdWatchCompacted(t *testing.T) {
 	if _, err := s.Delete(ctx, a.ID); err != nil {
 		t.Fatal(err)
 	}
-	c, err := s.Create(ctx, newKey(t), Tags{})
+	c, err := s.Create(ctx, Client{PublicKey: newKey(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,7 @@ func TestEtcdWatchTags(t *testing.T) {
 	defer cancel()
 	writer, _ := NewEtcd(e.Client(t), "/t/", DefaultPools)
 	watcher, _ := NewEtcd(e.Client(t), "/t/", DefaultPools)
-	c, err := writer.Create(ctx, newKey(t), Tags{Pool: "trusted"})
+	c, err := writer.Create(ctx, Client{PublicKey: newKey(t), Tags: Tags{Pool: "trusted"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,4 +340,72 @@ func TestEtcdWatchTags(t *testing.T) {
 	mu.Unlock()
 	cancel()
 	<-done
+}
+
+// TestEtcdDeleteIfRacesMark: node a decides to expire a registration
+// while node b records its first handshake between a's read and a's
+// delete. a's delete compares the record's revision, so it fails, a
+// reads the record again, and the condition now keeps it.
+func TestEtcdDeleteIfRacesMark(t *testing.T) {
+	e := etcdtest.Start(t)
+	ctx := context.Background()
+	a, _ := NewEtcd(e.Client(t), "/x/", DefaultPools)
+	b, _ := NewEtcd(e.Client(t), "/x/", DefaultPools)
+	c, err := a.Create(ctx, Client{PublicKey: newKey(t), AwaitingHandshake: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errKeep := errors.New("handshook: keep")
+	calls := 0
+	_, err = a.DeleteIf(ctx, c.ID, func(c Client) error {
+		calls++
+		if !c.AwaitingHandshake {
+			return errKeep
+		}
+		if calls == 1 {
+			// b marks the client after a read it.
+			if _, err := b.Update(ctx, c.ID, func(c *Client) error {
+				c.AwaitingHandshake, c.FirstHandshake = false, time.Now().UTC().Truncate(time.Second)
+				return nil
+			}); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	})
+	if !errors.Is(err, errKeep) || calls != 2 {
+		t.Fatalf("DeleteIf = %v after %d looks; want the condition's refusal on a second look", err, calls)
+	}
+	got, err := b.Get(ctx, c.ID)
+	if err != nil || got.AwaitingHandshake || got.FirstHandshake.IsZero() {
+		t.Fatalf("after the race: %+v, %v; want the marked registration kept", got, err)
+	}
+	// Two nodes expiring the same registration: one deletes it, the other
+	// is told it is gone.
+	d, err := a.Create(ctx, Client{PublicKey: newKey(t), AwaitingHandshake: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, s := range []*Etcd{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.DeleteIf(ctx, d.ID, func(Client) error { return nil })
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, ErrNotFound):
+			t.Errorf("concurrent DeleteIf: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Errorf("concurrent DeleteIf: %d succeeded (%v), want exactly 1", ok, errs)
+	}
 }

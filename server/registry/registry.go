@@ -21,7 +21,8 @@ import (
 	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
-// Client is one registration.
+// Client is one registration. Create reads only PublicKey and the
+// fields below Created; it allocates the rest.
 type Client struct {
 	ID        string
 	PublicKey wgtypes.Key
@@ -30,7 +31,40 @@ type Client struct {
 	V6        netip.Addr
 	Tags      Tags
 	Created   time.Time
+
+	// TokenHash is the SHA-256 of the registration's bearer token (the
+	// token itself is never stored); zero for registrations made before
+	// tokens existed, which only the admin API can reach.
+	TokenHash [32]byte
+	// Plus and QuotaBytes are what an enrollment token or the operator
+	// granted: the plus tier and a traffic quota (0: none). Stored and
+	// shown; what they do comes with the features that read them.
+	Plus       bool
+	QuotaBytes uint64
+	// Enrollment names the enrollment token the client registered with
+	// (a short hash of it, never the token), "" for none; it counts the
+	// token's registrations against its max_registrations.
+	Enrollment string
+	// AwaitingHandshake is set on registrations made since expiry
+	// existed until their first handshake: one still awaiting it past
+	// the node's --reg-expiry is removed (server: Expiry). Registrations
+	// from before never expire.
+	AwaitingHandshake bool
+	// FirstHandshake is when a node first saw the client handshake
+	// (zero: never, or not yet recorded).
+	FirstHandshake time.Time
 }
+
+// Fixed reports whether c and d agree on the fields a registration keeps
+// for life: its id, key, ClientID and addresses (the indexes). Update
+// refuses to change them.
+func (c Client) Fixed(d Client) bool {
+	return c.ID == d.ID && c.PublicKey == d.PublicKey && c.ClientID == d.ClientID && c.V4 == d.V4 && c.V6 == d.V6
+}
+
+// ErrFixed: an Update tried to change a field a registration keeps for
+// life.
+var ErrFixed = errors.New("registry: id, key, ClientID and addresses cannot be changed")
 
 // Tags choose how a client's traffic leaves (the egress pool and an
 // optional country override); they and their rules are the API's
@@ -56,10 +90,25 @@ var (
 // Store is a registry backend. Implementations are safe for concurrent use.
 // Create allocates a unique non-zero ClientID and unique inner addresses in
 // one atomic step and returns only once the registration is durable.
-// Create and SetTags refuse tags that fail Tags.Validate (ErrBadTags).
+// Create, SetTags and Update refuse tags that fail Tags.Validate (ErrBadTags).
 type Store interface {
-	Create(ctx context.Context, pub wgtypes.Key, tags Tags) (Client, error)
+	// Create registers c.PublicKey with c's tags, token hash, grants
+	// (Plus, QuotaBytes, Enrollment) and AwaitingHandshake; it sets ID,
+	// ClientID, V4, V6 and Created.
+	Create(ctx context.Context, c Client) (Client, error)
 	Get(ctx context.Context, id string) (Client, error)
+	// Update reads registration id, lets fn change it, and writes the
+	// result in one atomic step, returning it as stored; ErrNotFound if
+	// there is none. fn may run more than once (a shared store runs it
+	// again when another writer changed the record meanwhile); an error
+	// from fn aborts with that error, and a client fn left as it was is
+	// not written. Changing a Fixed field is refused (ErrFixed).
+	Update(ctx context.Context, id string, fn func(*Client) error) (Client, error)
+	// DeleteIf is Delete when cond accepts the registration as stored at
+	// that instant, in one atomic step; otherwise it deletes nothing and
+	// returns cond's error. Nodes expiring registrations use it, so a
+	// client whose first handshake is recorded meanwhile is kept.
+	DeleteIf(ctx context.Context, id string, cond func(Client) error) (Client, error)
 	// SetTags replaces the tags of registration id in one atomic step
 	// and returns the registration as stored; ErrNotFound if there is
 	// none. A registration deleted meanwhile is never brought back. In a

@@ -43,7 +43,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 	t.Run("CreateGetDelete", func(t *testing.T) {
 		s := open(t, DefaultPools)
 		pub := newKey(t)
-		c, err := s.Create(ctx, pub, Tags{})
+		c, err := s.Create(ctx, Client{PublicKey: pub})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +58,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		if err != nil || got != c {
 			t.Fatalf("Get = %+v, %v; want %+v", got, err, c)
 		}
-		if _, err := s.Create(ctx, pub, Tags{}); !errors.Is(err, ErrExists) {
+		if _, err := s.Create(ctx, Client{PublicKey: pub}); !errors.Is(err, ErrExists) {
 			t.Fatalf("duplicate Create: got %v, want ErrExists", err)
 		}
 		del, err := s.Delete(ctx, c.ID)
@@ -72,14 +72,14 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 			t.Fatalf("second Delete: got %v, want ErrNotFound", err)
 		}
 		// The key is free again.
-		if _, err := s.Create(ctx, pub, Tags{}); err != nil {
+		if _, err := s.Create(ctx, Client{PublicKey: pub}); err != nil {
 			t.Fatalf("Create after Delete: %v", err)
 		}
 	})
 	t.Run("Tags", func(t *testing.T) {
 		s := open(t, DefaultPools)
 		want := Tags{Pool: "trusted", Country: "NL"}
-		c, err := s.Create(ctx, newKey(t), want)
+		c, err := s.Create(ctx, Client{PublicKey: newKey(t), Tags: want})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,7 +89,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		if got, err := s.Get(ctx, c.ID); err != nil || got != c {
 			t.Fatalf("Get = %+v, %v; want %+v", got, err, c)
 		}
-		if _, err := s.Create(ctx, newKey(t), Tags{Pool: "Trusted"}); !errors.Is(err, ErrBadTags) {
+		if _, err := s.Create(ctx, Client{PublicKey: newKey(t), Tags: Tags{Pool: "Trusted"}}); !errors.Is(err, ErrBadTags) {
 			t.Fatalf("Create with a bad pool: got %v, want ErrBadTags", err)
 		}
 		for _, next := range []Tags{{Pool: "acme"}, {Pool: "acme", Country: "DE"}, {}} {
@@ -127,7 +127,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		// the record back: afterwards the store holds nothing.
 		s := open(t, DefaultPools)
 		for range 10 {
-			c, err := s.Create(ctx, newKey(t), Tags{})
+			c, err := s.Create(ctx, Client{PublicKey: newKey(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -166,7 +166,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				res[i], errs[i] = s.Create(ctx, newKey(t), Tags{})
+				res[i], errs[i] = s.Create(ctx, Client{PublicKey: newKey(t)})
 			}()
 		}
 		wg.Wait()
@@ -191,7 +191,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		s := open(t, p)
 		seen := map[netip.Addr]bool{}
 		for range 5 {
-			c, err := s.Create(ctx, newKey(t), Tags{})
+			c, err := s.Create(ctx, Client{PublicKey: newKey(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -200,7 +200,7 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 			}
 			seen[c.V4] = true
 		}
-		if _, err := s.Create(ctx, newKey(t), Tags{}); !errors.Is(err, ErrExhausted) {
+		if _, err := s.Create(ctx, Client{PublicKey: newKey(t)}); !errors.Is(err, ErrExhausted) {
 			t.Fatalf("6th Create in a /29: got %v, want ErrExhausted", err)
 		}
 		all, _ := s.List(ctx)
@@ -210,9 +210,82 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		if _, err := s.Delete(ctx, all[2].ID); err != nil {
 			t.Fatal(err)
 		}
-		c, err := s.Create(ctx, newKey(t), Tags{})
+		c, err := s.Create(ctx, Client{PublicKey: newKey(t)})
 		if err != nil || c.V4 != all[2].V4 {
 			t.Fatalf("after a delete, Create = %v, %v; want the freed %v", c.V4, err, all[2].V4)
+		}
+	})
+	t.Run("Grants", func(t *testing.T) {
+		// What Create is given beyond key and tags is stored as given;
+		// what it allocates is not taken from the caller.
+		s := open(t, DefaultPools)
+		in := Client{ID: "mine", ClientID: 7, PublicKey: newKey(t), Tags: Tags{Pool: "acme"},
+			TokenHash: [32]byte{1, 2, 3}, Plus: true, QuotaBytes: 5 << 30, Enrollment: "e1", AwaitingHandshake: true}
+		c, err := s.Create(ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.ID == "mine" || c.TokenHash != in.TokenHash || !c.Plus ||
+			c.QuotaBytes != in.QuotaBytes || c.Enrollment != "e1" || !c.AwaitingHandshake || !c.FirstHandshake.IsZero() {
+			t.Fatalf("Create(%+v) = %+v", in, c)
+		}
+		if got, err := s.Get(ctx, c.ID); err != nil || got != c {
+			t.Fatalf("Get = %+v, %v; want %+v", got, err, c)
+		}
+		// Update: one atomic read-modify-write.
+		at := time.Unix(1800000000, 0).UTC()
+		got, err := s.Update(ctx, c.ID, func(c *Client) error {
+			c.FirstHandshake, c.AwaitingHandshake, c.QuotaBytes = at, false, 1
+			return nil
+		})
+		want := c
+		want.FirstHandshake, want.AwaitingHandshake, want.QuotaBytes = at, false, 1
+		if err != nil || got != want {
+			t.Fatalf("Update = %+v, %v; want %+v", got, err, want)
+		}
+		if got, err := s.Get(ctx, c.ID); err != nil || got != want {
+			t.Fatalf("Get after Update = %+v, %v; want %+v", got, err, want)
+		}
+		boom := errors.New("boom")
+		for name, fn := range map[string]func(*Client) error{
+			"fn error":  func(c *Client) error { c.Plus = false; return boom },
+			"address":   func(c *Client) error { c.V4 = c.V4.Next(); return nil },
+			"key":       func(c *Client) error { c.PublicKey = wgtypes.Key{9}; return nil },
+			"bad tags":  func(c *Client) error { c.Tags.Pool = "A"; return nil },
+			"client id": func(c *Client) error { c.ClientID ^= 1; return nil },
+		} {
+			if _, err := s.Update(ctx, c.ID, fn); err == nil {
+				t.Errorf("Update (%s) succeeded", name)
+			}
+		}
+		if got, _ := s.Get(ctx, c.ID); got != want {
+			t.Fatalf("refused Updates changed the record: %+v, want %+v", got, want)
+		}
+		if _, err := s.Update(ctx, newID(), func(*Client) error { return nil }); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Update of an unknown id: %v, want ErrNotFound", err)
+		}
+		// DeleteIf deletes only what its condition accepts.
+		keep := errors.New("keep")
+		if _, err := s.DeleteIf(ctx, c.ID, func(c Client) error {
+			if !c.FirstHandshake.IsZero() {
+				return keep
+			}
+			return nil
+		}); !errors.Is(err, keep) {
+			t.Fatalf("DeleteIf refused by its condition: %v, want its error", err)
+		}
+		if _, err := s.Get(ctx, c.ID); err != nil {
+			t.Fatalf("a refused DeleteIf deleted: %v", err)
+		}
+		if del, err := s.DeleteIf(ctx, c.ID, func(Client) error { return nil }); err != nil || del != want {
+			t.Fatalf("DeleteIf = %+v, %v", del, err)
+		}
+		if _, err := s.DeleteIf(ctx, c.ID, func(Client) error { return nil }); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("second DeleteIf: %v, want ErrNotFound", err)
+		}
+		// Every index went with it: the key and addresses are free.
+		if c2, err := s.Create(ctx, Client{PublicKey: in.PublicKey}); err != nil || c2.AwaitingHandshake || c2.Plus {
+			t.Fatalf("Create after DeleteIf = %+v, %v", c2, err)
 		}
 	})
 }
@@ -225,7 +298,7 @@ func TestBoltReopenAndLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := s.Create(context.Background(), newKey(t), Tags{})
+	c, err := s.Create(context.Background(), Client{PublicKey: newKey(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,11 +325,11 @@ func TestBoltTagsPersist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kept, err := s.Create(ctx, newKey(t), Tags{Pool: "untrusted"})
+	kept, err := s.Create(ctx, Client{PublicKey: newKey(t), Tags: Tags{Pool: "untrusted"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	changed, err := s.Create(ctx, newKey(t), Tags{Pool: "trusted", Country: "NL"})
+	changed, err := s.Create(ctx, Client{PublicKey: newKey(t), Tags: Tags{Pool: "trusted", Country: "NL"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,7 +471,7 @@ func TestBoltKill9Child(t *testing.T) {
 		os.Exit(1)
 	}
 	for {
-		c, err := s.Create(context.Background(), newKey(t), Tags{})
+		c, err := s.Create(context.Background(), Client{PublicKey: newKey(t)})
 		if err != nil {
 			os.Exit(1)
 		}
@@ -414,6 +487,10 @@ func FuzzDecode(f *testing.F) {
 		Tags: Tags{Pool: "trusted", Country: "NL"}, Created: time.Unix(1700000000, 0).UTC()}
 	good, _ := encode(c)
 	f.Add(good)
+	c.TokenHash, c.Plus, c.QuotaBytes, c.Enrollment, c.FirstHandshake = [32]byte{1}, true, 1<<40, "e", time.Unix(1700000001, 5).UTC()
+	full, _ := encode(c)
+	f.Add(full)
+	f.Add([]byte(`{"id":"x","public_key":"Y2xpZW50LWtleS1jbGllbnQta2V5LWNsaWVudC1rZXk=","client_id":1,"v4":"1.2.3.4","v6":"::2","token_sha256":"zz"}`))
 	f.Add([]byte(`{"id":"x","public_key":"","client_id":0}`))
 	f.Add([]byte(`{"client_id":16777216}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
