@@ -62,10 +62,29 @@ type Config struct {
 	// unless they are on an interface, so that clients cannot dial them.
 	Route func(client netip.Addr, dst netip.AddrPort) (Source, error)
 
+	// UDPPortShare: one client may hold at most 1/UDPPortShare of the
+	// ports of a flow's port range (the slice, or the kernel's range) on
+	// one source address with UDP flows, whose ports, unlike TCP's, are
+	// not shared between destinations: without it one client could hold
+	// the node's whole slice and fail every other client's UDP. Zero
+	// means DefaultUDPPortShare; negative lifts the limit. Flows over it
+	// fail with ErrPortShare.
+	UDPPortShare int
+
+	// ClientOf, if set, names the client (registration) an inner address
+	// belongs to, so that a client's IPv4 and IPv6 addresses share one
+	// UDPPortShare; an address it returns false for is a client of its
+	// own. It must be quick and safe for concurrent use.
+	ClientOf func(netip.Addr) (uint64, bool)
+
 	// Logger receives the Dialer's log lines; nothing is logged per flow.
 	// Required.
 	Logger *slog.Logger
 }
+
+// DefaultUDPPortShare: one client may hold an eighth of a range's ports
+// with UDP flows.
+const DefaultUDPPortShare = 8
 
 // Source is where one flow leaves from; Config.Route returns it.
 type Source struct {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,6 +24,10 @@ import (
 // any other socket on the source address. It fails at once, without
 // retrying or waiting for a port to free up.
 var ErrSliceExhausted = errors.New("egress: source-port slice exhausted")
+
+// ErrPortShare is wrapped by the error of a UDP dial whose client already
+// holds its share (Config.UDPPortShare) of the source address's port range.
+var ErrPortShare = errors.New("egress: client holds its share of the UDP source ports")
 
 // checker is the part of *ACL the Dialer uses; tests replace it.
 type checker interface {
@@ -44,8 +49,21 @@ type Dialer struct {
 	pinger         *pinger
 	route          func(netip.Addr, netip.AddrPort) (Source, error)
 	kernel         kernelRange // ip_local_port_range, read only with route
+	udpShare       int         // Config.UDPPortShare, defaulted
+	clientOf       func(netip.Addr) (uint64, bool)
+
+	udpMu    sync.Mutex
+	udpPorts map[udpHolder]int // UDP flows open per client and source address
 
 	tcp, udp, ping counters
+}
+
+// udpHolder is a client (its registration, or its address when unknown)
+// and an egress source address.
+type udpHolder struct {
+	id     uint64
+	client netip.Addr // zero when id names the client
+	src    netip.Addr
 }
 
 // New validates cfg and returns a Dialer. It fails when cfg is invalid, when
@@ -103,16 +121,22 @@ func New(cfg Config) (*Dialer, error) {
 	if ignored > 0 {
 		cfg.Logger.Warn("egress: only the first source of each family is used", "ignored", ignored)
 	}
+	if cfg.UDPPortShare == 0 {
+		cfg.UDPPortShare = DefaultUDPPortShare
+	}
 	d := &Dialer{
-		log:     cfg.Logger,
-		acl:     acl,
-		src4:    src4,
-		src6:    src6,
-		portLo:  cfg.PortLo,
-		portHi:  cfg.PortHi,
-		timeout: cfg.DialTimeout,
-		pinger:  newPinger(src4, src6),
-		route:   cfg.Route,
+		udpShare: cfg.UDPPortShare,
+		clientOf: cfg.ClientOf,
+		udpPorts: make(map[udpHolder]int),
+		log:      cfg.Logger,
+		acl:      acl,
+		src4:     src4,
+		src6:     src6,
+		portLo:   cfg.PortLo,
+		portHi:   cfg.PortHi,
+		timeout:  cfg.DialTimeout,
+		pinger:   newPinger(src4, src6),
+		route:    cfg.Route,
 	}
 	d.kernel.r.Store(kernel.r.Load())
 	return d, nil
@@ -135,11 +159,76 @@ func (d *Dialer) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn
 // DialUDP returns a connected UDP socket to dst, like DialTCP. Unlike TCP,
 // a UDP source port is not shared between destinations: each flow holds
 // its port until the connection is closed, and the range is exhausted
-// when every port in it is held, whatever the destinations.
+// when every port in it is held, whatever the destinations. So one client
+// (Config.ClientOf) may hold at most 1/Config.UDPPortShare of the range on
+// a source address; its further UDP flows fail with ErrPortShare until
+// one of its sockets is closed.
 func (d *Dialer) DialUDP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	c, err := d.dial(ctx, "udp", src.Addr().Unmap(), dst)
 	d.udp.count(err)
 	return c, err
+}
+
+// holdUDP reserves one of client's UDP ports on src, whose port range has
+// ports ports; it returns the release function, or an error wrapping
+// ErrPortShare when the client holds its share.
+func (d *Dialer) holdUDP(client netip.Addr, src netip.Addr, ports int) (func(), error) {
+	if d.udpShare < 0 {
+		return func() {}, nil
+	}
+	h := udpHolder{client: client, src: src}
+	if d.clientOf != nil {
+		if id, ok := d.clientOf(client); ok {
+			h = udpHolder{id: id, src: src}
+		}
+	}
+	share := max(1, ports/d.udpShare)
+	d.udpMu.Lock()
+	defer d.udpMu.Unlock()
+	if d.udpPorts[h] >= share {
+		return nil, fmt.Errorf("%w: client %s holds %d UDP ports on %s, its share (1/%d) of %d", ErrPortShare, client, share, src, d.udpShare, ports)
+	}
+	d.udpPorts[h]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			d.udpMu.Lock()
+			defer d.udpMu.Unlock()
+			if d.udpPorts[h]--; d.udpPorts[h] <= 0 {
+				delete(d.udpPorts, h)
+			}
+		})
+	}, nil
+}
+
+// rangeSize is the number of ports of src's range: its own, or the
+// kernel's.
+func (d *Dialer) rangeSize(src Source) int {
+	lo, hi := src.PortLo, src.PortHi
+	if lo == 0 {
+		if v := d.kernel.r.Load(); v != nil {
+			lo, hi = v.lo, v.hi
+		} else if klo, khi, err := kernelPortRange(); err == nil {
+			lo, hi = klo, khi
+		}
+	}
+	if lo == 0 || hi < lo {
+		return 1 << 16
+	}
+	return int(hi) - int(lo) + 1
+}
+
+// udpConn is a UDP flow's socket that gives its port back to its client's
+// share when closed.
+type udpConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *udpConn) Close() error {
+	err := c.Conn.Close()
+	c.release()
+	return err
 }
 
 // sourceKey is the context key under which dial hands the flow's Source,
@@ -190,7 +279,19 @@ func (d *Dialer) dial(ctx context.Context, proto string, client netip.Addr, dst 
 	if err != nil {
 		return nil, err
 	}
-	return d.connect(ctx, proto, src, dst)
+	if proto != "udp" {
+		return d.connect(ctx, proto, src, dst)
+	}
+	release, err := d.holdUDP(client, src.Addr, d.rangeSize(src))
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.connect(ctx, proto, src, dst)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return &udpConn{Conn: c, release: release}, nil
 }
 
 // connect binds to src (its port range set in control) and connects to dst.
@@ -555,8 +656,8 @@ type Stats struct {
 }
 
 // Counts splits the attempts of one kind by outcome: every attempt counts
-// in exactly one of OK, Failed and Denied. NoEgress and SliceExhausted
-// count two kinds of failure, also counted in Failed.
+// in exactly one of OK, Failed and Denied. NoEgress, SliceExhausted and
+// PortShare count three kinds of failure, also counted in Failed.
 type Counts struct {
 	OK     uint64 `json:"ok"`
 	Failed uint64 `json:"failed"`
@@ -564,6 +665,7 @@ type Counts struct {
 
 	NoEgress       uint64 `json:"no_egress"`       // ErrNoEgress: Config.Route refused or picked an unusable Source
 	SliceExhausted uint64 `json:"slice_exhausted"` // ErrSliceExhausted: no source port free
+	PortShare      uint64 `json:"port_share"`      // ErrPortShare: the client holds its share of the UDP ports
 }
 
 // Stats returns a snapshot of the counters.
@@ -572,8 +674,8 @@ func (d *Dialer) Stats() Stats {
 }
 
 type counters struct {
-	ok, failed, denied       atomic.Uint64
-	noEgress, sliceExhausted atomic.Uint64
+	ok, failed, denied                  atomic.Uint64
+	noEgress, sliceExhausted, portShare atomic.Uint64
 }
 
 func (c *counters) count(err error) {
@@ -588,6 +690,8 @@ func (c *counters) count(err error) {
 		c.noEgress.Add(1)
 	case errors.Is(err, ErrSliceExhausted):
 		c.sliceExhausted.Add(1)
+	case errors.Is(err, ErrPortShare):
+		c.portShare.Add(1)
 	}
 	c.failed.Add(1)
 }
@@ -599,5 +703,6 @@ func (c *counters) load() Counts {
 		Denied:         c.denied.Load(),
 		NoEgress:       c.noEgress.Load(),
 		SliceExhausted: c.sliceExhausted.Load(),
+		PortShare:      c.portShare.Load(),
 	}
 }

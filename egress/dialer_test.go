@@ -315,3 +315,69 @@ func TestDialerACL(t *testing.T) {
 		t.Errorf("control: got %v, want ErrDenied", err)
 	}
 }
+
+// TestUDPPortShare: one client holds at most 1/UDPPortShare of the
+// range's ports with UDP flows, counted over both its inner addresses
+// (ClientOf); its next flow fails at once with ErrPortShare, counted, while
+// another client still gets ports; closing a flow gives its port back.
+func TestUDPPortShare(t *testing.T) {
+	lo, hi := testSlice(t, 32)
+	a4, a6 := netip.MustParseAddrPort("100.96.0.2:1000"), netip.MustParseAddrPort("[fd57:6564:6765::2]:1000")
+	b4 := netip.MustParseAddrPort("100.96.0.3:1000")
+	clientOf := func(a netip.Addr) (uint64, bool) {
+		switch a {
+		case a4.Addr(), a6.Addr():
+			return 1, true
+		}
+		return 0, false
+	}
+	d := newLoopbackDialer(t, Config{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.2")}, PortLo: lo, PortHi: hi,
+		UDPPortShare: 8, ClientOf: clientOf})
+	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst := addrPort(ln.LocalAddr())
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	// 32 ports / 8 = 4 for client A, whichever of its addresses it uses.
+	for i := range 4 {
+		src := a4
+		if i%2 == 1 {
+			src = a6
+		}
+		c, err := d.DialUDP(context.Background(), src, dst)
+		if err != nil {
+			t.Fatalf("client A's UDP flow %d: %v", i, err)
+		}
+		held = append(held, c)
+	}
+	start := time.Now()
+	if c, err := d.DialUDP(context.Background(), a6, dst); !errors.Is(err, ErrPortShare) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("client A's fifth UDP flow: %v, want ErrPortShare", err)
+	} else if el := time.Since(start); el > time.Second {
+		t.Errorf("refusal took %v, want it at once", el)
+	}
+	cb, err := d.DialUDP(context.Background(), b4, dst)
+	if err != nil {
+		t.Fatalf("client B while A holds its share: %v", err)
+	}
+	held = append(held, cb)
+	held[0].Close()
+	c, err := d.DialUDP(context.Background(), a4, dst)
+	if err != nil {
+		t.Fatalf("client A after closing a flow: %v", err)
+	}
+	held = append(held, c)
+	if got := d.Stats().UDP; got != (Counts{OK: 6, Failed: 1, PortShare: 1}) {
+		t.Fatalf("stats %+v, want 6 ok, 1 failed by the port share", got)
+	}
+}

@@ -367,7 +367,8 @@ func TestRouteUDPSlice(t *testing.T) {
 	var lastErr error
 	for range 20 { // a random port may be taken; try others
 		lo, hi := testSlice(t, 2)
-		d := newRouteDialer(t, Config{}, &recordingRoute{src: Source{Addr: src, PortLo: lo, PortHi: hi}})
+		// One client takes the whole range here: no share per client.
+		d := newRouteDialer(t, Config{UDPPortShare: -1}, &recordingRoute{src: Source{Addr: src, PortLo: lo, PortHi: hi}})
 		dial := func(ln net.PacketConn) (net.Conn, error) {
 			start := time.Now()
 			c, err := d.DialUDP(context.Background(), clientSrc, addrPort(ln.LocalAddr()))
@@ -499,11 +500,11 @@ func TestKernelRangeRefresh(t *testing.T) {
 }
 
 func TestCountsJSON(t *testing.T) {
-	b, err := json.Marshal(Counts{OK: 1, Failed: 2, Denied: 3, NoEgress: 4, SliceExhausted: 5})
+	b, err := json.Marshal(Counts{OK: 1, Failed: 2, Denied: 3, NoEgress: 4, SliceExhausted: 5, PortShare: 6})
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `{"ok":1,"failed":2,"denied":3,"no_egress":4,"slice_exhausted":5}`
+	const want = `{"ok":1,"failed":2,"denied":3,"no_egress":4,"slice_exhausted":5,"port_share":6}`
 	if string(b) != want {
 		t.Fatalf("got %s, want %s", b, want)
 	}
