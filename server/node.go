@@ -102,6 +102,7 @@ type Node struct {
 
 	mu         sync.Mutex // guards clients, seen and extraStats
 	clients    map[wgtypes.Key]registry.Client
+	byAddr     map[netip.Addr]clientid.ID  // inner addresses of clients, for ClientOf
 	seen       map[wgtypes.Key]clientid.ID // ClientID last seen per peer
 	extraStats map[string]func() any
 
@@ -157,6 +158,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		log:     cfg.Logger,
 		bind:    NewBind(inner),
 		clients: map[wgtypes.Key]registry.Client{},
+		byAddr:  map[netip.Addr]clientid.ID{},
 		seen:    map[wgtypes.Key]clientid.ID{},
 		done:    make(chan struct{}),
 	}
@@ -342,7 +344,11 @@ func (n *Node) addPeers(cs []registry.Client) error {
 	}
 	n.mu.Lock()
 	for _, c := range added {
+		if old, ok := n.clients[c.PublicKey]; ok {
+			n.forgetAddrs(old)
+		}
 		n.clients[c.PublicKey] = c
+		n.byAddr[c.V4], n.byAddr[c.V6] = c.ClientID, c.ClientID
 	}
 	n.mu.Unlock()
 	return nil
@@ -352,9 +358,32 @@ func (n *Node) addPeers(cs []registry.Client) error {
 func (n *Node) dropPeer(c registry.Client) {
 	n.removePeer(c.PublicKey)
 	n.mu.Lock()
+	if held, ok := n.clients[c.PublicKey]; ok {
+		n.forgetAddrs(held)
+	}
 	delete(n.clients, c.PublicKey)
 	delete(n.seen, c.PublicKey)
 	n.mu.Unlock()
+}
+
+// forgetAddrs drops c's inner addresses from byAddr unless another client
+// holds them now. n.mu must be held.
+func (n *Node) forgetAddrs(c registry.Client) {
+	for _, a := range []netip.Addr{c.V4, c.V6} {
+		if n.byAddr[a] == c.ClientID {
+			delete(n.byAddr, a)
+		}
+	}
+}
+
+// ClientOf returns the ClientID of the client the device holds with inner
+// address a (either of its two): the netstack's and the egress dialer's
+// budgets count per client with it.
+func (n *Node) ClientOf(a netip.Addr) (clientid.ID, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	id, ok := n.byAddr[a]
+	return id, ok
 }
 
 func (n *Node) openUAPI() error {
