@@ -156,6 +156,7 @@ enum counter {
 	CNT_EGRESS_DC,    /* extra: return traffic to another data center's egress address */
 	CNT_EGRESS_UNSLICED, /* extra: to an egress address of ours, port in no slice: PASS */
 	CNT_RETARGET,     /* verdict: GUE from a peer for another node's slice, sent on: TX */
+	CNT_DECAP_REFUSED, /* verdict: GUE from a peer whose inner packet no node may be sent: DROP */
 	CNT_MAX,
 };
 

@@ -484,32 +484,19 @@ static __always_inline int steer_egress(struct xdp_md *ctx, const struct config 
  * slices): the outer addresses are rewritten and the frame goes back out.
  * It returns -1 when the packet is to be unwrapped here instead. The outer
  * TTL drops by one each time, so nodes that disagree for a moment about a
- * slice cannot bounce a packet for ever. */
+ * slice cannot bounce a packet for ever. e is the inner destination's
+ * egress4 entry (one of ours), dport its destination port (host order). */
 static __always_inline int retarget(struct xdp_md *ctx, const struct config *cfg,
-				    struct iphdr *ip, struct iphdr *in)
+				    struct iphdr *ip, const struct egress4 *e, __u32 dport)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = (void *)(long)ctx->data;
 	__u8 mac[ETH_ALEN];
-	__u32 ihl, owner;
+	__u32 owner;
 
-	if ((void *)(in + 1) > data_end || (void *)(eth + 1) > data_end)
+	if (ip->ttl <= 1 || (void *)(eth + 1) > data_end)
 		return -1;
-	ihl = (in->ver_ihl & 0x0f) * 4;
-	if ((in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP) || ihl < sizeof(*in) ||
-	    (in->frag_off & bpf_htons(IP_MF | IP_OFFSET)) || ip->ttl <= 1)
-		return -1;
-
-	__be16 *ports = (void *)in + ihl;
-
-	if ((void *)(ports + 2) > data_end)
-		return -1;
-
-	struct egress4 *e = bpf_map_lookup_elem(&egress4, &in->daddr);
-
-	if (!e || e->dc != EGRESS_LOCAL)
-		return -1;
-	owner = slice_owner(e, bpf_ntohs(ports[1]));
+	owner = slice_owner(e, dport);
 	if (!owner || owner == cfg->self)
 		return -1;
 
@@ -529,8 +516,14 @@ static __always_inline int retarget(struct xdp_md *ctx, const struct config *cfg
 }
 
 /* decap strips the outer IPv4 + UDP header of a GUE packet from a peer and
- * passes the inner packet up the stack. ip and udp point into the packet;
- * udp is followed by at least WG_HDR_LEN bytes. */
+ * passes the inner packet up the stack, if it is something a node may be
+ * sent: UDP to a VIP's WireGuard port (a client's packet a front
+ * forwarded), or IPv4 TCP or UDP to an egress address of this data center
+ * (return traffic). Anything else inside GUE (TCP to the node's own
+ * address, ICMP, fragments, another data center's egress address) is
+ * dropped as decap_refused: a peer's underlay is not a licence to reach
+ * the node's own services. ip and udp point into the packet; udp is
+ * followed by at least WG_HDR_LEN bytes. */
 static __always_inline int decap(struct xdp_md *ctx, const struct config *cfg,
 				 struct iphdr *ip, struct udphdr *udp)
 {
@@ -547,22 +540,49 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config *cfg,
 		return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
 
 	switch (inner[0] >> 4) {
-	case 4:
-		if ((void *)(inner + sizeof(struct iphdr)) > data_end)
-			return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
-		if (cfg->flags & CONFIG_EGRESS) {
-			int act = retarget(ctx, cfg, ip, (struct iphdr *)inner);
+	case 4: {
+		struct iphdr *in = (void *)inner;
+		__u32 ihl;
 
-			if (act >= 0)
-				return act;
+		if ((void *)(in + 1) > data_end)
+			return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
+		ihl = (in->ver_ihl & 0x0f) * 4;
+		if ((in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP) ||
+		    ihl < sizeof(*in) || (in->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+			return verdict(CNT_DECAP_REFUSED, CNT_NONE, XDP_DROP);
+
+		__be16 *ports = (void *)in + ihl;
+
+		if ((void *)(ports + 2) > data_end)
+			return verdict(CNT_DECAP_REFUSED, CNT_NONE, XDP_DROP);
+		if (!(in->protocol == IPPROTO_UDP && cfg->vip4 && in->daddr == cfg->vip4 &&
+		      ports[1] == cfg->wg_port)) {
+			struct egress4 *e = bpf_map_lookup_elem(&egress4, &in->daddr);
+
+			if (!e || e->dc != EGRESS_LOCAL)
+				return verdict(CNT_DECAP_REFUSED, CNT_NONE, XDP_DROP);
+			if (cfg->flags & CONFIG_EGRESS) {
+				int act = retarget(ctx, cfg, ip, e, bpf_ntohs(ports[1]));
+
+				if (act >= 0)
+					return act;
+			}
 		}
 		proto = bpf_htons(ETH_P_IP);
 		break;
-	case 6:
-		if ((void *)(inner + sizeof(struct ipv6hdr)) > data_end)
+	}
+	case 6: {
+		struct ipv6hdr *in6 = (void *)inner;
+		struct udphdr *iudp = (void *)(in6 + 1);
+
+		if ((void *)(in6 + 1) > data_end)
 			return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
+		if ((void *)(iudp + 1) > data_end || in6->nexthdr != IPPROTO_UDP ||
+		    !addr6_eq(in6->daddr, cfg->vip6) || iudp->dest != cfg->wg_port)
+			return verdict(CNT_DECAP_REFUSED, CNT_NONE, XDP_DROP);
 		proto = bpf_htons(ETH_P_IPV6);
 		break;
+	}
 	default:
 		return verdict(CNT_DECAP_REJECT, CNT_NONE, XDP_DROP);
 	}

@@ -99,6 +99,11 @@ type xState struct {
 	peers    map[netip.Addr]uint32
 	pins     map[uint32]uint32
 	flows    map[netip.AddrPort]uint32 // keys normalized with xFlowAddr
+	// egress4 are the IPv4 egress addresses in the steering table, true
+	// for this data center's own (the model knows no slices: it is for
+	// states without egress steering, whose decapsulation still reads
+	// the table).
+	egress4 map[netip.Addr]bool
 }
 
 // xTable4 is the fixture Maglev table: slot i is owned by node i % 4.
@@ -164,6 +169,10 @@ func xBaseState(self uint32) *xState {
 			xFlowAddr(xFlowSelf):    self,
 			xFlowAddr(xFlowInvalid): 3,
 		},
+		// Egress steering is off (config.flags), but decapsulation
+		// reads the table: return traffic to our address may be
+		// unwrapped, to another data center's may not.
+		egress4: map[netip.Addr]bool{xEgressLocal: true, xEgressRemote: false},
 	}
 	for i, a := range xUnderlay {
 		s.nodes[uint32(i)] = Node{Underlay4: a, Valid: i != 3}
@@ -207,6 +216,13 @@ func (s *xState) apply(tb testing.TB, o *Objects) {
 	}
 	for f, i := range s.flows {
 		check(o.SetFlow(f, i))
+	}
+	for a, local := range s.egress4 {
+		e := Egress4{DC: 0}
+		if local {
+			e = Egress4{Local: true, PortLo: 1024, Slice: 2048, Slices: 8}
+		}
+		check(o.SetEgress4(a, e))
 	}
 	if s.hasTable {
 		check(o.SetTable(xFill(s.table)))
@@ -327,19 +343,37 @@ func xPlausible(typ byte, n int) bool {
 
 func (s *xState) expectDecap(f []byte) xWant {
 	reject := xWant{verdict: xdpDrop, counts: xCounts("decap_reject"), out: f}
+	refused := xWant{verdict: xdpDrop, counts: xCounts("decap_refused"), out: f}
 	if _, ok := s.peers[netip.AddrFrom4([4]byte(f[26:30]))]; !ok || f[14] != 0x45 {
 		return reject
 	}
+	be := binary.BigEndian
 	var etype []byte
-	switch f[42] >> 4 {
+	in := f[42:]
+	switch in[0] >> 4 {
 	case 4:
-		if len(f) < 42+20 {
+		// UDP to the IPv4 VIP's WireGuard port, or TCP or UDP to an
+		// egress address of this data center; not a fragment.
+		if len(in) < 20 {
 			return reject
+		}
+		ihl := int(in[0]&0x0f) * 4
+		if (in[9] != 6 && in[9] != 17) || ihl < 20 || be.Uint16(in[6:])&0x3fff != 0 || len(in) < ihl+4 {
+			return refused
+		}
+		dst := netip.AddrFrom4([4]byte(in[16:20]))
+		toVIP := in[9] == 17 && dst == xVIP4 && be.Uint16(in[ihl+2:]) == xWGPort
+		if !toVIP && !s.egress4[dst] {
+			return refused
 		}
 		etype = []byte{0x08, 0x00}
 	case 6:
-		if len(f) < 42+40 {
+		// UDP to the IPv6 VIP's WireGuard port only.
+		if len(in) < 40 {
 			return reject
+		}
+		if len(in) < 48 || in[6] != 17 || netip.AddrFrom16([16]byte(in[24:40])) != xVIP6 || be.Uint16(in[42:]) != xWGPort {
+			return refused
 		}
 		etype = []byte{0x86, 0xdd}
 	default:

@@ -67,6 +67,7 @@ var counterNames = [...]string{
 	"egress_dc",
 	"egress_unsliced",
 	"retarget",
+	"decap_refused",
 }
 
 // One name per counter of struct counters (compile error otherwise).

@@ -22,7 +22,11 @@ func FuzzXDP(f *testing.F) {
 		f.Add(c.frame)
 	}
 	// GUE to the front from its peers, so that decapsulation is reachable.
-	for _, in := range [][]byte{xClient(xClient4, xCIDSelf, 4), xClient(xClient6, 0, 1)} {
+	// Their inner packets: to the VIPs, return traffic to egress
+	// addresses (ours and another data center's), TCP to the node itself.
+	for _, in := range [][]byte{xClient(xClient4, xCIDSelf, 4), xClient(xClient6, 0, 1),
+		xReply(6, xEgressLocal, 40000, nil), xReply(17, xEgressRemote, 40000, []byte("x")),
+		xReply(6, xUnderlay[0], 22, nil)} {
 		f.Add(xGUE(xUnderlay[1], xUnderlay[0], xGUEPort, in[14:]))
 	}
 

@@ -157,6 +157,17 @@ func xCases() []xCase {
 	innerV4 := v4(xCIDNode1)[14:]
 	innerV6 := v6(xCIDNode1)[14:]
 	decapOut := func(etype uint16, inner []byte) []byte { return xEth(xNodeMAC, xRouterMAC, etype, inner) }
+	// gueIn is inner from the front (node 0) to the owner (node 1).
+	gueIn := func(inner []byte) []byte { return xGUE(xUnderlay[0], xUnderlay[1], xGUEPort, inner) }
+	tcpTo := func(dst netip.Addr, port uint16) []byte {
+		l4 := make([]byte, 20)
+		binary.BigEndian.PutUint16(l4[0:], xClientPort)
+		binary.BigEndian.PutUint16(l4[2:], port)
+		l4[12], l4[13] = 5<<4, 0x02 // SYN
+		return xIPv4(xClient4.Addr(), dst, 6, nil, l4)
+	}
+	egressTCP := func(dst netip.Addr, port uint16) []byte { return xReply(6, dst, port, nil)[14:] }
+	egressUDP := func(dst netip.Addr, port uint16) []byte { return xReply(17, dst, port, []byte("answer"))[14:] }
 
 	return []xCase{
 		{name: "stamped v4 owner self", frame: v4(xCIDSelf), verdict: xdpPass, counts: xCounts("local")},
@@ -299,6 +310,28 @@ func xCases() []xCase {
 		{name: "GUE port to another address", owner: true, frame: xGUE(xUnderlay[0], xUnderlay[2], xGUEPort, innerV4), verdict: xdpPass, counts: xCounts("not_ours")},
 		{name: "underlay, other port", owner: true, frame: xGUE(xUnderlay[0], xUnderlay[1], xGUEPort+1, innerV4), verdict: xdpPass, counts: xCounts("not_ours")},
 		{name: "GUE to the front from an unknown source", frame: xGUE(xStranger, xUnderlay[0], xGUEPort, innerV4), verdict: xdpDrop, counts: xCounts("decap_reject")},
+
+		// What a node may be sent inside GUE: UDP to a VIP's WireGuard
+		// port, TCP or UDP to an egress address of this data center.
+		// Anything else from a peer is dropped and counted (decap_refused).
+		{name: "decap inner v4 with IP options to the VIP", owner: true, frame: gueIn(xIPv4(xClient4.Addr(), xVIP4, 17, []byte{1, 1, 1, 0}, xUDP(xClient4.Addr(), xVIP4, xClientPort, xWGPort, wg))),
+			verdict: xdpPass, counts: xCounts("decap"), out: decapOut(0x0800, xIPv4(xClient4.Addr(), xVIP4, 17, []byte{1, 1, 1, 0}, xUDP(xClient4.Addr(), xVIP4, xClientPort, xWGPort, wg)))},
+		{name: "decap TCP return traffic to our egress address", owner: true, frame: gueIn(egressTCP(xEgressLocal, 40000)), verdict: xdpPass, counts: xCounts("decap"), out: decapOut(0x0800, egressTCP(xEgressLocal, 40000))},
+		{name: "decap UDP return traffic to our egress address", owner: true, frame: gueIn(egressUDP(xEgressLocal, 40000)), verdict: xdpPass, counts: xCounts("decap"), out: decapOut(0x0800, egressUDP(xEgressLocal, 40000))},
+		{name: "refused: TCP to the node's own underlay", owner: true, frame: gueIn(tcpTo(xUnderlay[1], 22)), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: TCP to the VIP's WireGuard port", owner: true, frame: gueIn(tcpTo(xVIP4, xWGPort)), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: UDP to the node's own underlay at the WireGuard port", owner: true, frame: gueIn(xIPv4(xClient4.Addr(), xUnderlay[1], 17, nil, xUDP(xClient4.Addr(), xUnderlay[1], xClientPort, xWGPort, wg))), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: UDP to the VIP, another port", owner: true, frame: gueIn(xIPv4(xClient4.Addr(), xVIP4, 17, nil, xUDP(xClient4.Addr(), xVIP4, xClientPort, 53, wg))), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: UDP to a third address", owner: true, frame: gueIn(xIPv4(xClient4.Addr(), xOrigin.Addr(), 17, nil, xUDP(xClient4.Addr(), xOrigin.Addr(), xClientPort, xWGPort, wg))), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: ICMP to the VIP", owner: true, frame: gueIn(xIPv4(xClient4.Addr(), xVIP4, 1, nil, make([]byte, 16))), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: a fragment to the VIP", owner: true, frame: xGUE(xUnderlay[0], xUnderlay[1], xGUEPort, xPatch4(v4(xCIDNode1), func(ip []byte) { ip[6] |= 0x20 })[14:]), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: inner IPv4 without its ports", owner: true, frame: gueIn(xIPv4(xClient4.Addr(), xVIP4, 17, nil, nil)), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: TCP to another data center's egress address", owner: true, frame: gueIn(egressTCP(xEgressRemote, 40000)), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: return traffic to no egress address", owner: true, frame: gueIn(egressTCP(xEgressNone, 40000)), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: v6 TCP to the VIP", owner: true, frame: xGUE(xUnderlay[0], xUnderlay[1], xGUEPort, xIPv6(xClient6.Addr(), xVIP6, 6, slices.Concat([]byte{0x9c, 0x41, 0xca, 0x6c}, make([]byte, 16)))), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: v6 UDP to another address", owner: true, frame: xGUE(xUnderlay[0], xUnderlay[1], xGUEPort, xIPv6(xClient6.Addr(), xClient6.Addr(), 17, xUDP(xClient6.Addr(), xClient6.Addr(), xClientPort, xWGPort, wg))), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: v6 UDP to the VIP, another port", owner: true, frame: xGUE(xUnderlay[0], xUnderlay[1], xGUEPort, xIPv6(xClient6.Addr(), xVIP6, 17, xUDP(xClient6.Addr(), xVIP6, xClientPort, 53, wg))), verdict: xdpDrop, counts: xCounts("decap_refused")},
+		{name: "refused: v6 UDP header cut", owner: true, frame: xGUE(xUnderlay[0], xUnderlay[1], xGUEPort, innerV6[:44]), verdict: xdpDrop, counts: xCounts("decap_refused")},
 	}
 }
 
@@ -362,8 +395,8 @@ func TestXDPTruncated(t *testing.T) {
 			if want.verdict == xdpTX && n < 14+xIPLen(c.frame) {
 				t.Fatalf("%s cut to %d of %d bytes: the model sends it (TX)", c.name, n, len(c.frame))
 			}
-			if want.verdict == xdpDrop && want.counts["decap_reject"] != 1 {
-				t.Fatalf("%s cut to %d: the model drops it without decap_reject", c.name, n)
+			if want.verdict == xdpDrop && want.counts["decap_reject"]+want.counts["decap_refused"] != 1 {
+				t.Fatalf("%s cut to %d: the model drops it without decap_reject or decap_refused", c.name, n)
 			}
 			if err := xMismatch(t, o, f, want, st.underlay()); err != nil {
 				t.Fatalf("%s cut to %d of %d bytes: %v", c.name, n, len(c.frame), err)
@@ -970,4 +1003,8 @@ func BenchmarkXDP(b *testing.B) {
 	b.Run("index-forward/run-1", func(b *testing.B) { run(b, e.front, indexed, xdpTX, 1) })
 	b.Run("index-local/repeat", func(b *testing.B) { run(b, e.owner, indexed, xdpPass, 10000) })
 	b.Run("unstamped-fallback/repeat", func(b *testing.B) { run(b, e.front, untagged, xdpPass, 10000) })
+	// GUE from the front to the owner, unwrapped there (one run per
+	// syscall: the program moves the frame's head).
+	gue := xGUE(xUnderlay[0], xUnderlay[1], xGUEPort, forward[14:])
+	b.Run("decap/run-1", func(b *testing.B) { run(b, e.owner, gue, xdpPass, 1) })
 }
