@@ -20,8 +20,9 @@ var _ netstack.Dialer = (*egress.Dialer)(nil)
 // egressParts are the node's egress: the dialer every flow leaves by and,
 // with --egress-plan, the router that picks its source.
 type egressParts struct {
-	router *egress.Router // nil without --egress-plan
-	dialer *egress.Dialer
+	router  *egress.Router // nil without --egress-plan
+	dialer  *egress.Dialer
+	clients *clientIndex // the budgets' ClientOf, filled once the node is up
 }
 
 // startEgress opens the egress plan (if any), keeps it and the GeoIP
@@ -35,7 +36,7 @@ func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Me
 			own = append(own, ap.Addr())
 		}
 	}
-	eg := &egressParts{}
+	eg := &egressParts{clients: &clientIndex{}}
 	var route func(netip.Addr, netip.AddrPort) (egress.Source, error)
 	if c.egressPlan != "" {
 		// Slots come with the cluster's membership; a node alone is slot 1.
@@ -54,6 +55,7 @@ func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Me
 	var err error
 	eg.dialer, err = egress.New(egress.Config{
 		Sources: s.sources, PortLo: s.portLo, PortHi: s.portHi, Allow: s.allow, Own: own, Route: route, Logger: s.log.With("component", "egress"),
+		UDPPortShare: c.budget.udpPortShare(), ClientOf: eg.clients.of,
 	})
 	if err != nil {
 		return nil, err

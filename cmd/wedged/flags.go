@@ -62,6 +62,8 @@ type config struct {
 	egressPlan   string
 	geoip        string
 	egressPool   string
+
+	budget budgetFlags
 }
 
 func flags(args []string) (*config, error) {
@@ -69,6 +71,7 @@ func flags(args []string) (*config, error) {
 	fs := flag.NewFlagSet("wedged", flag.ContinueOnError)
 	fs.Usage = func() { usage(fs) }
 	c.nodeFlags(fs)
+	c.budget.register(fs)
 	c.clusterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err

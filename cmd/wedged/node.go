@@ -69,8 +69,11 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 		Local:       []netip.Addr{gw4, gw6},
 		DNSUpstream: s.dnsUp,
 		DNSDial:     eg.dnsDial(),
-		Limits:      netstack.Limits{MaxFlows: c.maxFlows, MaxFlowsPerClient: c.maxPerCli},
+		Limits:      c.budget.limits(c.maxFlows, c.maxPerCli),
+		ClientOf:    eg.clients.of,
 		IsDenied:    func(err error) bool { return errors.Is(err, egress.ErrDenied) },
+
+		TCPSilentTimeout: c.budget.silent,
 	})
 	if err != nil {
 		return nil, err
@@ -99,6 +102,7 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 		stack.Close()
 		return nil, err
 	}
+	eg.clients.node.Store(node)
 	return node, nil
 }
 
