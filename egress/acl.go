@@ -162,7 +162,9 @@ func init() {
 // Rule 1 is not subject to Allow on purpose: a client must never reach the
 // node itself (its API, its metrics, its WireGuard port, other clients'
 // sessions through it), whatever an operator opened. To reach a service on
-// the node, run it elsewhere.
+// the node, run it elsewhere. The cluster's infrastructure (SetInfra:
+// members' underlays, etcd, the DNS upstream, the GUE port) is denied
+// the same way, before Allow.
 //
 // An IPv6 address that embeds an IPv4 address (IPv4-mapped, IPv4-compatible,
 // NAT64, 6to4, Teredo) is allowed only when both the IPv6 decision and the
@@ -183,6 +185,106 @@ type ACL struct {
 	own      atomic.Pointer[map[netip.Addr]struct{}]
 	nextRead atomic.Int64 // unix nanoseconds after which own is re-read
 	readMu   sync.Mutex   // held by the one goroutine re-reading own
+
+	infra atomic.Pointer[infraSet] // nil: none set (SetInfra)
+}
+
+// Infra is the cluster's own infrastructure, which clients may not reach
+// through the node whatever Allow opens (SetInfra): a client must not
+// talk to etcd, the other nodes' services, or the GUE port, from an
+// address the cluster trusts.
+type Infra struct {
+	// Members are every cluster member's underlay address: all their
+	// ports, all protocols (ping too).
+	Members []netip.Addr
+	// Etcd are the etcd endpoints' addresses: all their ports.
+	Etcd []netip.Addr
+	// DNS is the resolver the node forwards the clients' queries to
+	// (its own forwarder dials it with Dialer.DialNode, which the ACL
+	// does not guard): that address and port only, TCP and UDP.
+	DNS []netip.AddrPort
+	// Ports are denied on every address (the GUE port: nodes accept GUE
+	// from each other's underlays, which may be the egress address).
+	Ports []uint16
+}
+
+// infraSet is Infra as the checks read it: each entry with its reason.
+type infraSet struct {
+	addrs     map[netip.Addr]string
+	addrPorts map[netip.AddrPort]string
+	ports     map[uint16]string
+}
+
+// SetInfra replaces the infrastructure the ACL denies (see Infra). It is
+// safe to call while checks run, for example on every membership change.
+// Invalid addresses and port 0 are ignored.
+func (a *ACL) SetInfra(in Infra) {
+	set := &infraSet{addrs: map[netip.Addr]string{}, addrPorts: map[netip.AddrPort]string{}, ports: map[uint16]string{}}
+	for _, m := range in.Members {
+		if m.IsValid() {
+			set.addrs[m.WithZone("").Unmap()] = "a cluster member's underlay"
+		}
+	}
+	for _, e := range in.Etcd {
+		if e.IsValid() {
+			set.addrs[e.WithZone("").Unmap()] = "an etcd endpoint"
+		}
+	}
+	for _, d := range in.DNS {
+		if d.Addr().IsValid() {
+			set.addrPorts[netip.AddrPortFrom(d.Addr().WithZone("").Unmap(), d.Port())] = "the DNS upstream (use the tunnel's DNS address)"
+		}
+	}
+	for _, p := range in.Ports {
+		if p != 0 {
+			set.ports[p] = "the cluster's GUE port"
+		}
+	}
+	a.infra.Store(set)
+}
+
+// CheckAddrPort is Check for a TCP or UDP destination: the address must
+// pass Check, and neither the port nor the address and port may be the
+// cluster's infrastructure (SetInfra). The Dialer checks every flow
+// with it.
+func (a *ACL) CheckAddrPort(dst netip.AddrPort) error {
+	if err := a.Check(dst.Addr()); err != nil {
+		return err
+	}
+	set := a.infra.Load()
+	if set == nil {
+		return nil
+	}
+	if why, ok := set.ports[dst.Port()]; ok {
+		return fmt.Errorf("%w: port %d (%s)", ErrDenied, dst.Port(), why)
+	}
+	if len(set.addrPorts) == 0 {
+		return nil
+	}
+	addr := dst.Addr().WithZone("").Unmap()
+	var buf [4]netip.Addr
+	for _, x := range append(embeddedV4(addr, buf[:0]), addr) {
+		if why, ok := set.addrPorts[netip.AddrPortFrom(x, dst.Port())]; ok {
+			return fmt.Errorf("%w: %s (%s)", ErrDenied, dst, why)
+		}
+	}
+	return nil
+}
+
+// checkDst applies c to a TCP or UDP destination: CheckAddrPort when c
+// has it (an *ACL does), else Check of the address.
+func checkDst(c checker, dst netip.AddrPort) error {
+	if pc, ok := c.(interface{ CheckAddrPort(netip.AddrPort) error }); ok {
+		return pc.CheckAddrPort(dst)
+	}
+	return c.Check(dst.Addr())
+}
+
+// ACL is the ACL the Dialer checks flows with, for SetInfra; nil when a
+// test replaced it.
+func (d *Dialer) ACL() *ACL {
+	a, _ := d.acl.(*ACL)
+	return a
 }
 
 // NewACL returns an ACL that opens the prefixes in allow (see ACL for what
@@ -328,6 +430,11 @@ func (a *ACL) decide(addr netip.Addr, own map[netip.Addr]struct{}) string {
 	}
 	if _, ok := own[addr]; ok {
 		return "the node's own address"
+	}
+	if set := a.infra.Load(); set != nil {
+		if why, ok := set.addrs[addr]; ok {
+			return why
+		}
 	}
 	allow, rules := a.allow6, v6Rules
 	if addr.Is4() {

@@ -1,8 +1,12 @@
 package egress
 
 import (
+	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -553,4 +557,112 @@ func FuzzACL(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestACLInfra: the cluster's infrastructure is denied whatever Allow
+// opens, in every IPv6 form that embeds it, and follows SetInfra (a
+// membership change); the DNS upstream only at its port, the GUE port on
+// every address.
+func TestACLInfra(t *testing.T) {
+	a := newTestACL(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")})
+	member, member2 := netip.MustParseAddr("10.9.0.2"), netip.MustParseAddr("10.9.0.3")
+	etcd := netip.MustParseAddr("10.9.1.1")
+	dns := netip.MustParseAddrPort("9.9.9.9:53")
+	ap := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+	type row struct {
+		dst  netip.AddrPort
+		deny string // "": allowed; else a substring of the error
+	}
+	check := func(step string, rows []row) {
+		t.Helper()
+		for _, r := range rows {
+			err := a.CheckAddrPort(r.dst)
+			switch {
+			case r.deny == "" && err != nil:
+				t.Errorf("%s: %v denied: %v", step, r.dst, err)
+			case r.deny != "" && (!errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), r.deny)):
+				t.Errorf("%s: %v: %v, want denied for %q", step, r.dst, err, r.deny)
+			}
+		}
+	}
+	check("before SetInfra", []row{{ap("10.9.0.2:22"), ""}, {ap("10.9.1.1:2379"), ""}, {ap("9.9.9.9:53"), ""}, {ap("8.8.8.8:6080"), ""}})
+
+	a.SetInfra(Infra{Members: []netip.Addr{member}, Etcd: []netip.Addr{etcd}, DNS: []netip.AddrPort{dns}, Ports: []uint16{6080}})
+	check("with infrastructure", []row{
+		{ap("10.9.0.2:22"), "member's underlay"},
+		{ap("10.9.0.2:51820"), "member's underlay"},
+		{ap("[::ffff:10.9.0.2]:80"), "member's underlay"},
+		{ap("[64:ff9b::a09:2]:80"), "member's underlay"}, // NAT64 form
+		{ap("10.9.0.3:22"), ""},
+		{ap("10.9.1.1:2379"), "etcd endpoint"},
+		{ap("10.9.1.1:2380"), "etcd endpoint"},
+		{ap("9.9.9.9:53"), "DNS upstream"},
+		{ap("[64:ff9b::909:909]:53"), "DNS upstream"},
+		{ap("9.9.9.9:443"), ""},
+		{ap("8.8.8.8:6080"), "GUE port"},
+		{ap("[2606:4700:4700::1111]:6080"), "GUE port"},
+		{ap("8.8.8.8:443"), ""},
+		{ap("10.2.3.4:80"), ""},
+	})
+	if err := a.Check(member); !errors.Is(err, ErrDenied) {
+		t.Errorf("ping to a member: %v, want denied", err)
+	}
+	if err := a.Check(dns.Addr()); err != nil {
+		t.Errorf("ping to the DNS upstream: %v, want allowed (only its port is infrastructure)", err)
+	}
+
+	// A membership change: the departed member's address opens, the new
+	// one's closes.
+	a.SetInfra(Infra{Members: []netip.Addr{member2}, Etcd: []netip.Addr{etcd}, DNS: []netip.AddrPort{dns}, Ports: []uint16{6080}})
+	check("after a membership change", []row{{ap("10.9.0.2:22"), ""}, {ap("10.9.0.3:22"), "member's underlay"}, {ap("10.9.1.1:2379"), "etcd endpoint"}})
+}
+
+// TestDialerInfra: the Dialer refuses a client's flow to the cluster's
+// infrastructure before dialing, and the node's own DialNode (the DNS
+// forwarder's path) still reaches the DNS upstream.
+func TestDialerInfra(t *testing.T) {
+	d, err := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	upstream := ln.Addr().(*net.TCPAddr).AddrPort()
+	d.ACL().SetInfra(Infra{Members: []netip.Addr{netip.MustParseAddr("8.8.4.4")}, DNS: []netip.AddrPort{upstream}, Ports: []uint16{6080}})
+	ctx := context.Background()
+	client := netip.MustParseAddrPort("100.96.0.2:40000")
+	for _, dst := range []netip.AddrPort{netip.MustParseAddrPort("8.8.4.4:443"), netip.MustParseAddrPort("8.8.8.8:6080")} {
+		if c, err := d.DialTCP(ctx, client, dst); !errors.Is(err, ErrDenied) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("DialTCP %v: %v, want ErrDenied", dst, err)
+		}
+		if c, err := d.DialUDP(ctx, client, dst); !errors.Is(err, ErrDenied) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("DialUDP %v: %v, want ErrDenied", dst, err)
+		}
+	}
+	if st := d.Stats(); st.TCP.Denied != 2 || st.UDP.Denied != 2 {
+		t.Errorf("denied counts %+v, want 2 TCP and 2 UDP", st)
+	}
+	c, err := d.DialNode(ctx, "tcp", Source{}, upstream)
+	if err != nil {
+		t.Fatalf("DialNode to the DNS upstream: %v", err)
+	}
+	c.Close()
 }

@@ -271,10 +271,10 @@ func (d *Dialer) dial(ctx context.Context, proto string, client netip.Addr, dst 
 	if !addr.IsValid() || dst.Port() == 0 {
 		return nil, fmt.Errorf("egress: invalid %s destination %s", proto, dst)
 	}
-	if err := d.acl.Check(addr); err != nil {
+	dst = netip.AddrPortFrom(addr, dst.Port())
+	if err := checkDst(d.acl, dst); err != nil {
 		return nil, err
 	}
-	dst = netip.AddrPortFrom(addr, dst.Port())
 	src, err := d.source(client, dst)
 	if err != nil {
 		return nil, err
@@ -442,7 +442,7 @@ func (d *Dialer) control(ctx context.Context, network, address string, rc syscal
 		return fmt.Errorf("egress: unexpected dial address %q: %w", address, err)
 	}
 	if node, _ := ctx.Value(nodeDialKey{}).(bool); !node {
-		if err := d.acl.Check(ap.Addr()); err != nil {
+		if err := checkDst(d.acl, ap); err != nil {
 			return err
 		}
 	}
