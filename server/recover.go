@@ -13,25 +13,38 @@ import (
 	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
-// Session recovery: a stamped client whose owner changed (its node died,
-// or the table moved it) keeps sending transport messages under a session
-// the new owner never had. wireguard-go drops them, and the client only
-// notices after 15 s without an answer (keepalive + rekey timeout), when
-// it handshakes again. The new owner knows better at once: a registered
-// client is sending it data and it holds no session for that client. So
-// it sends the client a handshake initiation itself, to the address the
-// data came from; the client answers, and the session is back about one
-// round trip after its first packet reached the new owner.
+// Session recovery: a stamped client whose owner changed (the table moved
+// it back to a node it was served by before) keeps sending transport
+// messages under a session this node no longer has. wireguard-go drops
+// them, and the client only notices after 15 s without an answer
+// (keepalive + rekey timeout), when it handshakes again. The node knows
+// better at once: a registered client is sending it data and it holds no
+// session for that client. So it sends the client a handshake initiation
+// itself; the client answers, and the session is back about one round
+// trip after its first packet reached the node.
+//
+// A transport message can be forged by anyone (32 bytes naming a
+// registered ClientID, whose MAC nobody can check without the session),
+// so recovery never believes its source address. It answers only when the
+// data came from the endpoint wireguard-go last authenticated for that
+// client (a handshake it answered, or data it decrypted), and sends the
+// initiation there without touching the peer's endpoint. A client this
+// node never authenticated, or whose address changed since, is not
+// recovered: its own next initiation (within 15 s of its first
+// unanswered packet) brings it back, and that initiation is
+// authenticated. So a client whose node died, or whose NAT changed at the
+// same time as its owner, now waits for its own re-handshake.
 //
 // wireguard-go has no call to start a handshake; turning persistent
 // keepalive on for a peer without a session sends one (it queues a
-// keepalive, which needs a handshake first), so the node sets the
-// endpoint and turns keepalive on and off again.
+// keepalive, which needs a handshake first), so the node turns keepalive
+// on and off again; the initiation goes to the peer's endpoint.
 //
-// The endpoint comes from a packet nobody authenticated, so the node only
-// ever sends an initiation (148 bytes) to it, at most once per client per
-// recoverEvery and recoverBurst a second in all: a forged flood buys the
-// forger little traffic towards anyone.
+// Budgets: at most one recovery per client per recoverEvery, recoverBurst
+// per tick in all, and recoverPerAddr a second (burst recoverAddrBurst)
+// towards any one address, however many clients share it (a CGNAT
+// address), so a forger who can spoof a client's own address and port
+// buys at most a trickle of initiations towards that client.
 //
 // A membership change moves some ClientIDs to a new owner in the fronts'
 // tables before the nodes that hold their sessions have pinned them
@@ -40,18 +53,48 @@ import (
 // alone a client another node pins, or it would steal a session that
 // is about to flow back to its holder.
 const (
-	recoverEvery = 5 * time.Second
-	recoverBurst = 100
-	recoverTick  = 250 * time.Millisecond
-	pinSettle    = 500 * time.Millisecond
+	recoverEvery     = 5 * time.Second
+	recoverBurst     = 100
+	recoverTick      = 250 * time.Millisecond
+	pinSettle        = 500 * time.Millisecond
+	recoverPerAddr   = 4
+	recoverAddrBurst = 16
+	// recoverAddrsMax bounds the per-address budgets; they are cleared
+	// when full (a flood of addresses only resets them).
+	recoverAddrsMax = 4096
 )
 
 // sessionCandidate is a registered client that sent data with no session
-// on this node.
+// on this node, from ep, the endpoint wireguard-go last authenticated.
 type sessionCandidate struct {
 	key wgtypes.Key
 	id  clientid.ID
 	ep  netip.AddrPort
+}
+
+// addrBudget is the per-destination-address budget of recovery
+// initiations. Only the recovery goroutine uses it.
+type addrBudget struct {
+	rate, burst float64
+	max         int
+	buckets     map[netip.Addr]*tokenBucket
+}
+
+func newAddrBudget(rate, burst float64, max int) *addrBudget {
+	return &addrBudget{rate: rate, burst: burst, max: max, buckets: map[netip.Addr]*tokenBucket{}}
+}
+
+// take spends one initiation towards a, if its budget allows.
+func (b *addrBudget) take(a netip.Addr, now time.Time) bool {
+	tb, ok := b.buckets[a]
+	if !ok {
+		if len(b.buckets) >= b.max {
+			clear(b.buckets)
+		}
+		tb = &tokenBucket{rate: b.rate, burst: b.burst, tokens: b.burst}
+		b.buckets[a] = tb
+	}
+	return tb.take(now)
 }
 
 // recoverSessions runs every recoverTick: it takes what the Bind saw and
@@ -62,6 +105,7 @@ func (n *Node) recoverSessions() {
 	t := time.NewTicker(recoverTick)
 	defer t.Stop()
 	last := map[clientid.ID]time.Time{}
+	budget := newAddrBudget(recoverPerAddr, recoverAddrBurst, recoverAddrsMax)
 	// live caches the last handshake of clients with a session, so the
 	// steady state (every sender has one) costs no device dump.
 	live := map[clientid.ID]time.Time{}
@@ -104,11 +148,14 @@ func (n *Node) recoverSessions() {
 				if pinned[c.id] {
 					continue
 				}
+				if !budget.take(c.ep.Addr(), now) {
+					continue // the client's data comes again next tick
+				}
 				if len(last) >= recoverBurst*10 {
 					clear(last) // bounded: a flood of ids only resets the per-id pacing
 				}
 				last[c.id] = now
-				if err := n.startHandshake(c.key, c.ep); err != nil {
+				if err := n.startHandshake(c.key); err != nil {
 					n.log.Warn("session recovery: handshake not started", "client_id", c.id.String(), "endpoint", c.ep, "err", err)
 					continue
 				}
@@ -140,13 +187,15 @@ func (n *Node) pinnedElsewhere() map[clientid.ID]bool {
 }
 
 // sessionless picks, from what the Bind saw, the registered clients whose
-// ClientID matches and whose peer has no handshake within
+// ClientID matches, whose peer has no handshake within
 // device.RejectAfterTime (so no session wireguard-go would accept data
-// for), at most recoverBurst of them.
+// for) and whose data came from the peer's endpoint, the one wireguard-go
+// last authenticated: at most recoverBurst of them. Data from any other
+// address proves nothing (see the comment at the top).
 func (n *Node) sessionless(seen []DataSeen, peers []peerState, now time.Time) []sessionCandidate {
-	hs := make(map[wgtypes.Key]time.Time, len(peers))
+	hs := make(map[wgtypes.Key]peerState, len(peers))
 	for _, p := range peers {
-		hs[p.PublicKey] = p.LastHandshake
+		hs[p.PublicKey] = p
 	}
 	want := make(map[clientid.ID]DataSeen, len(seen))
 	for _, s := range seen {
@@ -160,10 +209,14 @@ func (n *Node) sessionless(seen []DataSeen, peers []peerState, now time.Time) []
 		if !ok {
 			continue
 		}
-		if h, ok := hs[key]; !ok || (!h.IsZero() && now.Sub(h) < device.RejectAfterTime) {
+		p, ok := hs[key]
+		if !ok || (!p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < device.RejectAfterTime) {
 			continue // not in the device, or a live session
 		}
-		out = append(out, sessionCandidate{key: key, id: c.ClientID, ep: s.Endpoint})
+		if !p.Endpoint.IsValid() || p.Endpoint != s.Endpoint {
+			continue // never authenticated here, or not from where it was
+		}
+		out = append(out, sessionCandidate{key: key, id: c.ClientID, ep: p.Endpoint})
 		if len(out) == recoverBurst {
 			break
 		}
@@ -171,11 +224,11 @@ func (n *Node) sessionless(seen []DataSeen, peers []peerState, now time.Time) []
 	return out
 }
 
-// startHandshake points the peer at ep and makes wireguard-go initiate a
-// handshake with it (see the comment at the top).
-func (n *Node) startHandshake(key wgtypes.Key, ep netip.AddrPort) error {
+// startHandshake makes wireguard-go initiate a handshake with the peer at
+// its own endpoint, which it leaves as it is (see the comment at the top).
+func (n *Node) startHandshake(key wgtypes.Key) error {
 	pk := hex.EncodeToString(key[:])
-	on := fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=1\n", pk, ep)
+	on := fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=1\n", pk)
 	if err := n.dev.IpcSet(on); err != nil {
 		return err
 	}

@@ -2,8 +2,12 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,7 +60,7 @@ func TestSessionless(t *testing.T) {
 	n, _ := newTestNode(t)
 	var keys []wgtypes.Key
 	var ids []clientid.ID
-	for range 4 {
+	for range 6 {
 		sk, _ := wgtypes.GeneratePrivateKey()
 		c, err := n.Register(context.Background(), sk.PublicKey(), registry.Tags{})
 		if err != nil {
@@ -66,22 +70,158 @@ func TestSessionless(t *testing.T) {
 		ids = append(ids, c.ClientID)
 	}
 	now := time.Now()
-	peers := []peerState{
-		{PublicKey: keys[0], LastHandshake: now.Add(-10 * time.Second)}, // live session
-		{PublicKey: keys[1]}, // never handshaken here
-		{PublicKey: keys[2], LastHandshake: now.Add(-200 * time.Second)}, // expired
-		{PublicKey: keys[3]}, // sent nothing
-	}
 	ep := func(i int) netip.AddrPort {
 		return netip.AddrPortFrom(netip.MustParseAddr("203.0.113.7"), uint16(4000+i))
 	}
-	seen := []DataSeen{{ep(0), ids[0], 3}, {ep(1), ids[1], 1}, {ep(2), ids[2], 9}, {ep(9), ids[3] + 1000, 1}}
+	forged := netip.MustParseAddrPort("198.51.100.66:53")
+	peers := []peerState{
+		{PublicKey: keys[0], Endpoint: ep(0), LastHandshake: now.Add(-10 * time.Second)},  // live session
+		{PublicKey: keys[1], Endpoint: ep(1)},                                             // authenticated here once, no session
+		{PublicKey: keys[2], Endpoint: ep(2), LastHandshake: now.Add(-200 * time.Second)}, // expired
+		{PublicKey: keys[3], Endpoint: ep(3)},                                             // sent nothing
+		{PublicKey: keys[4]},                                                              // never authenticated here
+		{PublicKey: keys[5], Endpoint: ep(5), LastHandshake: now.Add(-200 * time.Second)}, // data from elsewhere
+	}
+	seen := []DataSeen{{ep(0), ids[0], 3}, {ep(1), ids[1], 1}, {ep(2), ids[2], 9}, {ep(9), ids[3] + 1000, 1},
+		{forged, ids[4], 1}, {forged, ids[5], 1}}
 	got := n.sessionless(seen, peers, now)
 	slices.SortFunc(got, func(a, b sessionCandidate) int { return int(a.id) - int(b.id) })
 	want := []sessionCandidate{{keys[1], ids[1], ep(1)}, {keys[2], ids[2], ep(2)}}
 	slices.SortFunc(want, func(a, b sessionCandidate) int { return int(a.id) - int(b.id) })
 	if !slices.Equal(got, want) {
 		t.Fatalf("sessionless: got %+v, want %+v", got, want)
+	}
+}
+
+// TestAddrBudget: recoveries towards one address are limited to the
+// burst, then to the rate, whatever the clients; other addresses keep
+// their own budget.
+func TestAddrBudget(t *testing.T) {
+	b := newAddrBudget(4, 16, 3)
+	a := netip.MustParseAddr("203.0.113.7")
+	other := netip.MustParseAddr("203.0.113.8")
+	now := time.Unix(1000, 0)
+	n := 0
+	for range 100 {
+		if b.take(a, now) {
+			n++
+		}
+	}
+	if n != 16 {
+		t.Fatalf("%d initiations towards one address at once, want the burst of 16", n)
+	}
+	if !b.take(other, now) {
+		t.Fatal("another address was refused: budgets are per address")
+	}
+	now = now.Add(time.Second)
+	n = 0
+	for range 100 {
+		if b.take(a, now) {
+			n++
+		}
+	}
+	if n != 4 {
+		t.Fatalf("%d initiations a second later, want the rate of 4", n)
+	}
+	// Full: the map is cleared rather than grown.
+	for i := range 10 {
+		b.take(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), now)
+	}
+	if len(b.buckets) > 3 {
+		t.Fatalf("%d budgets kept, want at most 3", len(b.buckets))
+	}
+}
+
+// TestRecoveryAuthenticatedEndpoint runs a node over loopback sockets: a
+// forged transport message naming a registered client, from an address
+// that is not the client's authenticated endpoint, makes the node send
+// nothing there and leaves the peer's endpoint alone; the same message
+// from the authenticated endpoint starts a handshake towards it.
+func TestRecoveryAuthenticatedEndpoint(t *testing.T) {
+	n, _ := newTestNode(t, func(c *Config) { c.Bind = conn.NewStdNetBind(); c.ListenPort = 0 })
+	sk, _ := wgtypes.GeneratePrivateKey()
+	c, err := n.Register(context.Background(), sk.PublicKey(), registry.Tags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uapi strings.Builder
+	if err := n.dev.IpcGetOperation(&uapi); err != nil {
+		t.Fatal(err)
+	}
+	port := regexp.MustCompile(`(?m)^listen_port=(\d+)$`).FindStringSubmatch(uapi.String())
+	if port == nil {
+		t.Fatalf("no listen_port in %q", uapi.String())
+	}
+	node := netip.MustParseAddrPort("127.0.0.1:" + port[1])
+	listen := func(addr string) *net.UDPConn {
+		u, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { u.Close() })
+		return u
+	}
+	client, forger := listen("127.0.0.1:0"), listen("127.0.0.2:0")
+	authentic := client.LocalAddr().(*net.UDPAddr).AddrPort()
+	// What wireguard-go records when it authenticates a handshake or data
+	// from the client: its endpoint (no session is live: the client's
+	// last handshake is not recent).
+	if err := n.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\n", hexKey(c.PublicKey), authentic)); err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 32)
+	msg[0] = msgTransport
+	clientid.Stamp(msg, c.ClientID)
+	// recv waits up to d for a datagram on u.
+	recv := func(u *net.UDPConn, d time.Duration) []byte {
+		buf := make([]byte, 1500)
+		u.SetReadDeadline(time.Now().Add(d))
+		k, err := u.Read(buf)
+		if err != nil {
+			return nil
+		}
+		return buf[:k]
+	}
+
+	stamped, _ := n.bind.Counts()
+	// Several ticks' worth of forged data from a new address.
+	for range 4 {
+		if _, err := forger.WriteToUDPAddrPort(msg, node); err != nil {
+			t.Fatal(err)
+		}
+		if got := recv(forger, 500*time.Millisecond); got != nil {
+			t.Fatalf("the node sent %d bytes (type %d) to the forger's address", len(got), got[0])
+		}
+	}
+	if now, _ := n.bind.Counts(); now-stamped != 4 {
+		t.Fatalf("the node counted %d stamped messages, want the 4 forged ones", now-stamped)
+	}
+	peers, err := n.peers()
+	if err != nil || len(peers) != 1 || peers[0].Endpoint != authentic {
+		t.Fatalf("after the forged data the peer is %+v (%v), want its endpoint still %v", peers, err, authentic)
+	}
+	if r := n.recovered.Load(); r != 0 {
+		t.Fatalf("%d recoveries started from forged data", r)
+	}
+
+	// The same data from the authenticated endpoint: an initiation there.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := client.WriteToUDPAddrPort(msg, node); err != nil {
+			t.Fatal(err)
+		}
+		if got := recv(client, 500*time.Millisecond); got != nil {
+			if len(got) != 148 || got[0] != 1 {
+				t.Fatalf("the node sent %d bytes of type %d to the client, want a 148-byte initiation", len(got), got[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no initiation reached the authenticated endpoint in 10 s")
+		}
+	}
+	if r := n.recovered.Load(); r != 1 {
+		t.Fatalf("%d recoveries started, want 1", r)
 	}
 }
 
