@@ -52,6 +52,13 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 		Endpoints: endpoints, CAFile: c.etcdCA, CertFile: c.etcdCert, KeyFile: c.etcdKey,
 		Username: c.etcdUser, PasswordFile: c.etcdPassFile, DialTimeout: 5 * time.Second,
 	}
+	warn, err := etcdExposure(cfg, c.etcdRequireTLS)
+	if err != nil {
+		return nil, err
+	}
+	if warn != "" {
+		log.Warn(warn)
+	}
 	prefix := c.etcdPrefix
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
@@ -78,6 +85,46 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 		return nil, err
 	}
 	return &clusterParts{cli: cli, store: store, member: m}, nil
+}
+
+// etcdExposure says what the way a node reaches etcd exposes: a warning to
+// log (empty: TLS and a client credential), or, with requireTLS, an error
+// instead of starting over a connection without TLS. etcd holds every
+// registration and the membership the XDP fronts are built from, so
+// whoever can write it controls the service; the warning names what such
+// an attacker could do.
+func etcdExposure(cfg cluster.Config, requireTLS bool) (string, error) {
+	tls := cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != ""
+	for _, e := range cfg.Endpoints {
+		if strings.HasPrefix(e, "https://") {
+			tls = true
+		}
+	}
+	for _, e := range cfg.Endpoints {
+		if strings.HasPrefix(e, "http://") {
+			tls = false // Dial refuses a mix; an http:// endpoint is plain
+		}
+	}
+	auth := cfg.Username != "" || cfg.CertFile != ""
+	const what = "register clients of their own that every node then serves; change or delete any registration " +
+		"(move a client to another pool or country, take over its inner addresses, cut it off); " +
+		"read every client's public key, ClientID and inner addresses (the ClientIDs are what forged packets name); " +
+		"drain or pin any node; and announce a node of their own, which every XDP front then puts in its table " +
+		"(clients' packets are sent to it in GUE) and accepts GUE from (packets injected as if from any client)"
+	switch {
+	case !tls && requireTLS:
+		return "", fmt.Errorf("--etcd-require-tls: etcd at %s is reached without TLS; give https:// endpoints (with --etcd-ca, and --etcd-cert/--etcd-key or --etcd-user)", strings.Join(cfg.Endpoints, ","))
+	case !tls && !auth:
+		return "etcd is reached over plain HTTP without authentication: anyone who can reach it or sits on the path to it can " + what +
+			". Use https:// endpoints with a client certificate (--etcd-ca, --etcd-cert, --etcd-key) or --etcd-user, and --etcd-require-tls to refuse to start without TLS", nil
+	case !tls:
+		return "etcd is reached over plain HTTP: its password and every registration cross the network in clear, and anyone on the path can " + what +
+			". Use https:// endpoints (--etcd-ca), and --etcd-require-tls to refuse to start without TLS", nil
+	case !auth:
+		return "etcd is reached over TLS without a client credential (no --etcd-cert, no --etcd-user): if it answers, anyone who can reach it can " + what +
+			". Give etcd users (--etcd-user) or client certificates (--etcd-cert, --etcd-key)", nil
+	}
+	return "", nil
 }
 
 // clusterSelf is this node's ID (--node-id, else the host name) and

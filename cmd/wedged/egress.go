@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
+	"time"
 
 	"github.com/wedge-edge/wedge/egress"
 	"github.com/wedge-edge/wedge/egress/geoip"
@@ -60,6 +62,7 @@ func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Me
 	if err != nil {
 		return nil, err
 	}
+	guardInfra(ctx, eg.dialer.ACL(), infraStatic(ctx, c, s), member)
 	return eg, nil
 }
 
@@ -117,4 +120,78 @@ func (eg *egressParts) hook(cfg *server.Config) {
 // routerClient is c as the egress router knows it.
 func routerClient(c registry.Client) egress.Client {
 	return egress.Client{V4: c.V4, V6: c.V6, Key: uint32(c.ClientID), Pool: c.Tags.Pool, Country: c.Tags.Country}
+}
+
+// infraStatic is the part of the cluster's infrastructure (egress.Infra)
+// that flags name: the etcd endpoints' addresses (host names resolved
+// now), the DNS upstream, and the GUE port when this node has a front or
+// a cluster.
+func infraStatic(ctx context.Context, c *config, s *settings) egress.Infra {
+	var in egress.Infra
+	if s.dnsUp.IsValid() {
+		in.DNS = []netip.AddrPort{s.dnsUp}
+	}
+	if c.xdp != "" || c.etcd != "" {
+		in.Ports = []uint16{uint16(c.guePort)}
+	}
+	if c.etcd == "" {
+		return in
+	}
+	endpoints, err := cluster.ParseEndpoints(c.etcd)
+	if err != nil {
+		return in // joinCluster has refused them already
+	}
+	for _, e := range endpoints {
+		host := e
+		if u, err := url.Parse(e); err == nil && u.Host != "" {
+			host = u.Host
+		}
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			in.Etcd = append(in.Etcd, a)
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		addrs, err := net.DefaultResolver.LookupNetIP(rctx, "ip", host)
+		cancel()
+		if err != nil {
+			s.log.Warn("egress ACL: etcd endpoint not resolved; clients are not kept from its addresses", "endpoint", e, "err", err)
+		}
+		in.Etcd = append(in.Etcd, addrs...)
+	}
+	return in
+}
+
+// guardInfra puts the cluster's infrastructure into the egress ACL: the
+// static part and, in a cluster, every member's underlay, updated on each
+// membership change until ctx ends. A member that leaves stays denied:
+// its address is still the cluster's.
+func guardInfra(ctx context.Context, acl *egress.ACL, static egress.Infra, member *cluster.Membership) {
+	if member == nil {
+		acl.SetInfra(static)
+		return
+	}
+	seen := map[netip.Addr]bool{}
+	cancel := member.Subscribe(func(ms []cluster.Member) {
+		acl.SetInfra(withMembers(static, seen, ms))
+	})
+	context.AfterFunc(ctx, cancel)
+}
+
+// withMembers is static plus the underlays of ms and of every member in
+// seen, which it adds ms to. Calls are not concurrent (Subscribe).
+func withMembers(static egress.Infra, seen map[netip.Addr]bool, ms []cluster.Member) egress.Infra {
+	for _, m := range ms {
+		if m.Underlay.IsValid() {
+			seen[m.Underlay] = true
+		}
+	}
+	in := static
+	in.Members = make([]netip.Addr, 0, len(seen))
+	for a := range seen {
+		in.Members = append(in.Members, a)
+	}
+	return in
 }

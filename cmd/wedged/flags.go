@@ -64,6 +64,8 @@ type config struct {
 	egressPool   string
 
 	budget budgetFlags
+
+	etcdRequireTLS bool
 }
 
 func flags(args []string) (*config, error) {
@@ -137,6 +139,7 @@ func (c *config) clusterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.etcdKey, "etcd-key", "", "client key `FILE` (PEM) for etcd")
 	fs.StringVar(&c.etcdUser, "etcd-user", "", "etcd user `NAME` (with --etcd-password-file)")
 	fs.StringVar(&c.etcdPassFile, "etcd-password-file", "", "`FILE` holding the etcd user's password")
+	fs.BoolVar(&c.etcdRequireTLS, "etcd-require-tls", false, "refuse to start when etcd is reached without TLS (without it, a node logs a warning of what anyone with access to etcd could do)")
 	fs.StringVar(&c.serviceKey, "service-key", "", "service private key `FILE`, the same on every node of a cluster (required with --etcd; never stored in etcd); make one with: wedged genkey FILE. Default alone: DIR/private.key, created on first start")
 	fs.StringVar(&c.nodeID, "node-id", "", "this node's `ID` in the cluster, unique (default: the host name)")
 	fs.StringVar(&c.dc, "dc", "default", "this node's data center `NAME`")
