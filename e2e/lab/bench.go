@@ -122,7 +122,9 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 			server: serverPid, client: s.Client.pidOf("wireguard", "wireguard-go")}, nil
 	}
 	wedged, err := setup("wedged", func(s *SingleNode) (string, error) {
-		w, err := s.StartWedged(bins.Wedged)
+		// The benchmark measures the node, not one client's budget: no
+		// rate of new flows per client.
+		w, err := s.StartWedged(bins.Wedged, "--flow-rate", "0")
 		if err != nil {
 			return "", err
 		}
@@ -137,7 +139,7 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 		if err := os.WriteFile(path, []byte(benchPlan), 0o644); err != nil {
 			return "", err
 		}
-		w, err := s.StartWedged(bins.Wedged, "--egress-plan", path)
+		w, err := s.StartWedged(bins.Wedged, "--egress-plan", path, "--flow-rate", "0")
 		if err != nil {
 			return "", err
 		}
