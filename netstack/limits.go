@@ -21,19 +21,23 @@ import (
 // may start a dial only while it holds fewer than 1/PendingShare of the
 // slots still free (pending·share < free). The allowance shrinks as the
 // pool fills, so clients that dial blackholes as fast as they may cannot
-// take the last slots: n such clients settle where each holds h with
-// h·share ≈ free = MaxPending − n·h, that is h ≈ MaxPending/(n+share), and
-// together n/(n+share) of the pool (8 hostile clients with the default
-// share of 8: half of it). The other share/(n+share) stays free, and a
-// client with no dial pending needs only one free slot, so its new flows
-// are never refused for want of one; a client with k pending needs more
-// than k·share free. A refusal only ever falls on a client that holds at
-// least 1/share of what is free, so when slots run short the clients that
-// hold the most are refused first, and those that hold little keep
-// dialing.
-// What no per-client rule can stop is many clients (many registrations)
-// each holding one dial: that is the registration API's rate limits' job.
-// A blackholed dial ends at Config.TCPDialTimeout.
+// take the last slots. Clients that grab in turn, each as much as it may,
+// leave share/(share+1) of what was free each time: eight of them with the
+// default share of 8 leave (8/9)^8 ≈ 39% of the pool (22 of 64 slots in
+// e2e/budget_test.go). Once their dials have cycled (a blackholed dial
+// ends at Config.TCPDialTimeout and must be admitted again) they settle
+// where each holds h with h·share ≈ free = MaxPending − n·h, n/(n+share)
+// of the pool together (eight: half). A client with no dial pending needs
+// only one free slot, so its new flows are not refused for want of one; a
+// client with k pending needs more than k·share free, so a client opening
+// many connections at once while the pool is busy gets about free/share
+// of them at a time (the rest are refused, RST, and retried by the
+// client). A refusal only ever falls on a client that holds at least
+// 1/share of what is free, so when slots run short the clients that hold
+// the most are refused first. Not done: taking a slot back from the client
+// holding the most (preemption), which would also serve such bursts. What
+// no per-client rule can stop is many clients (many registrations) each
+// holding one dial: that is the registration API's rate limits' job.
 //
 // New flows: a token bucket per client (Limits.FlowRate per second, bursts
 // of FlowBurst) bounds how fast one client opens flows, whatever their
