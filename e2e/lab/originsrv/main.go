@@ -22,6 +22,10 @@
 //	    /hold URL), and prints {"ok","failed","first_error",
 //	    "slowest_failure_ms","remotes"}: how many answered, how many failed
 //	    and how long the slowest failure took to come back.
+//	originsrv hostile [-zerowin URL -flows N] [-blackhole ADDR:PORT -pending N] [-d D]
+//	    a client that takes all it may: N connections that never read a
+//	    large body (zero window), N dials to a destination that never
+//	    answers; prints its counts every second (see hostile.go).
 //	originsrv wgflood -to ADDR:PORT -key PUB -from PREFIX [-burst 256] [-every 25ms] [-d 5s]
 //	    sends WireGuard initiations with a valid MAC1 and random keys from
 //	    every (local) address of PREFIX, in bursts, and prints
@@ -69,7 +73,7 @@ func main() {
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	log.SetPrefix("originsrv: ")
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood|hold|hostile [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -86,6 +90,8 @@ func main() {
 		err = wgflood(args)
 	case "hold":
 		err = hold(args)
+	case "hostile":
+		err = hostile(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}
