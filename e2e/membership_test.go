@@ -319,8 +319,15 @@ func TestClusterNodeDeath(t *testing.T) {
 	}
 	t.Logf("node%d killed: its lease gone after %v; client a works on %s %v after the kill, %v after the lease",
 		x, goneAt.Sub(killAt).Round(time.Millisecond), wantA, backAt.Sub(killAt).Round(time.Millisecond), backAt.Sub(goneAt).Round(time.Millisecond))
-	if d := backAt.Sub(goneAt); d > 4*time.Second {
-		t.Errorf("client a took %v after node%d's lease expired to work again, want a few seconds", d, x)
+	// The new owner never authenticated client a, so session recovery
+	// (server/recover.go: it answers only towards a client's
+	// authenticated endpoint) leaves it alone: the client handshakes
+	// again itself, 15 s (keepalive + rekey timeout, plus jitter) after
+	// its first unanswered packet, and that initiation reaches the new
+	// owner, the lease being gone by then. 25 s leaves one lost
+	// initiation (retried 5 s later) and a probe's timeout of room.
+	if d := backAt.Sub(killAt); d > 25*time.Second {
+		t.Errorf("client a took %v after node%d was killed to work again, want its own re-handshake (about 15 s)", d, x)
 	}
 	newOwner := f.nodes[nodeNum(wantA)-1]
 	t.Logf("%s started %d handshakes for clients that sent data without a session", wantA, status(t, newOwner).Bind.HandshakesStarted)
