@@ -57,6 +57,11 @@ type harness struct {
 	clients []*client
 	wg      sync.WaitGroup
 	closed  atomic.Bool
+	// devMu orders the server pump's writes into the client devices
+	// before their Close (wireguard-go's netTun races a Write's
+	// notification with Close).
+	devMu      sync.RWMutex
+	devsClosed bool
 
 	icmpMu sync.Mutex
 	icmp   [][]byte // ICMP packets the server sent to clients
@@ -128,7 +133,11 @@ func newHarnessDev(t testing.TB, srv tun.Device, clients ...[]netip.Addr) *harne
 					h.icmpMu.Unlock()
 				}
 				if c := h.owner(p[pumpOffset:]); c != nil {
-					c.dev.Write([][]byte{p}, pumpOffset)
+					h.devMu.RLock()
+					if !h.devsClosed {
+						c.dev.Write([][]byte{p}, pumpOffset)
+					}
+					h.devMu.RUnlock()
 				}
 			}
 		})
@@ -188,6 +197,9 @@ func (h *harness) close() {
 	if h.closed.Swap(true) {
 		return
 	}
+	h.devMu.Lock()
+	h.devsClosed = true
+	h.devMu.Unlock()
 	for _, c := range h.clients {
 		c.dev.Close()
 	}
