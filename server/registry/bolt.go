@@ -109,6 +109,9 @@ func (b *Bolt) Create(ctx context.Context, c Client) (Client, error) {
 	if err := c.Tags.Validate(); err != nil {
 		return Client{}, err
 	}
+	if c.ID != "" && !validID(c.ID) {
+		return Client{}, fmt.Errorf("registry: id %q: want 32 lower-case hex characters", c.ID)
+	}
 	if err := ctx.Err(); err != nil {
 		return Client{}, err
 	}
@@ -128,7 +131,12 @@ func (b *Bolt) Create(ctx context.Context, c Client) (Client, error) {
 		if err != nil {
 			return err
 		}
-		c.ID, c.ClientID, c.V4, c.V6 = newID(), cid, v4, v6
+		if c.ID == "" {
+			c.ID = newID()
+		} else if tx.Bucket(bucketClients).Get([]byte(c.ID)) != nil {
+			return fmt.Errorf("registry: id %s is taken", c.ID)
+		}
+		c.ClientID, c.V4, c.V6 = cid, v4, v6
 		c.Created = time.Now().UTC().Truncate(time.Second)
 		return put(tx, c)
 	})

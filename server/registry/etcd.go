@@ -139,6 +139,9 @@ func (e *Etcd) Create(ctx context.Context, want Client) (Client, error) {
 	if err := want.Tags.Validate(); err != nil {
 		return Client{}, err
 	}
+	if want.ID != "" && !validID(want.ID) {
+		return Client{}, fmt.Errorf("registry: id %q: want 32 lower-case hex characters", want.ID)
+	}
 	ctx, cancel := e.ctx(ctx)
 	defer cancel()
 	for attempt := 0; attempt < 32; attempt++ {
@@ -164,7 +167,10 @@ func (e *Etcd) Create(ctx context.Context, want Client) (Client, error) {
 			}
 		}
 		c := want
-		c.ID, c.ClientID, c.V4, c.V6 = newID(), cid, v4, v6
+		if c.ID == "" {
+			c.ID = newID()
+		}
+		c.ClientID, c.V4, c.V6 = cid, v4, v6
 		c.Created = time.Now().UTC().Truncate(time.Second)
 		rec, err := encode(c)
 		if err != nil {
@@ -323,7 +329,7 @@ func (e *Etcd) Get(ctx context.Context, id string) (Client, error) {
 // validID keeps ids to what newID makes, so an API path can never name a
 // key outside clients/.
 func validID(id string) bool {
-	if len(id) != 32 {
+	if len(id) != 32 || strings.ToLower(id) != id {
 		return false
 	}
 	_, err := hex.DecodeString(id)

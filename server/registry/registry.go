@@ -21,8 +21,8 @@ import (
 	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
-// Client is one registration. Create reads only PublicKey and the
-// fields below Created; it allocates the rest.
+// Client is one registration. Create reads only ID (optional),
+// PublicKey, Tags and the fields below Created; it allocates the rest.
 type Client struct {
 	ID        string
 	PublicKey wgtypes.Key
@@ -200,6 +200,15 @@ func usable(p netip.Prefix, a netip.Addr) bool {
 	}
 	return true
 }
+
+// NewID returns a new random registration id: 32 lower-case hex
+// characters (128 bits). Create uses the caller's when set (so the API
+// can put it into the registration's token before the registration
+// exists), else makes one.
+func NewID() string { return newID() }
+
+// ValidID reports whether id has the form NewID gives.
+func ValidID(id string) bool { return validID(id) }
 
 func newID() string {
 	var b [16]byte

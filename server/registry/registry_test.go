@@ -219,13 +219,19 @@ func testStore(t *testing.T, open func(t *testing.T, p Pools) Store) {
 		// What Create is given beyond key and tags is stored as given;
 		// what it allocates is not taken from the caller.
 		s := open(t, DefaultPools)
-		in := Client{ID: "mine", ClientID: 7, PublicKey: newKey(t), Tags: Tags{Pool: "acme"},
+		if _, err := s.Create(ctx, Client{ID: "mine", PublicKey: newKey(t)}); err == nil {
+			t.Fatal("Create took an id that is not one NewID makes")
+		}
+		in := Client{ID: NewID(), ClientID: 7, PublicKey: newKey(t), Tags: Tags{Pool: "acme"},
 			TokenHash: [32]byte{1, 2, 3}, Plus: true, QuotaBytes: 5 << 30, Enrollment: "e1", AwaitingHandshake: true}
 		c, err := s.Create(ctx, in)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.ID == "mine" || c.TokenHash != in.TokenHash || !c.Plus ||
+		if _, err := s.Create(ctx, Client{ID: in.ID, PublicKey: newKey(t)}); err == nil {
+			t.Fatal("Create reused an id that is taken")
+		}
+		if c.ID != in.ID || c.TokenHash != in.TokenHash || !c.Plus ||
 			c.QuotaBytes != in.QuotaBytes || c.Enrollment != "e1" || !c.AwaitingHandshake || !c.FirstHandshake.IsZero() {
 			t.Fatalf("Create(%+v) = %+v", in, c)
 		}
