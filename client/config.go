@@ -33,6 +33,11 @@ type Config struct {
 	// "#@" lines.
 	Registration string
 	API          string
+	// Token is the registration's bearer token for the public API
+	// ("#@ Token"); Fingerprint the SHA-256 of the API's certificate to
+	// pin ("#@ Fingerprint", lower-case hex). Either may be empty.
+	Token       string
+	Fingerprint string
 	// ClientID is stamped into bytes 1..3 of every message; 0 when the
 	// file has neither a ClientID nor a Reserved line (a standard client).
 	ClientID clientid.ID
@@ -311,6 +316,17 @@ func (p *parser) wedgeLine(rest string) error {
 			return fmt.Errorf("API %q: want a URL", val)
 		}
 		c.API = val
+	case "token":
+		if !plainName(val) {
+			return errors.New("Token: want printable text without spaces")
+		}
+		c.Token = val
+	case "fingerprint":
+		fp, err := ParseFingerprint(val)
+		if err != nil {
+			return err
+		}
+		c.Fingerprint = fp
 	case "clientid":
 		id, err := clientid.Parse(val)
 		if err != nil {

@@ -97,9 +97,11 @@ func TestParseRegisterOutput(t *testing.T) {
 	r.Server.PublicKey = pubB64
 	r.Server.Endpoints = []string{"192.0.2.1:51820", "[2001:db8:1::1]:51820"}
 	r.MTU, r.DNS = 1420, []string{"100.96.0.1"}
+	r.Token = "wedge.0123456789abcdef0123456789abcdef.c2VjcmV0"
+	fp := strings.Repeat("ab", 32)
 	k, _ := wgtypes.ParseKey(privB64)
 	var b strings.Builder
-	if err := WriteConfig(&b, k, r, WriteOptions{API: "http://x", Keepalive: 25}); err != nil {
+	if err := WriteConfig(&b, k, r, WriteOptions{API: "https://x", Keepalive: 25, Fingerprint: fp}); err != nil {
 		t.Fatal(err)
 	}
 	c, err := Parse(strings.NewReader(b.String()))
@@ -108,6 +110,46 @@ func TestParseRegisterOutput(t *testing.T) {
 	}
 	if c.ClientID != 0x010203 || len(c.Endpoints) != 2 || c.Peer.Endpoint != "192.0.2.1:51820" {
 		t.Errorf("ClientID %#x Endpoints %v Peer.Endpoint %q", c.ClientID, c.Endpoints, c.Peer.Endpoint)
+	}
+	if c.Token != r.Token || c.Fingerprint != fp || c.API != "https://x" || c.Registration != "abc" {
+		t.Errorf("Token %q Fingerprint %q API %q Registration %q", c.Token, c.Fingerprint, c.API, c.Registration)
+	}
+	// The token is on a "#@" line, which wg-quick reads as a comment.
+	for _, line := range strings.Split(b.String(), "\n") {
+		if strings.Contains(line, r.Token) && !strings.HasPrefix(line, "#@ Token = ") {
+			t.Errorf("the token is on line %q", line)
+		}
+	}
+	// A server cannot smuggle lines into the file through the token, and
+	// a bad fingerprint is refused.
+	for _, tok := range []string{"a\nPostUp = rm -rf /", "a b", "a\r"} {
+		r.Token = tok
+		if err := WriteConfig(&strings.Builder{}, k, r, WriteOptions{}); err == nil {
+			t.Errorf("token %q accepted", tok)
+		}
+	}
+	r.Token = ""
+	if err := WriteConfig(&strings.Builder{}, k, r, WriteOptions{Fingerprint: "xyz"}); err == nil {
+		t.Error("a bad fingerprint accepted")
+	}
+	for _, bad := range []string{"#@ Token = a b", "#@ Fingerprint = 1234", "#@ Token = x\n#@ Token = y"} {
+		if _, err := Parse(strings.NewReader(bad + "\n" + b.String())); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestParseFingerprint(t *testing.T) {
+	want := strings.Repeat("ab", 32)
+	for _, in := range []string{want, strings.ToUpper(want), strings.TrimSuffix(strings.Repeat("AB:", 32), ":"), " " + want + " "} {
+		if got, err := ParseFingerprint(in); err != nil || got != want {
+			t.Errorf("ParseFingerprint(%q) = %q, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", want[:62], want + "ab", strings.Repeat("zz", 32)} {
+		if _, err := ParseFingerprint(in); err == nil {
+			t.Errorf("ParseFingerprint(%q) accepted", in)
+		}
 	}
 }
 

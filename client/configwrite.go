@@ -28,6 +28,10 @@ type WriteOptions struct {
 	API string
 	// Keepalive is the PersistentKeepalive interval in seconds (0: none).
 	Keepalive int
+	// Fingerprint is the API certificate's pinned SHA-256, recorded so
+	// the client reaches the API again the same way (ParseFingerprint's
+	// form; "" for none).
+	Fingerprint string
 }
 
 // PrimaryEndpoint returns the endpoint of the wanted family (4 or 6), or the
@@ -66,6 +70,9 @@ func CheckRegistration(r api.Registration) error {
 	}
 	if !plain(r.ClientID) {
 		return bad("client_id", r.ClientID)
+	}
+	if !plain(r.Token) {
+		return bad("token", r.Token)
 	}
 	for _, b := range r.Reserved {
 		if b < 0 || b > 255 {
@@ -118,6 +125,11 @@ func WriteConfig(w io.Writer, priv wgtypes.Key, r api.Registration, o WriteOptio
 	if !plain(o.API) {
 		return fmt.Errorf("client: bad API URL %q", o.API)
 	}
+	if o.Fingerprint != "" {
+		if _, err := ParseFingerprint(o.Fingerprint); err != nil {
+			return fmt.Errorf("client: %w", err)
+		}
+	}
 	ep, err := PrimaryEndpoint(r.Server.Endpoints, o.Family)
 	if err != nil {
 		return err
@@ -128,6 +140,14 @@ func WriteConfig(w io.Writer, priv wgtypes.Key, r api.Registration, o WriteOptio
 	fmt.Fprintf(&b, "#@ Registration = %s\n", r.ID)
 	if o.API != "" {
 		fmt.Fprintf(&b, "#@ API = %s\n", o.API)
+	}
+	if o.Fingerprint != "" {
+		fmt.Fprintf(&b, "#@ Fingerprint = %s\n", o.Fingerprint)
+	}
+	if r.Token != "" {
+		// The registration's credential: the file is mode 0600, as it
+		// holds the private key anyway.
+		fmt.Fprintf(&b, "#@ Token = %s\n", r.Token)
 	}
 	fmt.Fprintf(&b, "#@ ClientID = %s\n", r.ClientID)
 	fmt.Fprintf(&b, "#@ Reserved = [%d, %d, %d]\n", r.Reserved[0], r.Reserved[1], r.Reserved[2])

@@ -22,11 +22,12 @@ import (
 // MaxBodyBytes bounds API request bodies; larger ones get 413.
 const MaxBodyBytes = 64 << 10
 
-// Handler serves the registration and status API.
+// routes serves the admin API's requests, with no authentication: the
+// caller is AdminHandler (or a test).
 //
-//	POST   /v1/reg        {"public_key": "<base64>", "pool", "country"} → 200 api.Registration
+//	POST   /v1/reg        {"public_key": "<base64>", "pool", "country", "plus", "quota_bytes"} → 200 api.Registration (with its token)
 //	GET    /v1/reg/{id}   → 200 api.Registration
-//	PATCH  /v1/reg/{id}   {"pool", "country"} (either or both) → 200 api.Registration
+//	PATCH  /v1/reg/{id}   {"pool", "country", "plus", "quota_bytes"} (any of them) → 200 api.Registration
 //	DELETE /v1/reg/{id}   → 204
 //	GET    /v1/status     → 200 Status
 //	GET    /v1/nodes      → 200 [cluster.Member]            (cluster only)
@@ -35,16 +36,8 @@ const MaxBodyBytes = 64 << 10
 //
 // Every error is a 4xx or 5xx with a JSON body {"error": "..."}; a failed
 // request changes nothing.
-func (n *Node) Handler() http.Handler {
+func (n *Node) routes() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The API is for programs, not browsers: a request a browser makes
-		// (it always sends Origin on cross-origin and POST requests) is
-		// refused, so a web page cannot register clients or read the API
-		// through CSRF or DNS rebinding.
-		if r.Header.Get("Origin") != "" {
-			writeError(w, http.StatusForbidden, "browser requests are not accepted")
-			return
-		}
 		path := strings.TrimSuffix(r.URL.Path, "/")
 		switch {
 		case path == "/v1/reg":
@@ -79,6 +72,22 @@ func (n *Node) Handler() http.Handler {
 	})
 }
 
+// noBrowsers refuses requests a browser makes: the APIs are for
+// programs, and a browser always sends Origin on cross-origin and POST
+// requests, so a web page cannot register clients or read an API through
+// CSRF or DNS rebinding.
+func noBrowsers(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Origin") != "" {
+			writeError(w, http.StatusForbidden, "browser requests are not accepted")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// handleCreate is the admin's POST /v1/reg: the operator may set the
+// pool, the country, the plus tier and a quota.
 func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
 	var req api.RegRequest
 	if !readBody(w, r, &req) {
@@ -89,7 +98,24 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	c, err := n.Register(r.Context(), pub, registry.Tags{Pool: req.Pool, Country: req.Country})
+	want := registry.Client{PublicKey: pub, Tags: registry.Tags{Pool: req.Pool, Country: req.Country}}
+	if req.Plus != nil {
+		want.Plus = *req.Plus
+	}
+	if req.QuotaBytes != nil {
+		want.QuotaBytes = *req.QuotaBytes
+	}
+	n.create(w, r, want)
+}
+
+// create registers want with a new token and answers with the
+// registration and its token, or the error.
+func (n *Node) create(w http.ResponseWriter, r *http.Request, want registry.Client) {
+	want.ID = registry.NewID()
+	tok, hash := NewRegToken(want.ID)
+	want.TokenHash = hash
+	want.AwaitingHandshake = true
+	c, err := n.RegisterClient(r.Context(), want)
 	if tagsError(w, err) {
 		return
 	}
@@ -112,7 +138,9 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "registration failed")
 		return
 	}
-	writeJSON(w, http.StatusOK, n.response(c))
+	resp := n.response(c)
+	resp.Token = tok
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // readBody decodes the request's JSON body into v, answering 413 or 400
@@ -146,20 +174,34 @@ func tagsError(w http.ResponseWriter, err error) bool {
 	return true
 }
 
-// handlePatch changes a registration's tags. Unlike POST, which ignores
-// fields it does not know, a PATCH with an unknown field is refused: the
-// change it asked for would otherwise be silently lost.
+// handlePatch is the admin's PATCH: tags, the plus tier and the quota.
+// Unlike POST, which ignores fields it does not know, a PATCH with an
+// unknown field is refused: the change it asked for would otherwise be
+// silently lost.
 func (n *Node) handlePatch(w http.ResponseWriter, r *http.Request, id string) {
+	n.patch(w, r, id, adminPatchFields, nil)
+}
+
+// patch reads a PATCH body of the fields allowed, refuses with 403 the
+// ones in forbidden (the public API's: what the client may not change of
+// itself) and applies it.
+func (n *Node) patch(w http.ResponseWriter, r *http.Request, id string, allowed []string, forbidden map[string]string) {
 	var raw map[string]json.RawMessage
 	if !readBody(w, r, &raw) {
 		return
 	}
-	p, err := parseTagsPatch(raw)
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		if why, ok := forbidden[k]; ok {
+			writeError(w, http.StatusForbidden, why)
+			return
+		}
+	}
+	p, err := parseRegPatch(raw, allowed)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	c, err := n.PatchTags(r.Context(), id, p)
+	c, err := n.PatchRegistration(r.Context(), id, p)
 	if tagsError(w, err) || n.lookupError(w, err) {
 		return
 	}
@@ -185,31 +227,74 @@ func (p TagsPatch) Apply(t registry.Tags) registry.Tags {
 	return t
 }
 
-// parseTagsPatch reads a PATCH body: an object with "pool", "country" or
-// both, each a string.
-func parseTagsPatch(raw map[string]json.RawMessage) (TagsPatch, error) {
+// RegPatch is a change of a registration (PATCH /v1/reg/{id}): its tags,
+// and (admin only) the plus tier and the quota. Nil fields keep theirs.
+type RegPatch struct {
+	TagsPatch
+	Plus       *bool
+	QuotaBytes *uint64
+}
+
+// Apply returns c changed by p.
+func (p RegPatch) Apply(c registry.Client) registry.Client {
+	c.Tags = p.TagsPatch.Apply(c.Tags)
+	if p.Plus != nil {
+		c.Plus = *p.Plus
+	}
+	if p.QuotaBytes != nil {
+		c.QuotaBytes = *p.QuotaBytes
+	}
+	return c
+}
+
+// The fields each API's PATCH reads.
+var (
+	adminPatchFields  = []string{"pool", "country", "plus", "quota_bytes"}
+	publicPatchFields = []string{"country"}
+)
+
+// parseRegPatch reads a PATCH body: an object with one or more of the
+// fields allowed: "pool" and "country" strings, "plus" a boolean,
+// "quota_bytes" a number of bytes (0: none).
+func parseRegPatch(raw map[string]json.RawMessage, allowed []string) (RegPatch, error) {
+	names := `"` + strings.Join(allowed, `", "`) + `"`
 	if raw == nil {
-		return TagsPatch{}, errors.New("body must be a JSON object")
+		return RegPatch{}, errors.New("body must be a JSON object")
 	}
 	if len(raw) == 0 {
-		return TagsPatch{}, errors.New(`nothing to change: give "pool", "country" or both`)
+		return RegPatch{}, fmt.Errorf("nothing to change: give one or more of %s", names)
 	}
-	var p TagsPatch
+	var p RegPatch
 	for _, k := range slices.Sorted(maps.Keys(raw)) {
-		var dst **string
+		if !slices.Contains(allowed, k) {
+			return RegPatch{}, fmt.Errorf("unknown field %q: only %s can be changed", k, names)
+		}
+		v := raw[k]
+		null := bytes.Equal(v, []byte("null"))
 		switch k {
-		case "pool":
-			dst = &p.Pool
-		case "country":
-			dst = &p.Country
-		default:
-			return TagsPatch{}, fmt.Errorf(`unknown field %q: only "pool" and "country" can be changed`, k)
+		case "pool", "country":
+			var s string
+			if null || json.Unmarshal(v, &s) != nil {
+				return RegPatch{}, fmt.Errorf(`%q must be a string ("" for the default)`, k)
+			}
+			if k == "pool" {
+				p.Pool = &s
+			} else {
+				p.Country = &s
+			}
+		case "plus":
+			var b bool
+			if null || json.Unmarshal(v, &b) != nil {
+				return RegPatch{}, errors.New(`"plus" must be true or false`)
+			}
+			p.Plus = &b
+		case "quota_bytes":
+			var q uint64
+			if null || json.Unmarshal(v, &q) != nil {
+				return RegPatch{}, errors.New(`"quota_bytes" must be a whole number of bytes (0: no quota)`)
+			}
+			p.QuotaBytes = &q
 		}
-		var s string
-		if bytes.Equal(raw[k], []byte("null")) || json.Unmarshal(raw[k], &s) != nil {
-			return TagsPatch{}, fmt.Errorf(`%q must be a string ("" for the default)`, k)
-		}
-		*dst = &s
 	}
 	return p, nil
 }
@@ -231,27 +316,35 @@ func (n *Node) checkTags(t registry.Tags) error {
 	return nil
 }
 
-// PatchTags changes the tags of registration id by p, checked as Register
-// checks them, and returns the registration. The node's view holds the
-// new tags when it returns; other nodes of a cluster get them through
-// their watch. Like Register it is refused (registry.ErrUnavailable) while
-// the cluster's etcd is unreachable. Two PATCHes of different tags of
-// one client at one instant on two nodes: the later write wins whole.
+// PatchTags changes the tags of registration id by p (PatchRegistration).
 func (n *Node) PatchTags(ctx context.Context, id string, p TagsPatch) (registry.Client, error) {
+	return n.PatchRegistration(ctx, id, RegPatch{TagsPatch: p})
+}
+
+// PatchRegistration changes registration id by p, its tags checked as
+// Register checks them, and returns the registration. The node's view
+// holds the change when it returns; other nodes of a cluster get it
+// through their watch. Like Register it is refused
+// (registry.ErrUnavailable) while the cluster's etcd is unreachable. The
+// change is applied to the record as stored (registry.Store.Update), so
+// two PATCHes of different fields at one instant on two nodes both hold.
+func (n *Node) PatchRegistration(ctx context.Context, id string, p RegPatch) (registry.Client, error) {
 	n.regMu.Lock()
 	defer n.regMu.Unlock()
 	if n.cfg.Cluster != nil && !n.cfg.Cluster.Connected() {
 		return registry.Client{}, fmt.Errorf("%w: etcd is not reachable from this node", registry.ErrUnavailable)
 	}
-	c, err := n.cfg.Store.Get(ctx, id)
+	c, err := n.cfg.Store.Update(ctx, id, func(c *registry.Client) error {
+		next := p.Apply(*c)
+		if next.Tags != c.Tags {
+			if err := n.checkTags(next.Tags); err != nil {
+				return err
+			}
+		}
+		*c = next
+		return nil
+	})
 	if err != nil {
-		return registry.Client{}, err
-	}
-	t := p.Apply(c.Tags)
-	if err := n.checkTags(t); err != nil {
-		return registry.Client{}, err
-	}
-	if c, err = n.cfg.Store.SetTags(ctx, id, t); err != nil {
 		return registry.Client{}, err
 	}
 	n.mu.Lock()
@@ -264,7 +357,8 @@ func (n *Node) PatchTags(ctx context.Context, id string, p TagsPatch) (registry.
 	if held && old.Tags != c.Tags && n.cfg.OnTags != nil {
 		n.cfg.OnTags(c)
 	}
-	n.log.Info("client tags changed", "id", c.ID, "pool", c.Tags.Pool, "country", c.Tags.Country)
+	n.log.Info("registration changed", "id", c.ID, "pool", c.Tags.Pool, "country", c.Tags.Country,
+		"plus", c.Plus, "quota_bytes", c.QuotaBytes)
 	return c, nil
 }
 
@@ -302,16 +396,18 @@ func (n *Node) lookupError(w http.ResponseWriter, err error) bool {
 func (n *Node) response(c registry.Client) api.Registration {
 	rb := c.ClientID.Bytes()
 	resp := api.Registration{
-		ID:        c.ID,
-		ClientID:  c.ClientID.String(),
-		Reserved:  [3]int{int(rb[0]), int(rb[1]), int(rb[2])},
-		PublicKey: c.PublicKey.String(),
-		Addresses: api.Addresses{V4: c.V4.String() + "/32", V6: c.V6.String() + "/128"},
-		Server:    api.Server{PublicKey: n.PublicKey().String(), Endpoints: []string{}},
-		MTU:       n.cfg.MTU,
-		DNS:       []string{},
-		Tags:      &api.Tags{Pool: c.Tags.Pool, Country: c.Tags.Country},
-		Created:   c.Created,
+		ID:         c.ID,
+		ClientID:   c.ClientID.String(),
+		Reserved:   [3]int{int(rb[0]), int(rb[1]), int(rb[2])},
+		PublicKey:  c.PublicKey.String(),
+		Addresses:  api.Addresses{V4: c.V4.String() + "/32", V6: c.V6.String() + "/128"},
+		Server:     api.Server{PublicKey: n.PublicKey().String(), Endpoints: []string{}},
+		MTU:        n.cfg.MTU,
+		DNS:        []string{},
+		Tags:       &api.Tags{Pool: c.Tags.Pool, Country: c.Tags.Country},
+		Created:    c.Created,
+		Plus:       c.Plus,
+		QuotaBytes: c.QuotaBytes,
 	}
 	for _, e := range n.cfg.Endpoints {
 		resp.Server.Endpoints = append(resp.Server.Endpoints, e)

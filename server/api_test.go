@@ -79,7 +79,7 @@ func pubKey(t testing.TB) string {
 
 func TestAPIRegisterLifecycle(t *testing.T) {
 	n, _ := newTestNode(t)
-	h := n.Handler()
+	h := n.routes()
 	pub := pubKey(t)
 	code, body := do(t, h, "POST", "/v1/reg", `{"public_key":"`+pub+`"}`)
 	if code != 200 {
@@ -127,7 +127,7 @@ func TestAPIRegisterLifecycle(t *testing.T) {
 
 func TestAPIBadInput(t *testing.T) {
 	n, st := newTestNode(t)
-	h := n.Handler()
+	h := n.routes()
 	cases := []struct {
 		name, method, path, body string
 		want                     int
@@ -166,7 +166,7 @@ func TestAPIBadInput(t *testing.T) {
 
 func TestAPIUnknownFieldsAccepted(t *testing.T) {
 	n, _ := newTestNode(t)
-	code, body := do(t, n.Handler(), "POST", "/v1/reg", `{"public_key":"`+pubKey(t)+`","install_id":"x","tos":"2026"}`)
+	code, body := do(t, n.routes(), "POST", "/v1/reg", `{"public_key":"`+pubKey(t)+`","install_id":"x","tos":"2026"}`)
 	if code != 200 {
 		t.Fatalf("got %d %v, want 200", code, body)
 	}
@@ -174,8 +174,8 @@ func TestAPIUnknownFieldsAccepted(t *testing.T) {
 
 func TestStatus(t *testing.T) {
 	n, _ := newTestNode(t)
-	do(t, n.Handler(), "POST", "/v1/reg", `{"public_key":"`+pubKey(t)+`"}`)
-	code, body := do(t, n.Handler(), "GET", "/v1/status", "")
+	do(t, n.routes(), "POST", "/v1/reg", `{"public_key":"`+pubKey(t)+`"}`)
+	code, body := do(t, n.routes(), "GET", "/v1/status", "")
 	if code != 200 || body["clients"].(float64) != 1 || body["public_key"] != n.PublicKey().String() {
 		t.Fatalf("status: %d %v", code, body)
 	}
@@ -188,7 +188,7 @@ func TestStatus(t *testing.T) {
 	if err := n2.dev.Up(); err != nil {
 		t.Fatal(err)
 	}
-	_, body = do(t, n2.Handler(), "GET", "/v1/status", "")
+	_, body = do(t, n2.routes(), "GET", "/v1/status", "")
 	sock, ok := body["bind"].(map[string]any)["socket"].(map[string]any)
 	if !ok {
 		t.Fatalf("no socket counters with udpbind: %v", body["bind"])
@@ -265,7 +265,7 @@ func FuzzRegister(f *testing.F) {
 	f.Add([]byte(`{"public_key":"` + pubKey(f) + `","pool":"trusted","country":"NL"}`))
 	f.Add([]byte(`{"public_key":"` + pubKey(f) + `","pool":"Trusted"}`))
 	n, st := newTestNode(f)
-	h := n.Handler()
+	h := n.routes()
 	f.Fuzz(func(t *testing.T, body []byte) {
 		before, _ := st.List(context.Background())
 		rec := httptest.NewRecorder()
@@ -292,16 +292,21 @@ func FuzzRegister(f *testing.F) {
 
 func TestAPIRefusesOwnKeyAndBrowsers(t *testing.T) {
 	n, st := newTestNode(t)
-	h := n.Handler()
+	h := n.routes()
 	if code, _ := do(t, h, "POST", "/v1/reg", `{"public_key":"`+n.PublicKey().String()+`"}`); code != 400 {
 		t.Errorf("own key: got %d, want 400", code)
 	}
-	rec := httptest.NewRecorder()
-	req := httptest.NewRequest("POST", "/v1/reg", strings.NewReader(`{"public_key":"`+pubKey(t)+`"}`))
-	req.Header.Set("Origin", "http://evil.example")
-	h.ServeHTTP(rec, req)
-	if rec.Code != http.StatusForbidden {
-		t.Errorf("browser request: got %d, want 403", rec.Code)
+	admin, tok := adminDoor(t, n)
+	for name, h := range map[string]http.Handler{"admin": admin, "public": n.PublicHandler(PublicConfig{Open: true})} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/v1/reg", strings.NewReader(`{"public_key":"`+pubKey(t)+`"}`))
+		req.Host = testAdminAddr
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Origin", "http://evil.example")
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusForbidden {
+			t.Errorf("%s API, browser request: got %d, want 403", name, rec.Code)
+		}
 	}
 	if all, _ := st.List(context.Background()); len(all) != 0 {
 		t.Fatalf("refused requests changed the store: %d clients", len(all))
@@ -389,7 +394,7 @@ func vetoNowhere(t registry.Tags) error {
 
 func TestAPICreateTags(t *testing.T) {
 	n, st := newTestNode(t, func(c *Config) { c.ValidTags = vetoNowhere })
-	h := n.Handler()
+	h := n.routes()
 	cases := []struct {
 		name, extra string
 		want        int
@@ -463,7 +468,7 @@ func TestAPIPatchTags(t *testing.T) {
 		defer retagMu.Unlock()
 		return slices.Clone(retagged)
 	}
-	h := n.Handler()
+	h := n.routes()
 	pubS := pubKey(t)
 	pub, _ := ParsePublicKey(pubS)
 	code, body := do(t, h, "POST", "/v1/reg", `{"public_key":"`+pubS+`","pool":"trusted","country":"NL"}`)
@@ -603,7 +608,7 @@ func TestClusterPatchTags(t *testing.T) {
 	}
 	waitView(b, registry.Tags{Pool: "trusted"}, "registration on a, view of b")
 	want := registry.Tags{Pool: "trusted", Country: "NL"}
-	code, body := do(t, b.Handler(), http.MethodPatch, "/v1/reg/"+c.ID, `{"country":"NL"}`)
+	code, body := do(t, b.routes(), http.MethodPatch, "/v1/reg/"+c.ID, `{"country":"NL"}`)
 	if code != 200 || tagsOf(t, body) != want {
 		t.Fatalf("PATCH on b: %d %v", code, body)
 	}
@@ -614,7 +619,7 @@ func TestClusterPatchTags(t *testing.T) {
 	if !hasPeer(a, c.PublicKey) || !hasPeer(b, c.PublicKey) {
 		t.Fatal("a PATCH removed the peer from a device")
 	}
-	if code, body := do(t, a.Handler(), http.MethodGet, "/v1/reg/"+c.ID, ""); code != 200 || tagsOf(t, body) != want {
+	if code, body := do(t, a.routes(), http.MethodGet, "/v1/reg/"+c.ID, ""); code != 200 || tagsOf(t, body) != want {
 		t.Fatalf("GET on a: %d %v", code, body)
 	}
 
@@ -627,7 +632,7 @@ func TestClusterPatchTags(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	start := time.Now()
-	if code, body := do(t, a.Handler(), http.MethodPatch, "/v1/reg/"+c.ID, `{"pool":"acme"}`); code != http.StatusServiceUnavailable {
+	if code, body := do(t, a.routes(), http.MethodPatch, "/v1/reg/"+c.ID, `{"pool":"acme"}`); code != http.StatusServiceUnavailable {
 		t.Fatalf("PATCH with etcd down: %d %v, want 503", code, body)
 	}
 	if d := time.Since(start); d > time.Second {
@@ -649,7 +654,7 @@ func FuzzPatchTags(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	h := n.Handler()
+	h := n.routes()
 	f.Fuzz(func(t *testing.T, body []byte) {
 		before, _ := st.Get(context.Background(), c.ID)
 		rec := httptest.NewRecorder()

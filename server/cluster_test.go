@@ -116,7 +116,7 @@ func TestClusterNodes(t *testing.T) {
 	}
 
 	// Drain through the API; unknown nodes are refused.
-	h := a.Handler()
+	h := a.routes()
 	if code, body := do(t, h, http.MethodPost, "/v1/nodes/nosuch/drain", ""); code != http.StatusNotFound {
 		t.Errorf("drain of an unknown node: %d %v", code, body)
 	}

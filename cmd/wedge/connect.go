@@ -39,6 +39,8 @@ func connect(args []string) error {
 	setDNS := fs.Bool("dns", false, "TUN mode: point /etc/resolv.conf at the config's DNS servers while connected (restored on exit); off by default, leaving DNS alone")
 	table := fs.Uint("table", client.DefaultTable, "TUN mode: routing table and fwmark for default routes (wg-quick's scheme)")
 	verbose := fs.Bool("v", false, "log wireguard-go's verbose messages")
+	reregister := fs.Bool("reregister", true, "at start, ask the config's public API (#@ API, #@ Token) whether the registration still exists; if the node says it is gone, register the same key again and rewrite --config")
+	enroll := fs.String("enroll-token", "", "enrollment `TOKEN` to register again with (the config does not keep it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -66,6 +68,11 @@ func connect(args []string) error {
 	}
 	if *socksAddr == "" && os.Geteuid() != 0 {
 		return errors.New("connect: TUN mode needs root (CAP_NET_ADMIN); run as root or use --socks ADDR")
+	}
+	if *reregister {
+		if cfg, err = ensureRegistered(context.Background(), *cfgPath, cfg, *enroll, log); err != nil {
+			return err
+		}
 	}
 
 	// Every way out must run the cleanup below: a closed terminal (SIGHUP)

@@ -16,7 +16,7 @@ import (
 func drain(args []string) error {
 	fs := flag.NewFlagSet("wedge drain", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: wedge drain [--api URL] [--undo] NODE
+		fmt.Fprint(fs.Output(), `Usage: wedge drain [--api URL] [--admin-token-file FILE] [--undo] NODE
 
 Marks cluster node NODE draining: it keeps the clients it has and, once the
 XDP front uses membership, takes no new ones. The mark is kept in etcd
@@ -27,8 +27,13 @@ until --undo, across restarts of the node. Any node's API can do it.
 	}
 	api := fs.String("api", "http://127.0.0.1:8080", "any cluster node's API base `URL`")
 	undo := fs.Bool("undo", false, "make NODE active again")
+	tokenFile := adminTokenFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	tok, err := adminToken(*tokenFile)
+	if err != nil {
+		return fmt.Errorf("drain: %w", err)
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
@@ -46,6 +51,7 @@ until --undo, across restarts of the node. Any node's API can do it.
 	if err != nil {
 		return fmt.Errorf("drain: %w", err)
 	}
+	setBearer(req, tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("drain: %w", err)
@@ -53,7 +59,7 @@ until --undo, across restarts of the node. Any node's API can do it.
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusNoContent {
-		return fmt.Errorf("drain: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+		return adminHint(fmt.Errorf("drain: %s: %s", resp.Status, strings.TrimSpace(string(body))))
 	}
 	if *undo {
 		fmt.Printf("%s is active again\n", node)

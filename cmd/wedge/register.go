@@ -6,8 +6,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -20,14 +20,29 @@ import (
 
 func register(args []string) error {
 	fs := flag.NewFlagSet("wedge register", flag.ContinueOnError)
-	apiURL := fs.String("api", "http://127.0.0.1:8080", "registration API base `URL`")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: wedge register --api URL [flags]
+
+Makes a key pair, registers its public key with a node and writes a wg-quick
+configuration. An https:// URL is a node's public API: the client registers
+itself (--fingerprint pins a self-signed certificate; --enroll-token gives
+the pool, tier and quota the operator granted). An http:// URL is the
+node's admin API on the node itself, which takes the admin token.
+
+`)
+		fs.PrintDefaults()
+	}
+	apiURL := fs.String("api", "http://127.0.0.1:8080", "API base `URL`: https://HOST:PORT (public API) or http://127.0.0.1:8080 (admin API, on the node)")
 	out := fs.String("out", "", "write the wg-quick config to `FILE` (mode 0600; default: standard output)")
 	family := fs.Int("family", 0, "endpoint family wg-quick uses: 4, 6, or 0 for the server's first")
 	keepalive := fs.Int("keepalive", 25, "PersistentKeepalive `SECONDS` (0: off); keeps NAT mappings alive")
 	reserved := fs.Bool("reserved", false, "also print `reserved = [b1, b2, b3]` for third-party clients")
 	noQR := fs.Bool("no-qr", false, "do not show the config as a QR code on a terminal")
-	pool := fs.String("pool", "", "egress pool `NAME` (a-z, 0-9, '-'; default: the node's default pool)")
+	pool := fs.String("pool", "", "egress pool `NAME` (a-z, 0-9, '-'; admin API, or the enrollment token's own pool)")
 	country := fs.String("country", "", "egress country `CC` (ISO 3166-1 alpha-2 such as NL; default: GeoIP of the client's address)")
+	fingerprint := fs.String("fingerprint", "", "pin the public API's TLS certificate by its `SHA256` (64 hex digits, as wedged prints it); needed for a self-signed certificate")
+	enroll := fs.String("enroll-token", "", "enrollment `TOKEN` the node's operator gave you (public API)")
+	tokenFile := adminTokenFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -41,25 +56,31 @@ func register(args []string) error {
 	if err := tags.Validate(); err != nil {
 		return usageError{fmt.Errorf("register: %w", err)}
 	}
+	a, err := registrationAPI(*apiURL, *fingerprint, *tokenFile, *enroll)
+	if err != nil {
+		return err
+	}
 	priv, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	reg, err := postRegistration(ctx, &http.Client{}, *apiURL, priv.PublicKey(), tags)
+	req := api.RegRequest{PublicKey: priv.PublicKey().String(), Pool: tags.Pool, Country: tags.Country, EnrollToken: *enroll}
+	reg, err := postRegistration(ctx, a, req)
 	if err != nil {
-		return err
+		return adminHint(err)
 	}
 	var conf bytes.Buffer
-	err = client.WriteConfig(&conf, priv, reg, client.WriteOptions{Family: *family, API: *apiURL, Keepalive: *keepalive})
+	fp, _ := pinned(*fingerprint)
+	err = client.WriteConfig(&conf, priv, reg, client.WriteOptions{Family: *family, API: *apiURL, Keepalive: *keepalive, Fingerprint: fp})
 	if err == nil && *out != "" {
 		err = atomicfile.WriteFile(*out, conf.Bytes(), 0o600)
 	}
 	if err != nil {
 		// The private key exists only here: without a config it is lost,
 		// so take the registration back rather than leave an orphan.
-		if derr := client.Unregister(ctx, &http.Client{}, *apiURL, reg.ID); derr != nil {
+		if derr := undo(ctx, a, reg); derr != nil {
 			fmt.Fprintf(os.Stderr, "wedge: could not undo registration %s: %v\n", reg.ID, derr)
 		}
 		return fmt.Errorf("register: %w", err)
@@ -85,21 +106,62 @@ func register(args []string) error {
 	return nil
 }
 
-// postRegistration registers pub with tags. A node older than tags ignores
-// them and answers without; then, if tags were asked for, the registration
-// is taken back and an error says why, rather than leave a client on an
-// egress it did not ask for.
-func postRegistration(ctx context.Context, hc *http.Client, apiURL string, pub wgtypes.Key, tags api.Tags) (api.Registration, error) {
-	want := api.Tags{Pool: tags.Pool, Country: tags.Country}
-	r, err := client.Register(ctx, hc, apiURL, pub, want)
-	if err != nil || tags == (api.Tags{}) || (r.Tags != nil && *r.Tags == want) {
+// pinned checks a --fingerprint ("" is none).
+func pinned(fp string) (string, error) {
+	if fp == "" {
+		return "", nil
+	}
+	return client.ParseFingerprint(fp)
+}
+
+// registrationAPI is the API a registration goes to: the public API for
+// an https:// URL (no admin token is ever sent there), the admin API with
+// the admin token for an http:// one.
+func registrationAPI(url, fingerprint, tokenFile, enroll string) (*client.API, error) {
+	fp, err := pinned(fingerprint)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("register: --fingerprint: %w", err)}
+	}
+	switch {
+	case strings.HasPrefix(url, "https://"):
+		return &client.API{URL: url, HTTP: client.HTTPClient(fp)}, nil
+	case strings.HasPrefix(url, "http://"):
+		if fp != "" || enroll != "" {
+			return nil, usageError{errors.New("register: --fingerprint and --enroll-token are for the public API, an https:// URL")}
+		}
+		return adminAPI(url, tokenFile)
+	}
+	return nil, usageError{fmt.Errorf("register: --api %q: want an https:// (public API) or http:// (admin API) URL", url)}
+}
+
+// undo takes a registration back: with its own token on the public API,
+// with the admin token on the admin API.
+func undo(ctx context.Context, a *client.API, reg api.Registration) error {
+	u := *a
+	if strings.HasPrefix(a.URL, "https://") {
+		u.Token = reg.Token
+	}
+	return u.Delete(ctx, reg.ID)
+}
+
+// postRegistration registers with req. A node older than tags ignores
+// them and answers without; then, if tags were asked for, the
+// registration is taken back and an error says why, rather than leave a
+// client on an egress it did not ask for. Tags the client did not ask
+// for (an enrollment token's pool) are the node's to give.
+func postRegistration(ctx context.Context, a *client.API, req api.RegRequest) (api.Registration, error) {
+	r, err := a.Register(ctx, req)
+	if err != nil || (req.Pool == "" && req.Country == "") {
 		return r, err
 	}
-	err = fmt.Errorf("register: the node at %s ignored the tags (it predates egress tags); registration undone", apiURL)
-	if r.Tags != nil {
-		err = fmt.Errorf("register: the node at %s stored pool %q, country %q, not the tags asked for; registration undone", apiURL, r.Tags.Pool, r.Tags.Country)
+	if r.Tags != nil && (req.Pool == "" || r.Tags.Pool == req.Pool) && (req.Country == "" || r.Tags.Country == req.Country) {
+		return r, nil
 	}
-	if derr := client.Unregister(ctx, hc, apiURL, r.ID); derr != nil {
+	err = fmt.Errorf("register: the node at %s ignored the tags (it predates egress tags); registration undone", a.URL)
+	if r.Tags != nil {
+		err = fmt.Errorf("register: the node at %s stored pool %q, country %q, not the tags asked for; registration undone", a.URL, r.Tags.Pool, r.Tags.Country)
+	}
+	if derr := undo(ctx, a, r); derr != nil {
 		err = errors.Join(err, fmt.Errorf("could not undo registration %s: %w", r.ID, derr))
 	}
 	return api.Registration{}, err

@@ -24,8 +24,20 @@ import (
 	"github.com/wedge-edge/wedge/server/registry"
 )
 
-// apiNode serves a real node's API over HTTP on a fresh store.
+// apiNode serves a real node's admin API over HTTP on a fresh store.
 func apiNode(t *testing.T) (string, registry.Store) {
+	t.Helper()
+	n, st := testNode(t)
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config.Handler = n.AdminHandler(server.AdminConfig{Token: testToken(t), Addr: srv.Listener.Addr().String()})
+	srv.Start()
+	t.Setenv("WEDGE_ADMIN_TOKEN", adminTok)
+	t.Cleanup(srv.Close)
+	return srv.URL, st
+}
+
+// testNode is a real node on a fresh store.
+func testNode(t *testing.T) (*server.Node, registry.Store) {
 	t.Helper()
 	st, err := registry.OpenBolt(filepath.Join(t.TempDir(), "reg.db"), registry.DefaultPools)
 	if err != nil {
@@ -42,9 +54,18 @@ func apiNode(t *testing.T) (string, registry.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(n.Handler())
-	t.Cleanup(func() { srv.Close(); n.Close(); st.Close() })
-	return srv.URL, st
+	t.Cleanup(func() { n.Close(); st.Close() })
+	return n, st
+}
+
+const adminTok = "cmd-wedge-test-admin-token"
+
+func testToken(t *testing.T) server.AdminToken {
+	tok, err := server.NewAdminToken(adminTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
 
 func TestRegisterTags(t *testing.T) {
@@ -100,6 +121,7 @@ func TestRegisterOldNode(t *testing.T) {
 		}
 		raw, _ := json.Marshal(body)
 		req, _ := http.NewRequest(r.Method, api+r.URL.Path, strings.NewReader(string(raw)))
+		req.Header.Set("Authorization", r.Header.Get("Authorization"))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			http.Error(w, err.Error(), 502)

@@ -18,11 +18,21 @@ func status(args []string) error {
 	fs := flag.NewFlagSet("wedge status", flag.ContinueOnError)
 	apiURL := fs.String("api", "http://127.0.0.1:8080", "node API base `URL`")
 	asJSON := fs.Bool("json", false, "print the raw JSON report")
+	tokenFile := adminTokenFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	tok, err := adminToken(*tokenFile)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
 	hc := &http.Client{Timeout: 10 * time.Second}
-	resp, err := hc.Get(strings.TrimSuffix(*apiURL, "/") + "/v1/status")
+	req, err := http.NewRequest(http.MethodGet, strings.TrimSuffix(*apiURL, "/")+"/v1/status", nil)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	setBearer(req, tok)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -32,7 +42,7 @@ func status(args []string) error {
 		return fmt.Errorf("status: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status: %s: %s", resp.Status, strings.TrimSpace(string(raw)))
+		return adminHint(fmt.Errorf("status: %s: %s", resp.Status, strings.TrimSpace(string(raw))))
 	}
 	if *asJSON {
 		os.Stdout.Write(raw)

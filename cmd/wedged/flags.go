@@ -64,6 +64,7 @@ type config struct {
 	egressPool   string
 
 	budget budgetFlags
+	apis   apiFlags
 
 	etcdRequireTLS bool
 }
@@ -74,6 +75,7 @@ func flags(args []string) (*config, error) {
 	fs.Usage = func() { usage(fs) }
 	c.nodeFlags(fs)
 	c.budget.register(fs)
+	c.apis.register(fs)
 	c.clusterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -92,8 +94,11 @@ func flags(args []string) (*config, error) {
 func usage(fs *flag.FlagSet) {
 	fmt.Fprintf(fs.Output(), `Usage: wedged [flags]
        wedged genkey FILE    write a new service private key (mode 0600)
+       wedged fingerprint [STATE-DIR | CERT-FILE]
+                             print the public API certificate's SHA-256 (what clients pin)
 
-Runs a wedge node: WireGuard on UDP --listen, the registration API on --api,
+Runs a wedge node: WireGuard on UDP --listen, the admin API on --api (and
+the public client API on --api-public),
 every inner flow terminated and re-originated from the --egress addresses.
 With no flags it keeps its state in /var/lib/wedge and needs root.
 
@@ -113,7 +118,7 @@ func (c *config) nodeFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.configFile, "config", "", "read settings from `FILE` (key = value lines, keys are these flag names)")
 	fs.StringVar(&c.state, "state", "/var/lib/wedge", "`DIR` for the embedded store and the service key")
 	fs.UintVar(&c.listen, "listen", 51820, "WireGuard UDP `PORT`, on all addresses, IPv4 and IPv6")
-	fs.StringVar(&c.api, "api", "127.0.0.1:8080", "registration and status HTTP API `ADDR`ess (keep it private: it registers anyone who reaches it)")
+	fs.StringVar(&c.api, "api", "127.0.0.1:8080", "admin HTTP API `ADDR`ess (status, nodes, any registration; needs the admin token, see --admin-token-file; keep it private)")
 	fs.Var(&c.endpoints, "endpoint", "`HOST:PORT` advertised to clients (repeatable, v4 and v6; default: the host's first global IPv4 and IPv6 address with --listen)")
 	fs.Var(&c.egress, "egress", "egress source `IP` for re-originated flows (repeatable, one per family is used; default: the host's own, chosen by route)")
 	fs.StringVar(&c.egressPorts, "egress-ports", "", "this node's source-port slice `LO-HI` (default: the kernel's ephemeral range; must lie inside net.ipv4.ip_local_port_range)")

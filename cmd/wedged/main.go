@@ -15,13 +15,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/wedge-edge/wedge/server"
 )
@@ -29,6 +25,10 @@ import (
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "genkey" {
 		genkey(os.Args[2:])
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "fingerprint" {
+		fingerprint(os.Args[2:])
 		return
 	}
 	c, err := flags(os.Args[1:])
@@ -104,56 +104,4 @@ func run(c *config) error {
 		return err
 	}
 	return serve(ctx, c, s, node)
-}
-
-// servePprof serves Go's /debug/pprof on addr, if set.
-func servePprof(addr string) error {
-	if addr == "" {
-		return nil
-	}
-	pl, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("--pprof: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	go http.Serve(pl, mux)
-	return nil
-}
-
-// serve serves the node's API on --api until ctx ends (a signal), the
-// device stops or the API fails, then shuts the API down.
-func serve(ctx context.Context, c *config, s *settings, node *server.Node) error {
-	ln, err := net.Listen("tcp", c.api)
-	if err != nil {
-		return fmt.Errorf("--api: %w", err)
-	}
-	srv := &http.Server{Handler: node.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	s.log.Info("node up", "api", "http://"+c.api, "listen", c.listen, "endpoints", s.endpoints, "egress", c.egress, "egress_ports", c.egressPorts, "state", c.state)
-	fmt.Fprintf(os.Stderr, `
-wedge node %s is up. Register a client with:
-
-    wedge register --api http://%s --out wedge.conf
-    wg-quick up ./wedge.conf
-
-`, c.name, c.api)
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-		s.log.Info("shutting down")
-	case <-node.Wait():
-		runErr = errors.New("wireguard device stopped")
-	case err := <-serveErr:
-		runErr = fmt.Errorf("api: %w", err)
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	srv.Shutdown(sctx)
-	return runErr
 }

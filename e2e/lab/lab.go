@@ -108,6 +108,11 @@ type Lab struct {
 	ID string
 	// Dir holds the lab's logs, configs and state directories.
 	Dir string
+	// AdminToken is the admin token of every wedged the lab starts
+	// (AdminTokenFile); every command the lab runs has it in
+	// WEDGE_ADMIN_TOKEN, so `wedge status`, `drain` and `register` on a
+	// node's admin API work as before the API took a token.
+	AdminToken string
 
 	owner Cleaner
 
@@ -139,7 +144,15 @@ func New(owner Cleaner) (*Lab, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	l := &Lab{ID: id, Dir: dir, owner: owner, cmdlog: cmdlog}
+	var tok [32]byte
+	if _, err := rand.Read(tok[:]); err != nil {
+		return nil, fmt.Errorf("lab: admin token: %w", err)
+	}
+	l := &Lab{ID: id, Dir: dir, owner: owner, cmdlog: cmdlog, AdminToken: hex.EncodeToString(tok[:])}
+	if err := os.WriteFile(l.AdminTokenFile(), []byte(l.AdminToken+"\n"), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("lab: %w", err)
+	}
 	// Claim the id for this process, so that SweepStale can tell a lab
 	// whose process died (a test timeout, a kill) from a live one.
 	if err := os.MkdirAll(claimDir, 0o755); err == nil {
@@ -148,6 +161,20 @@ func New(owner Cleaner) (*Lab, error) {
 	madeIDs.Store(id, true)
 	owner.Cleanup(l.cleanup)
 	return l, nil
+}
+
+// AdminTokenFile is the file holding AdminToken (mode 0600), which
+// StartWedged gives wedged as --admin-token-file.
+func (l *Lab) AdminTokenFile() string { return filepath.Join(l.Dir, "admin.token") }
+
+// env is the environment of the lab's processes: labEnv and the admin
+// token.
+func (l *Lab) env() []string {
+	env := labEnv()
+	if l.AdminToken != "" {
+		env = append(env, "WEDGE_ADMIN_TOKEN="+l.AdminToken)
+	}
+	return env
 }
 
 // madeIDs holds the id of every Lab this process made.

@@ -145,7 +145,7 @@ func (ns *NS) pidOf(names ...string) int {
 // (ip netns exec). The caller sets its environment, output and so on.
 func (ns *NS) Command(ctx context.Context, argv ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
-	cmd.Env = labEnv()
+	cmd.Env = ns.lab.env()
 	// Daemons (wireguard-go under wg-quick) inherit stdout/stderr: do not
 	// wait for them to close it.
 	cmd.WaitDelay = 5 * time.Second

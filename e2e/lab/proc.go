@@ -48,7 +48,7 @@ func (ns *NS) Start(name string, env []string, argv ...string) (*Proc, error) {
 
 	// Not CommandContext: the process outlives the call.
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
-	cmd.Env = append(labEnv(), env...)
+	cmd.Env = append(l.env(), env...)
 	cmd.Stdout = f
 	cmd.Stderr = f
 	// Setpgid: Stop signals the whole group. No Pdeathsig: it fires when

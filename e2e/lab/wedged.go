@@ -27,6 +27,8 @@ type Wedged struct {
 	Iface string
 	// State is the --state directory.
 	State string
+
+	token string // the admin token HTTPClient sends
 }
 
 // StartWedged runs wedged (the binary at bin) in ns with args, and waits
@@ -34,7 +36,8 @@ type Wedged struct {
 // taken from an --api argument (default DefaultAPI). wedged is stopped with
 // SIGTERM by the lab's cleanup, or by w.Proc.Stop().
 func StartWedged(ns *NS, bin string, args ...string) (*Wedged, error) {
-	w := &Wedged{NS: ns, API: "http://" + DefaultAPI}
+	w := &Wedged{NS: ns, API: "http://" + DefaultAPI, token: ns.lab.AdminToken}
+	tokenGiven := false
 	for i, a := range args {
 		val := func(flag string) (string, bool) {
 			if v, ok := strings.CutPrefix(a, flag+"="); ok {
@@ -55,7 +58,18 @@ func StartWedged(ns *NS, bin string, args ...string) (*Wedged, error) {
 			if v, ok := val(prefix + "state"); ok {
 				w.State = v
 			}
+			if v, ok := val(prefix + "admin-token-file"); ok {
+				tokenGiven = true
+				if b, err := os.ReadFile(v); err == nil {
+					w.token = strings.TrimSpace(string(b))
+				}
+			}
 		}
+	}
+	if !tokenGiven {
+		// The lab's token: every wedged of a lab takes the same one, and
+		// every command the lab runs has it (Lab.AdminToken).
+		args = append(args, "--admin-token-file", ns.lab.AdminTokenFile())
 	}
 	p, err := ns.Start("wedged", nil, append([]string{bin}, args...)...)
 	if err != nil {
@@ -131,15 +145,30 @@ func (w *Wedged) Show() (string, error) {
 }
 
 // HTTPClient returns a client whose connections are made inside the
-// namespace wedged runs in, for calling the API directly.
+// namespace wedged runs in, for calling the admin API directly; it sends
+// the lab's admin token with every request.
 func (w *Wedged) HTTPClient() *http.Client {
 	return &http.Client{
-		Transport: &http.Transport{
+		Transport: bearer{token: w.token, next: &http.Transport{
 			DialContext:       w.NS.DialContext,
 			DisableKeepAlives: true,
-		},
+		}},
 		Timeout: 10 * time.Second,
 	}
+}
+
+// bearer adds "Authorization: Bearer token" to requests that carry none.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	if b.token != "" && r.Header.Get("Authorization") == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+b.token)
+	}
+	return b.next.RoundTrip(r)
 }
 
 // Register runs `wedge register --api <API> --out FILE` in the wedged
