@@ -15,6 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wedge-edge/wedge/internal/clientid"
+	"github.com/wedge-edge/wedge/internal/testutil"
 	"github.com/wedge-edge/wedge/server/registry"
 )
 
@@ -220,6 +221,8 @@ func TestRecoveryAuthenticatedEndpoint(t *testing.T) {
 			t.Fatal("no initiation reached the authenticated endpoint in 10 s")
 		}
 	}
+	// The counter is bumped after the initiation is on its way: wait for it.
+	testutil.WaitFor(t, 5*time.Second, "the recovery to be counted", func() bool { return n.recovered.Load() >= 1 })
 	if r := n.recovered.Load(); r != 1 {
 		t.Fatalf("%d recoveries started, want 1", r)
 	}
