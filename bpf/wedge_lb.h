@@ -75,6 +75,12 @@
 #define CONFIG_EGRESS (1U << 3)
 /* node.flags */
 #define NODE_VALID (1U << 0)
+/* The entry of a departed node's slot, for a while after it left (its
+ * lease gone): not valid (pins, flows, the table and egress slices treat
+ * it as gone), but a tagged session index of that slot is sent to
+ * underlay4, its heir's address (or delivered here when that is this
+ * node's own). Written by lb.Front; see bpf/README.md, Heirs. */
+#define NODE_HEIR (1U << 1)
 
 /* Egress addresses and the data centers they can belong to. */
 #define MAX_EGRESS4 (1 << 16)
@@ -132,9 +138,9 @@ struct flow_key {
 };
 
 /* Indexes into struct counters. Every packet increments exactly one verdict
- * counter; PIN_HIT, FLOW_HIT, PIN_STALE and INDEX_HIT are counted in
- * addition to the verdict (at most one of them per packet), and INDEX_BAD
- * too (alone, or with FLOW_HIT). Keep in sync with counterNames in
+ * counter; PIN_HIT, FLOW_HIT, PIN_STALE, INDEX_HIT and INDEX_HEIR are
+ * counted in addition to the verdict (at most one of them per packet), and
+ * INDEX_BAD too (alone, or with FLOW_HIT). Keep in sync with counterNames in
  * lb/xdp.go; new counters go at the end. */
 enum counter {
 	CNT_NOT_OURS = 0, /* verdict: not WireGuard to a VIP nor GUE to us: PASS */
@@ -151,12 +157,13 @@ enum counter {
 	CNT_DECAP_REJECT, /* verdict: GUE from an unknown source or bad inner: DROP */
 	CNT_PIN_STALE,    /* extra: a pin names a node that is not valid; the table decided */
 	CNT_INDEX_HIT,    /* extra: owner taken from the slot of a tagged receiver index */
-	CNT_INDEX_BAD,    /* extra: receiver index with a slot but a wrong check; flows decided */
+	CNT_INDEX_BAD,    /* extra: unstamped, receiver index with a slot but a wrong check; flows decided */
 	CNT_EGRESS,       /* extra: return traffic to an egress address of this data center */
 	CNT_EGRESS_DC,    /* extra: return traffic to another data center's egress address */
 	CNT_EGRESS_UNSLICED, /* extra: to an egress address of ours, port in no slice: PASS */
 	CNT_RETARGET,     /* verdict: GUE from a peer for another node's slice, sent on: TX */
 	CNT_DECAP_REFUSED, /* verdict: GUE from a peer whose inner packet no node may be sent: DROP */
+	CNT_INDEX_HEIR,   /* extra: a tagged receiver index of a departed node's slot, sent to its heir */
 	CNT_MAX,
 };
 

@@ -5,12 +5,13 @@
  * xdp_lb: the XDP front of a wedge node. See README.md in this directory for
  * the packet walk, the maps and the counters.
  *
- * WireGuard to a VIP is steered to the node that owns the client:
- *   ClientID != 0: pins[cid] if its node is valid (or is this node), else
- *                  maglev[fmix32(cid) % TABLE_SIZE]
- *   ClientID == 0: the slot of a tagged receiver index (responses, cookie
- *                  replies, data), else flows[src addr, src port], else
- *                  deliver locally
+ * WireGuard to a VIP is steered to the node that owns the client's session:
+ *   ClientID != 0: the slot of a tagged receiver index (responses, cookie
+ *                  replies, data) if its node is valid, is this node or has
+ *                  an heir, else pins[cid] if its node is valid (or is this
+ *                  node), else maglev[fmix32(cid) % TABLE_SIZE]
+ *   ClientID == 0: the slot of a tagged receiver index, else
+ *                  flows[src addr, src port], else deliver locally
  * and, when the owner is another node, sent back out (XDP_TX) inside a GUE
  * variant 1 (IP in UDP) packet to the owner's underlay address. The owner
  * strips that outer header here too and passes the inner packet up.
@@ -282,7 +283,10 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config *cfg,
 
 /* deliver passes up a packet that node owner owns, or sends it there.
  * entropy picks the outer source port (receiver RSS); extra and bad are
- * counted with the verdict (see verdict2). */
+ * counted with the verdict (see verdict2). An owner taken from a tagged
+ * index (extra CNT_INDEX_HIT) whose entry is a departed node's with an heir
+ * goes to the heir, counted as CNT_INDEX_HEIR instead; anything else that
+ * names a node not valid stays here (no_node). */
 static __always_inline int deliver(struct xdp_md *ctx, const struct config *cfg,
 				   __u32 owner, __u32 ip_len, __u32 entropy, __u32 extra,
 				   __u32 bad)
@@ -292,9 +296,30 @@ static __always_inline int deliver(struct xdp_md *ctx, const struct config *cfg,
 
 	struct node *n = bpf_map_lookup_elem(&nodes, &owner);
 
-	if (!n || !(n->flags & NODE_VALID))
+	if (!n)
 		return verdict2(CNT_NO_NODE, extra, bad, XDP_PASS);
+	if (!(n->flags & NODE_VALID)) {
+		if (extra != CNT_INDEX_HIT || !(n->flags & NODE_HEIR))
+			return verdict2(CNT_NO_NODE, extra, bad, XDP_PASS);
+		extra = CNT_INDEX_HEIR;
+		if (n->underlay4 == cfg->self_underlay4)
+			return verdict2(CNT_LOCAL, extra, bad, XDP_PASS);
+	}
 	return encap(ctx, cfg, n->underlay4, ip_len, entropy, extra, bad);
+}
+
+/* index_hash is the hash whose top nibble is the check of receiver index
+ * ridx with slot slot (server/wgmsg: fmix32(r ^ key ^ slot << 20)). */
+static __always_inline __u32 index_hash(const struct config *cfg, __u32 ridx, __u32 slot)
+{
+	return fmix32((ridx & INDEX_RANDOM_MASK) ^ cfg->index_key ^ (slot << INDEX_CHECK_SHIFT));
+}
+
+/* index_tagged reports whether ridx's check (bits 20..23) is the top nibble
+ * of its index_hash h. */
+static __always_inline int index_tagged(__u32 ridx, __u32 h)
+{
+	return ((h ^ (ridx << (28 - INDEX_CHECK_SHIFT))) >> 28) == 0;
 }
 
 /* pin_bit reports whether ClientID cid (0 < cid < 1<<24) may have a pin. */
@@ -309,14 +334,68 @@ static __always_inline int pin_bit(const struct config *cfg, __u32 cid)
 	return bits && ((*bits >> (cid % 64)) & 1);
 }
 
-/* steer_stamped picks the owner of a packet stamped with ClientID cid: its
- * pin while the pinned node is valid (or is this node), else the table. The
- * outer source port's entropy is fmix32(cid), stable across NAT rebinding. */
-static __always_inline int steer_stamped(struct xdp_md *ctx, const struct config *cfg,
-					 __u32 cid, __u32 ip_len)
+/* What the parser hands to owner selection. */
+struct wg_pkt {
+	struct flow_key key; /* the source, for unstamped clients only */
+	__u32 cid;           /* ClientID, 0 when not stamped */
+	__u32 ip_len;        /* length of the whole IP packet, from its header */
+	__u32 wg_off;        /* where the WireGuard message starts */
+};
+
+/* wg_receiver is the receiver index of the plausible WireGuard message at
+ * offset off of the frame: the little-endian u32 at byte 8 of a response,
+ * at byte 4 of a cookie reply or data message; 0 (untagged) for an
+ * initiation. Read in owner selection rather than in the parsers, and only
+ * while config.flags has CONFIG_INDEX. */
+static __always_inline __u32 wg_receiver(struct xdp_md *ctx, __u32 off)
 {
-	__u32 h = fmix32(cid), extra = CNT_NONE, zero = 0, owner, slot;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	/* off is at most 14 + 60 + 8; the mask tells the verifier so. */
+	__u8 *wg = data + (off & 0xff);
+
+	/* For the verifier only: a plausible message of these types is at
+	 * least 32 bytes, all of them inside the frame. */
+	if ((void *)(wg + WG_RESPONSE_RECEIVER_OFF + 4) > data_end || wg[0] == WG_INITIATION)
+		return 0;
+	if (wg[0] == WG_RESPONSE)
+		return *(const __u32 *)(wg + WG_RESPONSE_RECEIVER_OFF);
+	return *(const __u32 *)(wg + WG_RECEIVER_OFF);
+}
+
+/* steer_stamped picks the owner of a packet stamped with ClientID cid: the
+ * node whose slot a tagged receiver index names (the node that made the
+ * session, whatever the table became since) while that node is valid, is
+ * this node or has an heir; else its pin while the pinned node is valid (or
+ * is this node), else the table. Initiations carry no receiver index: they
+ * always go by pin or table. An index with a wrong check is not counted
+ * (index_bad is for unstamped packets). The outer source port's entropy is
+ * fmix32(cid), stable for the client across NAT rebinding and sessions. */
+static __always_inline int steer_stamped(struct xdp_md *ctx, const struct config *cfg,
+					 const struct wg_pkt *p)
+{
+	__u32 cid = p->cid, h = fmix32(cid), extra = CNT_NONE, zero = 0, owner, slot;
 	__u32 *v;
+
+	if (cfg->flags & CONFIG_INDEX) {
+		__u32 ridx = wg_receiver(ctx, p->wg_off);
+
+		slot = ridx >> INDEX_SLOT_SHIFT;
+		if (slot && index_tagged(ridx, index_hash(cfg, ridx, slot))) {
+			owner = slot;
+			extra = CNT_INDEX_HIT;
+			if (owner == cfg->self)
+				goto found;
+
+			struct node *n = bpf_map_lookup_elem(&nodes, &owner);
+
+			if (n && (n->flags & (NODE_VALID | NODE_HEIR)))
+				goto found;
+			/* The session's node is gone, its heir too: the
+			 * ClientID decides. */
+			extra = CNT_NONE;
+		}
+	}
 
 	if (pin_bit(cfg, cid)) {
 		v = bpf_map_lookup_elem(&pins, &cid);
@@ -345,41 +424,13 @@ static __always_inline int steer_stamped(struct xdp_md *ctx, const struct config
 		return verdict(CNT_NO_TABLE, extra, XDP_PASS);
 	owner = *v;
 found:
-	return deliver(ctx, cfg, owner, ip_len, h, extra, 0);
-}
-
-/* What the parser hands to owner selection. */
-struct wg_pkt {
-	struct flow_key key; /* the source, for unstamped clients only */
-	__u32 cid;           /* ClientID, 0 when not stamped */
-	__u32 ip_len;        /* length of the whole IP packet, from its header */
-	__u32 wg_off;        /* where the WireGuard message starts (unstamped only) */
-};
-
-/* wg_receiver is the receiver index of the plausible WireGuard message at
- * offset off of the frame: the little-endian u32 at byte 8 of a response,
- * at byte 4 of a cookie reply or data message; 0 (untagged) for an
- * initiation. Read here rather than in the parsers, so that the stamped
- * path's code stays as it was. */
-static __always_inline __u32 wg_receiver(struct xdp_md *ctx, __u32 off)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	/* off is at most 14 + 60 + 8; the mask tells the verifier so. */
-	__u8 *wg = data + (off & 0xff);
-
-	/* For the verifier only: a plausible message of these types is at
-	 * least 32 bytes, all of them inside the frame. */
-	if ((void *)(wg + WG_RESPONSE_RECEIVER_OFF + 4) > data_end || wg[0] == WG_INITIATION)
-		return 0;
-	if (wg[0] == WG_RESPONSE)
-		return *(const __u32 *)(wg + WG_RESPONSE_RECEIVER_OFF);
-	return *(const __u32 *)(wg + WG_RECEIVER_OFF);
+	return deliver(ctx, cfg, owner, p->ip_len, h, extra, 0);
 }
 
 /* steer_unstamped picks the owner of an unstamped packet: the node whose
- * slot a tagged receiver index names (the slot is the node index), else its
- * flow entry; without one it is delivered here. The outer source port's
+ * slot a tagged receiver index names (the slot is the node index; a
+ * departed node's heir while it has one, else delivered here: no_node),
+ * else its flow entry; without one it is delivered here. The outer source port's
  * entropy is the check's hash for a tagged index (stable for the session,
  * across NAT rebinding), else a hash of the flow key. */
 static __always_inline int steer_unstamped(struct xdp_md *ctx, const struct config *cfg,
@@ -391,11 +442,9 @@ static __always_inline int steer_unstamped(struct xdp_md *ctx, const struct conf
 		ridx = wg_receiver(ctx, p->wg_off);
 	slot = ridx >> INDEX_SLOT_SHIFT;
 	if (slot) {
-		__u32 h = fmix32((ridx & INDEX_RANDOM_MASK) ^ cfg->index_key ^
-				 (slot << INDEX_CHECK_SHIFT));
+		__u32 h = index_hash(cfg, ridx, slot);
 
-		/* The top nibble of h against bits 20..23 of the index. */
-		if (((h ^ (ridx << (28 - INDEX_CHECK_SHIFT))) >> 28) == 0) {
+		if (index_tagged(ridx, h)) {
 			owner = slot;
 			entropy = h;
 			extra = CNT_INDEX_HIT;
@@ -653,9 +702,9 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, const struct config *c
 
 	p->cid = wg_cid(wg);
 	p->ip_len = tot_len;
-	if (p->cid)
-		return STEER; /* the index and flow key are for unstamped clients only */
 	p->wg_off = (__u32)((void *)wg - data);
+	if (p->cid)
+		return STEER; /* the flow key is for unstamped clients only */
 	/* ::ffff:a.b.c.d */
 	((__u32 *)p->key.saddr)[2] = bpf_htonl(0x0000ffff);
 	((__u32 *)p->key.saddr)[3] = ip->saddr;
@@ -688,9 +737,9 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, const struct config *c
 
 	p->cid = wg_cid(wg);
 	p->ip_len = sizeof(*ip6) + payload_len;
+	p->wg_off = ETH_HLEN + sizeof(*ip6) + sizeof(*udp);
 	if (p->cid)
 		return STEER;
-	p->wg_off = ETH_HLEN + sizeof(*ip6) + sizeof(*udp);
 	__builtin_memcpy(p->key.saddr, ip6->saddr, sizeof(p->key.saddr));
 	p->key.sport = udp->source;
 	return STEER;
@@ -721,6 +770,6 @@ int xdp_lb(struct xdp_md *ctx)
 	if (act != STEER)
 		return act;
 	if (p.cid)
-		return steer_stamped(ctx, cfg, p.cid, p.ip_len);
+		return steer_stamped(ctx, cfg, &p);
 	return steer_unstamped(ctx, cfg, &p);
 }

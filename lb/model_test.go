@@ -26,6 +26,8 @@ import (
 //	                                 ▼
 //	                             node 1 "owner", underlay 198.18.0.2
 //	node 2: 198.18.0.3 (valid); node 3: 198.18.0.4 (entry present, not valid)
+//	node 4: departed, its heir is node 2; node 5: departed, its heir is
+//	        the running node itself (lb.Node.Heir)
 //
 // Node indexes are slots: a session index tagged (wgmsg.Tag, key
 // xIndexKey) with slot 1 belongs to node 1.
@@ -133,17 +135,26 @@ var (
 	xCIDPinnedTo3  = xCIDOwnedBy(0, 2) // table: self; pin: node 3, not valid
 	xCIDPinnedTo7  = xCIDOwnedBy(3, 1) // table: node 3, not valid; pin: node 7, never set
 	xCIDPinned4To2 = xCIDOwnedBy(1, 3) // table: node 1; pin: node 2 (v6 rows)
+	xCIDPinnedHeir = xCIDOwnedBy(1, 4) // table: node 1; pin: node 4, departed (heir: node 2)
 )
 
 // Unstamped clients with flow entries.
 var (
 	xFlowSelf    = netip.MustParseAddrPort("203.0.113.8:40000")
 	xFlowInvalid = netip.MustParseAddrPort("203.0.113.9:40000")
+	xFlowHeir    = netip.MustParseAddrPort("203.0.113.10:40000") // to node 4, departed
 )
 
 func xFlowAddr(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port())
 }
+
+// Slots of departed nodes in xBaseState: 4's heir is node 2, 5's the
+// running node.
+const (
+	xSlotHeir2    = 4
+	xSlotHeirSelf = 5
+)
 
 // xBaseState is the state of node self in the fixture cluster.
 func xBaseState(self uint32) *xState {
@@ -162,12 +173,14 @@ func xBaseState(self uint32) *xState {
 			xCIDPinnedTo3:  3,
 			xCIDPinnedTo7:  7,
 			xCIDPinned4To2: 2,
+			xCIDPinnedHeir: xSlotHeir2,
 		},
 		flows: map[netip.AddrPort]uint32{
 			xFlowAddr(xClient4):     1,
 			xFlowAddr(xClient6):     2,
 			xFlowAddr(xFlowSelf):    self,
 			xFlowAddr(xFlowInvalid): 3,
+			xFlowAddr(xFlowHeir):    xSlotHeir2,
 		},
 		// Egress steering is off (config.flags), but decapsulation
 		// reads the table: return traffic to our address may be
@@ -180,6 +193,9 @@ func xBaseState(self uint32) *xState {
 			s.peers[a] = uint32(i)
 		}
 	}
+	// Departed nodes' slots with an heir: node 2, and this node.
+	s.nodes[xSlotHeir2] = Node{Underlay4: xUnderlay[2], Heir: true}
+	s.nodes[xSlotHeirSelf] = Node{Underlay4: xUnderlay[self], Heir: true}
 	return s
 }
 
@@ -393,16 +409,22 @@ func (s *xState) steer(f, wg []byte, src netip.AddrPort, ipLen int) xWant {
 	key := xFlowAddr(src)
 	var owner, entropy uint32
 	indexed := false
-	if cid == 0 && s.indexKey != 0 {
-		// An unstamped response, cookie reply or data message whose
-		// receiver index is tagged goes to the node index of its slot;
-		// with a slot but a wrong check, the flows decide (index_bad).
+	if s.indexKey != 0 {
+		// A response, cookie reply or data message whose receiver index
+		// is tagged goes to the node index of its slot: always when
+		// unstamped; when stamped, while that node is this one, valid or
+		// a departed one's with an heir (else the ClientID decides). An
+		// unstamped one with a slot but a wrong check goes by the flows
+		// (index_bad); a stamped one by its ClientID, uncounted.
 		if idx, ok := xReceiver(wg); ok {
 			if slot, ok := wgmsg.SlotOf(idx, s.indexKey); ok {
-				counts["index_hit"]++
-				owner, indexed = uint32(slot), true
-				entropy = Hash(idx&wgmsg.IndexRandomMask ^ s.indexKey ^ uint32(slot)<<20)
-			} else if idx>>24 != 0 {
+				n := s.nodes[uint32(slot)]
+				if cid == 0 || uint32(slot) == s.self || n.Valid || n.Heir {
+					counts["index_hit"]++
+					owner, indexed = uint32(slot), true
+					entropy = Hash(idx&wgmsg.IndexRandomMask ^ s.indexKey ^ uint32(slot)<<20)
+				}
+			} else if idx>>24 != 0 && cid == 0 {
 				counts["index_bad"]++
 			}
 		}
@@ -438,23 +460,34 @@ func (s *xState) steer(f, wg []byte, src netip.AddrPort, ipLen int) xWant {
 	if owner == s.self {
 		return pass("local")
 	}
-	n, ok := s.nodes[owner]
-	if !ok || !n.Valid {
-		return pass("no_node")
+	n := s.nodes[owner]
+	if !n.Valid {
+		// A departed node's slot with an heir takes what a tagged
+		// index sends there (index_heir instead of index_hit), and
+		// nothing else.
+		if !indexed || !n.Heir {
+			return pass("no_node")
+		}
+		delete(counts, "index_hit")
+		counts["index_heir"]++
+		if n.Underlay4 == s.underlay() {
+			return pass("local")
+		}
 	}
 	if ipLen > 0xffff-28 {
 		return pass("encap_err")
 	}
 	counts["forwarded"]++
 	// The entropy of the outer source port, as bpf/README.md describes it:
-	// fmix32(cid); for a tagged index the check's hash (above); or for
+	// fmix32(cid) for a stamped packet, whatever chose its owner; for an
+	// unstamped one with a tagged index the check's hash (above); or for
 	// other unstamped clients fmix32 of the flow key's four address words
 	// XORed with its port, all loaded as the CPU (little endian here)
 	// loads them from the key's wire-order bytes.
 	switch {
-	case indexed:
 	case cid != 0:
 		entropy = Hash(cid)
+	case indexed:
 	default:
 		a := key.Addr().As16()
 		var p [2]byte

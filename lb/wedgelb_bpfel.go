@@ -27,7 +27,7 @@ type wedgeLBConfig struct {
 
 type wedgeLBCounters struct {
 	_ structs.HostLayout
-	N [20]uint64
+	N [21]uint64
 }
 
 type wedgeLBDc struct {

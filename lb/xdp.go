@@ -31,6 +31,7 @@ const (
 	configIndex   = 1 << 2 // route by tagged receiver indexes; set with a nonzero IndexKey
 	configEgress  = 1 << 3 // steer return traffic to egress addresses
 	nodeValid     = 1 << 0
+	nodeHeir      = 1 << 1 // a departed node's slot: tagged indexes go to Underlay4
 )
 
 // Limits of egress steering (bpf/wedge_lb.h).
@@ -68,6 +69,7 @@ var counterNames = [...]string{
 	"egress_unsliced",
 	"retarget",
 	"decap_refused",
+	"index_heir",
 }
 
 // One name per counter of struct counters (compile error otherwise).
@@ -212,6 +214,13 @@ func (o *Objects) writeConfig(v wedgeLBConfig, pins bool) error {
 type Node struct {
 	Underlay4 netip.Addr // where GUE packets for the node are sent
 	Valid     bool       // false: packets the node owns are delivered locally
+	// Heir (not Valid): the index is a departed node's slot, and
+	// Underlay4 is its heir's address. Packets whose tagged receiver
+	// index names the slot go to the heir (delivered here when Underlay4
+	// is this node's own underlay), counted as index_heir; everything
+	// else (pins, flows, the table, egress slices) treats the entry as
+	// not valid.
+	Heir bool
 }
 
 // SetNode sets the entry of node index idx. Entries never set are invalid.
@@ -219,13 +228,19 @@ func (o *Objects) SetNode(idx uint32, n Node) error {
 	if idx >= XDPMaxNodes {
 		return fmt.Errorf("lb: node index %d out of range [0, %d)", idx, XDPMaxNodes)
 	}
+	if n.Valid && n.Heir {
+		return fmt.Errorf("lb: node %d: an entry is valid or an heir's, not both", idx)
+	}
 	var v wedgeLBNode
-	if n.Valid {
+	if n.Valid || n.Heir {
 		if !n.Underlay4.Is4() {
 			return fmt.Errorf("lb: node %d: underlay %s is not an IPv4 address", idx, n.Underlay4)
 		}
 		v.Underlay4 = be32(n.Underlay4)
 		v.Flags = nodeValid
+		if n.Heir {
+			v.Flags = nodeHeir
+		}
 	}
 	if err := o.objs.Nodes.Update(idx, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("lb: set node %d: %w", idx, err)
@@ -474,8 +489,8 @@ func (o *Objects) DeleteFlow(src netip.AddrPort) error {
 // Counters returns the program's counters summed over all CPUs, by name:
 // not_ours, malformed, local, forwarded, pin_hit, flow_hit, fallback,
 // no_node, no_table, encap_err, decap, decap_reject, pin_stale, index_hit,
-// index_bad, egress, egress_dc, egress_unsliced, retarget. See
-// bpf/README.md.
+// index_bad, egress, egress_dc, egress_unsliced, retarget, decap_refused,
+// index_heir. See bpf/README.md.
 func (o *Objects) Counters() (map[string]uint64, error) {
 	var perCPU []wedgeLBCounters
 	if err := o.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {
