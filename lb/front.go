@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf/link"
 )
@@ -30,6 +31,10 @@ type Member struct {
 	// tagged index to it. 0: no slot (a standalone node): the node gets a
 	// free index counted down from 255.
 	Slot uint8
+	// Draining: the node is draining (its cluster state, which every
+	// front sees alike, unlike Active). A draining node is nobody's heir
+	// (HeirOf).
+	Draining bool
 }
 
 // FrontConfig is what a Front is started with.
@@ -46,7 +51,12 @@ type FrontConfig struct {
 	// private key). Not 0: the program routes unstamped responses, cookie
 	// replies and data messages by the slot of their tagged receiver index.
 	IndexKey uint32
-	Log      *slog.Logger
+	// HeirWindow is how long the slot of a member that left keeps
+	// sending what its tagged session indexes carry to its heir (HeirOf)
+	// instead of treating it as gone: 0 is DefaultHeirWindow, negative
+	// turns heirs off. See Update.
+	HeirWindow time.Duration
+	Log        *slog.Logger
 }
 
 // Front turns cluster membership into the XDP program's maps: a node
@@ -68,6 +78,13 @@ type Front struct {
 	link     link.Link
 	egress   egressState // SetEgress
 	selfIdx  uint32      // this node's index in the last config written
+
+	heirWindow   time.Duration
+	departed     map[uint32]*departure // departed members' slots in their heir window
+	heirTimer    *time.Timer           // ends the next heir window
+	heirTimerOff bool                  // tests: windows end only in refreshHeirs
+	now          func() time.Time
+	closed       bool
 }
 
 // frontMaps are the writes Update makes; *Objects has them.
@@ -110,7 +127,11 @@ func newFront(maps frontMaps, cfg FrontConfig) (*Front, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	f := &Front{maps: maps, cfg: cfg, log: cfg.Log, index: map[string]uint32{}, members: map[string]Member{},
-		selfSlot: cfg.SelfSlot, pins: map[uint32]uint32{}}
+		selfSlot: cfg.SelfSlot, pins: map[uint32]uint32{},
+		heirWindow: cfg.HeirWindow, departed: map[uint32]*departure{}, now: time.Now}
+	if f.heirWindow == 0 {
+		f.heirWindow = DefaultHeirWindow
+	}
 	if err := f.Update([]Member{{ID: cfg.Self, Underlay: cfg.SelfUnderlay, Active: true, Slot: cfg.SelfSlot}}); err != nil {
 		return nil, err
 	}
@@ -146,6 +167,23 @@ func newFront(maps frontMaps, cfg FrontConfig) (*Front, error) {
 // then a table that names its new index finds no valid entry there, and
 // its packets are delivered here (no_node) rather than sent out to this
 // node's own underlay.
+//
+// Heirs: a member that leaves (its lease gone: dead, or shut down) while
+// holding its own slot as its index leaves sessions whose tagged indexes
+// name that slot. For HeirWindow its entry, once no member holds it,
+// points to the slot's heir (HeirOf, among the members listed) with the
+// Node.Heir flag: the program sends packets with such an index there, and
+// treats the entry as not valid for everything else (pins, flows, the
+// table, egress slices). The heir has no session for them yet (a later
+// step replicates each node's client endpoints to its heir so that it can
+// start their handshakes at once); until then it drops them as the node
+// ECMP picked would, and the client handshakes again by itself. A member
+// that claims the slot ends the heir's time at once (its own entry is
+// written as for any member); so does the end of the window (the entry is
+// cleared, and stamped packets go by their ClientID again), and an heir
+// that leaves or drains is replaced. Heir entries are written after the
+// departed member's pins are withdrawn and its index is out of the table,
+// so nothing but a tagged index ever names them.
 func (f *Front) Update(members []Member) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -162,6 +200,8 @@ func (f *Front) Update(members []Member) error {
 	} else {
 		want[f.cfg.Self] = Member{ID: f.cfg.Self, Underlay: f.cfg.SelfUnderlay, Slot: f.selfSlot}
 	}
+	now := f.now()
+	f.noteDepartures(want, now)
 	target, err := f.targets(want)
 	if err != nil {
 		return err
@@ -173,7 +213,7 @@ func (f *Front) Update(members []Member) error {
 		if err != nil {
 			return err
 		}
-		if err := f.apply(want, assign); err != nil {
+		if err := f.apply(want, assign, now); err != nil {
 			return err
 		}
 		if done {
@@ -183,11 +223,14 @@ func (f *Front) Update(members []Member) error {
 			return errors.New("lb: node indexes did not settle")
 		}
 	}
+	if err := f.refreshHeirs(now); err != nil {
+		return err
+	}
 	active := 0
 	if f.table != nil {
 		active = len(f.table.Backends())
 	}
-	f.log.Info("lb: membership applied", "members", len(want), "active", active, "pins", len(f.pins))
+	f.log.Info("lb: membership applied", "members", len(want), "active", active, "pins", len(f.pins), "heirs", len(f.departed))
 	return nil
 }
 
@@ -233,6 +276,9 @@ func (f *Front) targets(want map[string]Member) (map[string]uint32, error) {
 	held := make([]bool, XDPMaxNodes)
 	for _, i := range f.index {
 		held[i] = true
+	}
+	for i := range f.departed {
+		held[i] = true // an heir's while it can be
 	}
 	for _, id := range rest {
 		i, ok := topFree(taken, held)
@@ -321,8 +367,9 @@ func (f *Front) nextStep(want map[string]Member, target map[string]uint32) (assi
 }
 
 // apply makes the maps hold the members of want that assign gives an
-// index, at those indexes, in the order Update describes.
-func (f *Front) apply(want map[string]Member, assign map[string]uint32) error {
+// index, at those indexes, in the order Update describes. An index left
+// by a departed member gets its heir's entry (vacated).
+func (f *Front) apply(want map[string]Member, assign map[string]uint32, now time.Time) error {
 	self := f.cfg.Self
 	var ids []string
 	for _, id := range sortedKeys(want) {
@@ -430,7 +477,7 @@ func (f *Front) apply(want map[string]Member, assign map[string]uint32) error {
 			continue
 		}
 		if !inUse[cur] {
-			if err := f.maps.SetNode(cur, Node{}); err != nil {
+			if err := f.maps.SetNode(cur, f.vacated(cur, want, now)); err != nil {
 				return err
 			}
 		}
@@ -561,10 +608,16 @@ func (f *Front) Attach(iface string) error {
 	return nil
 }
 
-// Close detaches the program (if attached). The Objects stay open.
+// Close detaches the program (if attached) and stops ending heir windows.
+// The Objects stay open.
 func (f *Front) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.closed = true
+	if f.heirTimer != nil {
+		f.heirTimer.Stop()
+		f.heirTimer = nil
+	}
 	if f.link == nil {
 		return nil
 	}

@@ -233,7 +233,9 @@ func (m *xFakeMaps) check(op string) {
 	}
 	delete(named, m.cfg.Self)
 	for i := range named {
-		if n := m.nodes[i]; !n.Valid {
+		if n := m.nodes[i]; n.Heir {
+			m.t.Fatalf("after %s: node index %d, an heir's entry, is named by the table or a pin", op, i)
+		} else if !n.Valid {
 			if _, ok := m.pendingSelf[i]; !ok {
 				m.pendingSelf[i] = op
 			}
@@ -269,6 +271,9 @@ func (m *xFakeMaps) SetNode(i uint32, n Node) error {
 	old := m.nodes[i]
 	if m.named(i) && old.Valid && (!n.Valid || m.who[old.Underlay4] != m.who[n.Underlay4]) {
 		m.t.Fatalf("SetNode(%d): a named entry goes from %s to %s (valid %v)", i, m.who[old.Underlay4], m.who[n.Underlay4], n.Valid)
+	}
+	if n.Heir && (n.Valid || m.named(i) || m.who[n.Underlay4] == "") {
+		m.t.Fatalf("SetNode(%d): an heir's entry (to %v) that is valid, named by the table or a pin, or not a member's", i, n.Underlay4)
 	}
 	m.nodes[i] = n
 	m.check(fmt.Sprintf("SetNode(%d, %s %v)", i, m.who[n.Underlay4], n.Valid))

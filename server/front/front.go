@@ -59,6 +59,12 @@ type Config struct {
 	// Member is the cluster's membership; nil for a node alone, which
 	// owns every client.
 	Member *cluster.Membership
+	// HeirWindow is how long the slot of a node that left the data
+	// center sends the packets its sessions' tagged indexes carry to its
+	// heir (lb.HeirOf: the next node by slot that is not draining) rather
+	// than treating them as gone. 0: lb.DefaultHeirWindow (30 s);
+	// negative: off. See lb.Front.Update.
+	HeirWindow time.Duration
 	// Egress is the node's egress router; nil without an egress plan,
 	// when the front steers no return traffic.
 	Egress *egress.Router
@@ -93,7 +99,7 @@ func New(cfg Config) (*Front, error) {
 		return nil, errors.New("front: nil Log")
 	}
 	fc := lb.FrontConfig{WGPort: cfg.WGPort, GUEPort: cfg.GUEPort, Self: cfg.ID, SelfUnderlay: cfg.Underlay,
-		IndexKey: cfg.IndexKey, Log: cfg.Log}
+		IndexKey: cfg.IndexKey, HeirWindow: cfg.HeirWindow, Log: cfg.Log}
 	if cfg.Member != nil {
 		fc.SelfSlot = cfg.Member.Self().Slot
 	}
@@ -207,8 +213,8 @@ func (x *Front) Close() {
 }
 
 // Stats is the status report's xdp section: the program's counters, the
-// table's size, the pins, the egress addresses steered and, once
-// forwarding, the forwarder's counters.
+// table's size, the pins, the departed nodes' slots sent to an heir, the
+// egress addresses steered and, once forwarding, the forwarder's counters.
 func (x *Front) Stats() any {
 	m, err := x.objs.Counters()
 	if err != nil {
@@ -216,6 +222,7 @@ func (x *Front) Stats() any {
 	}
 	m["table_nodes"] = uint64(x.front.TableNodes())
 	m["pins"] = uint64(x.front.Pins())
+	m["heirs"] = uint64(x.front.Heirs())
 	m["egress_addresses"] = uint64(x.front.EgressEntries())
 	if f := x.fwd.Load(); f != nil {
 		f.stats(m)

@@ -42,8 +42,9 @@ func (v *memberView) members(ms []cluster.Member, now time.Time) ([]lb.Member, t
 		case cluster.Draining:
 			// A draining node leaves the table only once its pins are
 			// published: until then its clients would go elsewhere and
-			// lose their sessions.
+			// lose their sessions. It is nobody's heir (lb.HeirOf).
 			lm.Active = !m.Pinned
+			lm.Draining = true
 		}
 		if f := v.first[m.ID]; !f.IsZero() {
 			if wait := f.Add(joinGrace).Sub(now); wait > 0 {

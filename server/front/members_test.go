@@ -96,4 +96,15 @@ func TestMemberViewSlots(t *testing.T) {
 	if len(lms) != 2 || lms[0].Slot != 3 || lms[1].Slot != 200 {
 		t.Fatalf("front members %+v, want slots 3 and 200", lms)
 	}
+	// The drain mark, not the front's own view (a is still joining
+	// here), decides who may be an heir.
+	if lms[0].Draining || !lms[1].Draining || lms[0].Active {
+		t.Fatalf("front members %+v: want a joining (not active) and not draining, b draining", lms)
+	}
+	if h, ok := lb.HeirOf(200, lms); !ok || h.ID != "a" {
+		t.Fatalf("heir of b's slot: %+v, %v; want a", h, ok)
+	}
+	if _, ok := lb.HeirOf(3, lms); ok {
+		t.Fatal("draining b is the heir of a's slot")
+	}
 }
