@@ -360,6 +360,12 @@ func TestTokenStoredHashedEtcd(t *testing.T) {
 	e := etcdtest.Start(t)
 	sk, _ := wgtypes.GeneratePrivateKey()
 	a := newClusterNode(t, e, "a", sk)
+	// A node refuses registrations until it has seen etcd answer.
+	for deadline := time.Now().Add(10 * time.Second); !a.cfg.Cluster.Connected(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the node never saw etcd")
+		}
+	}
 	h := a.PublicHandler(PublicConfig{Open: true})
 	var toks []string
 	for range 2 {
