@@ -62,6 +62,7 @@ const (
 	HTTPPort   = 80
 	DNSPort    = 53
 	IperfPort  = 5201
+	EchoPort   = 7 // originsrv's TCP echo (interactive sessions)
 )
 
 // SingleNode is the client ↔ node ↔ origin lab pictured above.
@@ -155,7 +156,7 @@ func (s *SingleNode) StartOrigin(originsrv string) (*Origin, error) {
 func StartOrigin(ns *NS, originsrv string) (*Origin, error) {
 	srv, err := ns.Start("originsrv", nil, originsrv, "serve",
 		"-http", fmt.Sprintf(":%d", HTTPPort), "-dns", fmt.Sprintf(":%d", DNSPort),
-		"-name", OriginName, "-a", Origin4.Addr().String(), "-aaaa", Origin6.Addr().String())
+		"-echo", fmt.Sprintf(":%d", EchoPort), "-name", OriginName, "-a", Origin4.Addr().String(), "-aaaa", Origin6.Addr().String())
 	if err != nil {
 		return nil, err
 	}

@@ -1,11 +1,16 @@
 // Command originsrv is the wedge lab's origin server and its client-side
 // probe, one binary run inside lab namespaces (e2e/lab builds it).
 //
-//	originsrv serve [-http :80] [-dns :53] [-name N] [-a IP,...] [-aaaa IP,...]
+//	originsrv serve [-http :80] [-dns :53] [-echo :7] [-name N] [-a IP,...] [-aaaa IP,...]
 //	    HTTP: /ip answers the remote "ip:port" it saw, /bytes?n=N answers N
 //	    bytes of Pattern. DNS (UDP and TCP): A/AAAA for -name; for
 //	    whoami.wedge.test. the querier's address (A or AAAA by its family)
 //	    and TXT "ip:port". Everything else NXDOMAIN.
+//	    -echo: a TCP echo server.
+//	originsrv echo -to ADDR:PORT [-proxy socks5://H:P] [-size 512] [-every 20ms] [-d 10s]
+//	    an interactive session: a numbered message every interval, echoes
+//	    read back in order; prints {"sent","echoed","max_gap_ms",
+//	    "gap_at_ms","broken","err"} (see echo.go).
 //	originsrv get [-check N] URL
 //	    prints the body; with -check, reads it and prints
 //	    {"n","sha256","ok"} where ok means "N bytes of Pattern".
@@ -73,7 +78,7 @@ func main() {
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	log.SetPrefix("originsrv: ")
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood|hold|hostile [flags]")
+		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood|hold|hostile|echo [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -92,6 +97,8 @@ func main() {
 		err = hold(args)
 	case "hostile":
 		err = hostile(args)
+	case "echo":
+		err = echoSession(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}
@@ -122,6 +129,7 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	httpAddr := fs.String("http", ":80", "HTTP listen address (empty: none)")
 	dnsAddr := fs.String("dns", ":53", "DNS listen address, UDP and TCP (empty: none)")
+	echoAddr := fs.String("echo", "", "TCP echo listen address (empty: none)")
 	name := fs.String("name", "origin.wedge.test.", "name answered with -a/-aaaa")
 	var a4, a6 addrList
 	fs.Var(&a4, "a", "A answers for -name (comma-separated, repeatable)")
@@ -129,7 +137,7 @@ func serve(args []string) error {
 	fs.Parse(args)
 
 	z := &zone{name: dnsName(*name), a: a4, aaaa: a6}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	if *dnsAddr != "" {
 		pc, err := net.ListenPacket("udp", *dnsAddr)
 		if err != nil {
@@ -141,6 +149,13 @@ func serve(args []string) error {
 		}
 		go func() { errc <- z.serveUDP(pc) }()
 		go func() { errc <- z.serveTCP(ln) }()
+	}
+	if *echoAddr != "" {
+		ln, err := net.Listen("tcp", *echoAddr)
+		if err != nil {
+			return err
+		}
+		go func() { errc <- serveEcho(ln) }()
 	}
 	if *httpAddr != "" {
 		ln, err := net.Listen("tcp", *httpAddr)
