@@ -443,9 +443,12 @@ func (f *Front) apply(want map[string]Member, assign map[string]uint32, now time
 			return err
 		}
 		slots := t.Slots()
-		backends := t.Backends()
+		idx := make([]uint32, len(t.Backends())) // backend → node index
+		for b, id := range t.Backends() {
+			idx[b] = assign[id]
+		}
 		for i, b := range slots {
-			slots[i] = assign[backends[b]]
+			slots[i] = idx[b]
 		}
 		if err := f.maps.SetTable(slots); err != nil {
 			return err

@@ -307,8 +307,13 @@ func (m *xFakeMaps) DeletePin(cid uint32) error {
 func (m *xFakeMaps) SetTable(slots []uint32) error {
 	m.table = slices.Clone(slots)
 	m.inTable = map[uint32]bool{}
+	var seen [XDPMaxNodes]bool
 	for _, i := range slots {
-		m.inTable[i] = true
+		if i >= XDPMaxNodes {
+			m.inTable[i] = true
+		} else if !seen[i] {
+			seen[i], m.inTable[i] = true, true
+		}
 	}
 	m.check("SetTable")
 	return nil
