@@ -136,7 +136,7 @@ func TestClusterWedgedArgs(t *testing.T) {
 		"--endpoint":     {"192.0.2.1:51820", "[2001:db8:1::1]:51820"},
 		"--egress":       {"198.51.100.12", "2001:db8:5100::12"},
 		"--egress-ports": {"40000-49999"},
-		"--dns-upstream": {"198.18.0.2:53"},
+		"--dns-upstream": {"198.18.0.53:53"},
 		"--allow":        {"198.18.0.0/15", "2001:db8:18::/48"},
 		"--name":         {"wlabcdefn2"},
 		"--etcd":         {c.EtcdEndpoints()},

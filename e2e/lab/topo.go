@@ -44,6 +44,11 @@ var (
 	NodeUnder6 = netip.MustParsePrefix("2001:db8:18::1/64")
 	Origin4    = netip.MustParsePrefix("198.18.0.2/24")
 	Origin6    = netip.MustParsePrefix("2001:db8:18::2/64")
+	// Resolver4 is a second address of the origin that the nodes use as
+	// their DNS upstream (--dns-upstream). The egress ACL denies a node's
+	// upstream to its clients, so it must not be the address the clients
+	// reach the origin's servers on.
+	Resolver4 = netip.MustParsePrefix("198.18.0.53/24")
 
 	Egress4     = netip.MustParseAddr("198.51.100.10")
 	Egress6     = netip.MustParseAddr("2001:db8:5100::10")
@@ -64,6 +69,17 @@ const (
 	IperfPort  = 5201
 	EchoPort   = 7 // originsrv's TCP echo (interactive sessions)
 )
+
+// originDNSAddrs are the addresses originsrv answers DNS on: the origin's
+// own (clients query it through the tunnel) and Resolver4 (the nodes'
+// upstream).
+func originDNSAddrs() string {
+	var out []string
+	for _, a := range []netip.Addr{Origin4.Addr(), Origin6.Addr(), Resolver4.Addr()} {
+		out = append(out, netip.AddrPortFrom(a, DNSPort).String())
+	}
+	return strings.Join(out, ",")
+}
 
 // SingleNode is the client ↔ node ↔ origin lab pictured above.
 type SingleNode struct {
@@ -119,6 +135,7 @@ func NewSingleNode(l *Lab) (*SingleNode, error) {
 
 		func() error { return s.Origin.AddrAdd(OriginIf, Origin4) },
 		func() error { return s.Origin.AddrAdd(OriginIf, Origin6) },
+		func() error { return s.Origin.AddrAdd(OriginIf, Resolver4) },
 		func() error { return s.Origin.RouteAdd(EgressPool4, NodeUnder4.Addr()) },
 		func() error { return s.Origin.RouteAdd(EgressPool6, NodeUnder6.Addr()) },
 	}
@@ -155,7 +172,7 @@ func (s *SingleNode) StartOrigin(originsrv string) (*Origin, error) {
 // waits until they listen.
 func StartOrigin(ns *NS, originsrv string) (*Origin, error) {
 	srv, err := ns.Start("originsrv", nil, originsrv, "serve",
-		"-http", fmt.Sprintf(":%d", HTTPPort), "-dns", fmt.Sprintf(":%d", DNSPort),
+		"-http", fmt.Sprintf(":%d", HTTPPort), "-dns", originDNSAddrs(),
 		"-echo", fmt.Sprintf(":%d", EchoPort), "-name", OriginName, "-a", Origin4.Addr().String(), "-aaaa", Origin6.Addr().String())
 	if err != nil {
 		return nil, err

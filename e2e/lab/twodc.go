@@ -222,6 +222,7 @@ func NewTwoDC(l *Lab, nodesPerDC int) (*TwoDC, error) {
 		func() error { return inet.AddrAdd(RouterOriginIf, RouterOrigin6) },
 		func() error { return o.AddrAdd(OriginIf, Origin4) },
 		func() error { return o.AddrAdd(OriginIf, Origin6) },
+		func() error { return o.AddrAdd(OriginIf, Resolver4) },
 		func() error { return o.RouteAdd(Origins4, RouterOrigin4.Addr()) },
 		func() error { return o.RouteAdd(EgressPool4, RouterOrigin4.Addr()) },
 		func() error { return o.RouteAdd(ClusterOrigins6, RouterOrigin6.Addr()) },

@@ -98,7 +98,7 @@ func (s *SingleNode) WedgedArgs(extra ...string) []string {
 		"--egress", Egress4.String(),
 		"--egress", Egress6.String(),
 		"--egress-ports", "40000-49999", // inside the kernel's default ip_local_port_range
-		"--dns-upstream", netip.AddrPortFrom(Origin4.Addr(), DNSPort).String(),
+		"--dns-upstream", netip.AddrPortFrom(Resolver4.Addr(), DNSPort).String(),
 		"--allow", Origins4.String(),
 		"--allow", Origins6.String(),
 		"--name", s.Lab.IfName(),

@@ -128,7 +128,7 @@ func (l *addrList) Set(s string) error {
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	httpAddr := fs.String("http", ":80", "HTTP listen address (empty: none)")
-	dnsAddr := fs.String("dns", ":53", "DNS listen address, UDP and TCP (empty: none)")
+	dnsAddr := fs.String("dns", ":53", "DNS listen addresses, comma-separated, UDP and TCP (empty: none)")
 	echoAddr := fs.String("echo", "", "TCP echo listen address (empty: none)")
 	name := fs.String("name", "origin.wedge.test.", "name answered with -a/-aaaa")
 	var a4, a6 addrList
@@ -137,13 +137,21 @@ func serve(args []string) error {
 	fs.Parse(args)
 
 	z := &zone{name: dnsName(*name), a: a4, aaaa: a6}
-	errc := make(chan error, 4)
+	// Several addresses: a UDP socket on a wildcard address answers from
+	// the interface's primary address, not from the one a query was sent
+	// to, and a resolver drops such answers; so each address the lab
+	// queries gets a socket bound to it.
+	var dnsAddrs []string
 	if *dnsAddr != "" {
-		pc, err := net.ListenPacket("udp", *dnsAddr)
+		dnsAddrs = strings.Split(*dnsAddr, ",")
+	}
+	errc := make(chan error, 2+2*len(dnsAddrs))
+	for _, addr := range dnsAddrs {
+		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
 			return err
 		}
-		ln, err := net.Listen("tcp", *dnsAddr)
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return err
 		}
