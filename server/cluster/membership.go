@@ -138,6 +138,11 @@ func Join(ctx context.Context, cli *clientv3.Client, prefix string, self Member,
 	if err := m.claim(ctx); err != nil {
 		return nil, err
 	}
+	// claim just wrote to etcd with quorum: the node is connected now, not
+	// at the probe's first answer, so a registration made the moment the
+	// node is up is not refused as "etcd unreachable".
+	m.probedOK = time.Now()
+	m.health.Connected, m.health.Since = true, m.probedOK.UTC()
 	rctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	var wg sync.WaitGroup
