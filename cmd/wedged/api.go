@@ -176,14 +176,16 @@ func serve(ctx context.Context, c *config, s *settings, node *server.Node) error
 		return fmt.Errorf("--api: %w", err)
 	}
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug) // per-connection errors: not at info
-	srvs := []*http.Server{server.NewHTTPServer(node.AdminHandler(admin), 0)}
-	srvs[0].ErrorLog = errLog
+	asrv := server.NewHTTPServer(node.AdminHandler(admin), 0)
+	asrv.ErrorLog = errLog
+	srvs := []*http.Server{asrv}
 	serveErr := make(chan error, 2)
-	go func() { serveErr <- fmt.Errorf("admin api: %w", srvs[0].Serve(ln)) }()
+	// The goroutine has its own variable: srvs grows below.
+	go func() { serveErr <- fmt.Errorf("admin api: %w", asrv.Serve(ln)) }()
 	if pub != nil {
 		pln, err := net.Listen("tcp", c.apis.public)
 		if err != nil {
-			srvs[0].Close()
+			asrv.Close()
 			return fmt.Errorf("--api-public: %w", err)
 		}
 		psrv := server.NewHTTPServer(node.PublicHandler(pub.cfg), 0)
