@@ -53,6 +53,14 @@ func TestBudgetsPerClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The claims are about throughput and memory: measure an
+	// uninstrumented node even when the suite builds with -race (.ci/run),
+	// which multiplies both (a -race wedged read 567 MiB RSS alone).
+	plain, err := lab.BuildPlain(binDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins.Wedged = plain.Wedged
 	s, probe := newSingleNode(t)
 	if err := s.RouteBlackhole(); err != nil {
 		t.Fatal(err)
