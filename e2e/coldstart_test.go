@@ -67,7 +67,6 @@ func TestClusterColdStart(t *testing.T) {
 	t.Logf("worst stalls: %s", strings.Join(worst, ", "))
 }
 
-
 // echoResult is originsrv's EchoResult.
 type echoResult struct {
 	Sent     int    `json:"sent"`

@@ -211,8 +211,8 @@ func TestClientUDP(t *testing.T) {
 		dst  netip.Addr
 	}{{"v4", remote}, {"v6", remoteV6}} {
 		t.Run(tc.name, func(t *testing.T) {
-			echo := listenUDPEcho(t, "udp4", "127.0.0.1:0")
-			d := &fakeDialer{udpTarget: echo.LocalAddr().String()}
+			echo := testutil.ListenUDPEcho(t, "udp4", "127.0.0.1:0")
+			d := &fakeDialer{udpTarget: echo.String()}
 			c, _ := newClientPair(t, Config{Dialer: d}, ClientConfig{})
 			conn, err := c.DialContext(context.Background(), "udp", netip.AddrPortFrom(tc.dst, 5353).String())
 			if err != nil {
@@ -271,10 +271,10 @@ func TestClientDialByName(t *testing.T) {
 }
 
 func TestClientCloseNoLeak(t *testing.T) {
-	echo := listenUDPEcho(t, "udp4", "127.0.0.1:0")
+	echo := testutil.ListenUDPEcho(t, "udp4", "127.0.0.1:0")
 	tcpTarget := listenTCP(t, echoTCP)
 	testutil.CheckGoroutines(t, func() {
-		d := &fakeDialer{tcpTarget: tcpTarget, udpTarget: echo.LocalAddr().String()}
+		d := &fakeDialer{tcpTarget: tcpTarget, udpTarget: echo.String()}
 		s, err := New(Config{MTU: testMTU, Dialer: d, Logger: testLogger(t), Local: []netip.Addr{serverV4, serverV6}})
 		if err != nil {
 			t.Fatal(err)
@@ -365,8 +365,8 @@ func socksConnect(t *testing.T, proxy, host string, port uint16) net.Conn {
 // dialer reaches an echo server on 127.0.0.1.
 func TestSOCKS5EndToEnd(t *testing.T) {
 	dns := startFakeDNS(t)
-	udpEcho := listenUDPEcho(t, "udp4", "127.0.0.1:0")
-	d := &fakeDialer{tcpTarget: listenTCP(t, echoTCP), udpTarget: udpEcho.LocalAddr().String()}
+	udpEcho := testutil.ListenUDPEcho(t, "udp4", "127.0.0.1:0")
+	d := &fakeDialer{tcpTarget: listenTCP(t, echoTCP), udpTarget: udpEcho.String()}
 	c, _ := newClientPair(t, Config{Dialer: d, DNSUpstream: dns.addr}, ClientConfig{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -328,26 +328,4 @@ func echoTCP(c *net.TCPConn) {
 	c.CloseWrite()
 }
 
-func listenUDPEcho(t testing.TB, network, addr string) *net.UDPConn {
-	t.Helper()
-	pc, err := net.ListenPacket(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(append([]byte("echo:"), buf[:n]...), from)
-		}
-	}()
-	t.Cleanup(func() { pc.Close(); <-done })
-	return pc.(*net.UDPConn)
-}
-
 func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }

@@ -323,8 +323,8 @@ func TestUDPRoundTripAndIdle(t *testing.T) {
 		dst  netip.Addr
 	}{{"v4", remote}, {"v6", remoteV6}} {
 		t.Run(tc.name, func(t *testing.T) {
-			echo := listenUDPEcho(t, "udp4", "127.0.0.1:0")
-			d := &fakeDialer{udpTarget: echo.LocalAddr().String()}
+			echo := testutil.ListenUDPEcho(t, "udp4", "127.0.0.1:0")
+			d := &fakeDialer{udpTarget: echo.String()}
 			h := newHarness(t, Config{Dialer: d, UDPIdleTimeout: 300 * time.Millisecond}, clientA)
 			c, err := h.clients[0].net.DialUDPAddrPort(netip.AddrPort{}, netip.AddrPortFrom(tc.dst, 4000))
 			if err != nil {
@@ -560,11 +560,11 @@ func echoPacket(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
 
 func TestDNSToLocal(t *testing.T) {
 	// Upstream on 127.0.0.1: UDP echo and a TCP server on the same port.
-	var udp *net.UDPConn
+	var udp netip.AddrPort
 	var tl net.Listener
 	for range 20 {
-		udp = listenUDPEcho(t, "udp4", "127.0.0.1:0")
-		l, err := net.Listen("tcp", udp.LocalAddr().String())
+		udp = testutil.ListenUDPEcho(t, "udp4", "127.0.0.1:0")
+		l, err := net.Listen("tcp", udp.String())
 		if err == nil {
 			tl = l
 			break
@@ -585,7 +585,7 @@ func TestDNSToLocal(t *testing.T) {
 		c.Close()
 	}()
 	t.Cleanup(func() { tl.Close(); wg.Wait() })
-	upstream := netip.MustParseAddrPort(udp.LocalAddr().String())
+	upstream := udp
 	d := &fakeDialer{}
 	h := newHarness(t, Config{Dialer: d, DNSUpstream: upstream}, clientA)
 
@@ -628,9 +628,9 @@ func TestNoGoroutineLeak(t *testing.T) {
 
 func testLeakFlows(t *testing.T) {
 	{
-		echo := listenUDPEcho(t, "udp4", "127.0.0.1:0")
+		echo := testutil.ListenUDPEcho(t, "udp4", "127.0.0.1:0")
 		addr := listenTCP(t, echoTCP)
-		d := &fakeDialer{tcpTarget: addr, udpTarget: echo.LocalAddr().String()}
+		d := &fakeDialer{tcpTarget: addr, udpTarget: echo.String()}
 		h := newHarness(t, Config{Dialer: d}, clientA)
 		// Leave flows open: Close must end them.
 		c, err := h.dialTCP(t, 0, netip.AddrPortFrom(remote, 7), 5*time.Second)

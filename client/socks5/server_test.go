@@ -98,29 +98,6 @@ func listenTCPEcho(t *testing.T) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-// listenUDPEcho answers each datagram with "echo:" and the datagram.
-func listenUDPEcho(t *testing.T) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteToUDPAddrPort(append([]byte("echo:"), buf[:n]...), from)
-		}
-	}()
-	t.Cleanup(func() { pc.Close(); <-done })
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
-}
-
 // socksDial connects to the proxy and does the no-auth handshake.
 func socksDial(t *testing.T, proxy string) net.Conn {
 	t.Helper()
@@ -532,7 +509,7 @@ func exchange(uc *net.UDPConn, frag byte, dst addr, payload []byte, timeout time
 }
 
 func TestUDPAssociate(t *testing.T) {
-	echo := listenUDPEcho(t)
+	echo := testutil.ListenUDPEcho(t, "udp", "127.0.0.1:0")
 	var opened, closed atomic.Int32
 	s := &Server{
 		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
@@ -603,7 +580,7 @@ func TestUDPAssociate(t *testing.T) {
 // TestUDPAssociateGivenPort: the client names its port in the request;
 // datagrams from any other port are dropped from the first one on.
 func TestUDPAssociateGivenPort(t *testing.T) {
-	echo := listenUDPEcho(t)
+	echo := testutil.ListenUDPEcho(t, "udp", "127.0.0.1:0")
 	proxy, _ := startServer(t, &Server{Dial: netDial})
 	ctrl := socksDial(t, proxy)
 	uc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
@@ -661,7 +638,7 @@ func isTimeout(err error) bool {
 // goroutine is left.
 func TestServeCloseNoLeak(t *testing.T) {
 	tcpEcho := listenTCPEcho(t)
-	udpEcho := listenUDPEcho(t)
+	udpEcho := testutil.ListenUDPEcho(t, "udp", "127.0.0.1:0")
 	testutil.CheckGoroutines(t, func() {
 		proxy, stop := startServer(t, &Server{Dial: netDial})
 		relayConn := socksDial(t, proxy)

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"io"
 	"net"
+	"net/netip"
 	"runtime"
 	"testing"
 	"time"
@@ -105,4 +106,30 @@ func allStacks() []byte {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
+}
+
+// ListenUDPEcho answers each datagram on network/addr (e.g. "udp4",
+// "127.0.0.1:0") with "echo:" and the datagram, until the test ends, and
+// returns the address it listens on.
+func ListenUDPEcho(tb testing.TB, network, addr string) netip.AddrPort {
+	tb.Helper()
+	pc, err := net.ListenPacket(network, addr)
+	if err != nil {
+		tb.Fatal(err)
+		return netip.AddrPort{}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte("echo:"), buf[:n]...), from)
+		}
+	}()
+	tb.Cleanup(func() { pc.Close(); <-done })
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
 }
