@@ -98,6 +98,10 @@ type Membership struct {
 	health   Health
 	lease    clientv3.LeaseID
 	probedOK time.Time
+
+	sessMu   sync.Mutex // guards sess
+	sess     sessions
+	sessKick chan struct{}
 }
 
 // ErrIDInUse: another live node has this node id.
@@ -132,7 +136,10 @@ func Join(ctx context.Context, cli *clientv3.Client, prefix string, self Member,
 		cli: cli, prefix: prefix, ttl: o.TTL, log: o.Log,
 		done: make(chan struct{}), kick: make(chan struct{}, 1),
 		self: self, nodes: map[string]Member{}, drains: map[string]bool{},
-		subs: map[int]func([]Member){},
+		subs:     map[int]func([]Member){},
+		sessKick: make(chan struct{}, 1),
+		sess: sessions{others: map[string]map[uint32]Session{}, graves: map[string]map[uint32]grave{},
+			published: map[uint32]Session{}},
 	}
 	m.health.Endpoints = cli.Endpoints()
 	if err := m.claim(ctx); err != nil {
@@ -146,9 +153,11 @@ func Join(ctx context.Context, cli *clientv3.Client, prefix string, self Member,
 	rctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(5)
 	go func() { defer wg.Done(); m.keepAlive(rctx) }()
 	go func() { defer wg.Done(); m.probe(rctx) }()
+	go func() { defer wg.Done(); m.writeSessions(rctx) }()
+	go func() { defer wg.Done(); m.watchSessions(rctx) }()
 	go func() {
 		defer wg.Done()
 		etcdwatch.Run(rctx, cli, prefix+"members/", mirror{m}, etcdwatch.Options{
@@ -177,14 +186,55 @@ func (m *Membership) claim(ctx context.Context) error {
 			return fmt.Errorf("%w: %q is live at %v in %q (each node needs its own --node-id)",
 				ErrIDInUse, m.self.ID, old.Underlay, old.DC)
 		}
-		// Our own previous run: end its lease now rather than wait for
-		// it, so the others see one clean change; take its slot again.
+		// Our own previous run, killed or restarted before its lease
+		// ran out: adopt that lease, so the others see no change at all
+		// (the node keeps its slot, its pins and its place in every
+		// table) and read back the sessions it held, which the node
+		// re-handshakes at once (Previous). A lease etcd no longer has
+		// (or cannot tell about) is ended and the node joins afresh.
 		m.self.Slot = old.Slot
 		if l := clientv3.LeaseID(resp.Kvs[0].Lease); l != 0 {
+			if ok, err := m.adopt(ctx, l); err != nil {
+				return err
+			} else if ok {
+				return nil
+			}
 			m.cli.Revoke(ctx, l)
 		}
 	}
 	return m.grant(ctx)
+}
+
+// adopt takes over lease l of this node's previous run if it is still
+// alive and its slot key is still this node's.
+func (m *Membership) adopt(ctx context.Context, l clientv3.LeaseID) (bool, error) {
+	ttl, err := m.cli.TimeToLive(ctx, l)
+	if err != nil || ttl.TTL <= 0 || m.self.Slot == 0 {
+		return false, nil
+	}
+	slotKey := fmt.Sprintf("%s%s%s/%d", m.prefix, slotsDir, m.self.DC, m.self.Slot)
+	r, err := m.cli.Get(ctx, slotKey)
+	if err != nil {
+		return false, fmt.Errorf("cluster: etcd: %w", err)
+	}
+	if len(r.Kvs) == 0 || string(r.Kvs[0].Value) != m.self.ID || clientv3.LeaseID(r.Kvs[0].Lease) != l {
+		return false, nil
+	}
+	n, err := m.readPrevious(ctx, l)
+	if err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	m.lease = l
+	m.health.Lease = fmt.Sprintf("%x", int64(l))
+	val, _ := json.Marshal(m.self)
+	m.mu.Unlock()
+	if _, err := m.cli.Put(ctx, m.prefix+nodesDir+m.self.ID, string(val), clientv3.WithLease(l)); err != nil {
+		return false, fmt.Errorf("cluster: etcd: %w", err)
+	}
+	m.log.Info("cluster: restarted within the lease: took it over", "node", m.self.ID, "lease", fmt.Sprintf("%x", int64(l)),
+		"sessions", n)
+	return true, nil
 }
 
 // grant makes a new lease and puts the node's key on it.
