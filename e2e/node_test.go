@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/wedge-edge/wedge/e2e/lab"
+	"github.com/wedge-edge/wedge/lb"
 )
 
 const sliceLo, sliceHi = 40000, 49999 // lab.WedgedArgs's --egress-ports
@@ -264,8 +265,20 @@ type nodeStatus struct {
 		Mismatches uint64 `json:"client_id_mismatches"`
 		// HandshakesStarted: session recovery (server/recover.go).
 		HandshakesStarted uint64 `json:"handshakes_started"`
+		RecoveriesRefused uint64 `json:"recoveries_refused"`
+		// SessionsInherited: an heir's or a restarted node's handshakes
+		// (server/inherit.go).
+		SessionsInherited uint64 `json:"sessions_inherited"`
 		CookieReplies     uint64 `json:"cookie_replies_sent"`
 	} `json:"bind"`
+	Cluster *struct {
+		Nodes []struct {
+			ID    string `json:"id"`
+			DC    string `json:"dc"`
+			Slot  uint8  `json:"slot"`
+			State string `json:"state"`
+		} `json:"nodes"`
+	} `json:"cluster"`
 	Sections struct {
 		Egress struct {
 			TCP struct {
@@ -276,6 +289,29 @@ type nodeStatus struct {
 }
 
 func (s nodeStatus) egressDenied() uint64 { return s.Sections.Egress.TCP.Denied }
+
+// heirOf is the heir of node id's slot among the other nodes s lists
+// (lb.HeirOf, as the fronts and nodes compute it).
+func (s nodeStatus) heirOf(t *testing.T, id string) string {
+	t.Helper()
+	if s.Cluster == nil {
+		t.Fatal("status without a cluster section")
+	}
+	var slot uint8
+	var ms []lb.Member
+	for _, n := range s.Cluster.Nodes {
+		if n.ID == id {
+			slot = n.Slot
+			continue
+		}
+		ms = append(ms, lb.Member{ID: n.ID, Slot: n.Slot, Draining: n.State == "draining"})
+	}
+	h, ok := lb.HeirOf(slot, ms)
+	if slot == 0 || !ok {
+		t.Fatalf("no heir for %s (slot %d) among %+v", id, slot, s.Cluster.Nodes)
+	}
+	return h.ID
+}
 
 func status(t *testing.T, w *lab.Wedged) nodeStatus {
 	t.Helper()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/internal/udpbind"
+	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/wgmsg"
 )
 
@@ -32,6 +33,16 @@ type IndexConfig struct {
 	// called on wireguard-go's handshake goroutines and should not block.
 	// Nil: every client is served here.
 	Forward func(cid clientid.ID, src netip.AddrPort, dst netip.Addr, msg []byte) bool
+	// VIPs are the anycast addresses clients send to (one per family at
+	// most): a handshake the node starts with a client it inherited
+	// (inherit.go) leaves from the one of the client's family, as every
+	// message of a session does.
+	VIPs []netip.Addr
+	// Heir, in a cluster, names the heir of a departed node's slot among
+	// the members (lb.HeirOf, as the fronts compute it): when it is this
+	// node, it takes the departed node's sessions over (inherit.go). Nil:
+	// no node inherits.
+	Heir func(slot uint8, ms []cluster.Member) (string, bool)
 }
 
 // Opens per second the node spends on identifying initiators, and the
@@ -214,6 +225,19 @@ func (h *handshakes) response(msg []byte, ep conn.Endpoint) bool {
 	return true
 }
 
+// expect records that the peer at dst is static, for a handshake the node
+// starts there before that peer ever handshook from it (inherit.go): its
+// initiation is tagged like any other.
+func (h *handshakes) expect(dst netip.AddrPort, static wgtypes.Key) {
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.byEP) >= keysMax {
+		clear(h.byEP)
+	}
+	h.byEP[dst] = static
+}
+
 // keysLocked returns the cached keys of static. h.mu is held.
 func (h *handshakes) keysLocked(static [32]byte) *wgmsg.PeerKeys {
 	if k, ok := h.keys[static]; ok {
@@ -305,6 +329,15 @@ func (n *Node) EnableIndexes(cfg IndexConfig) error {
 		return errors.New("server: tagged indexes are already on")
 	}
 	n.indexSlot.Store(uint32(cfg.Slot))
+	n.vips = cfg.VIPs
+	if n.cfg.Cluster != nil {
+		n.wg.Add(1)
+		go n.replicate(hs)
+		if cfg.Heir != nil {
+			n.wg.Add(1)
+			go n.inheritLoop(cfg.Heir)
+		}
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()

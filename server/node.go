@@ -108,6 +108,10 @@ type Node struct {
 
 	mismatches atomic.Uint64
 	recovered  atomic.Uint64 // handshakes started by session recovery
+	refused    atomic.Uint64 // recoveries refused (recover.go)
+	inherited  atomic.Uint64 // handshakes started for inherited sessions
+	vips       []netip.Addr  // IndexConfig.VIPs; set once by EnableIndexes
+	countKick  chan struct{} // asks the watcher to publish counts and pins now
 	indexSlot  atomic.Uint32 // the slot of tagged indexes, 0 while off
 	// membershipChanged is when (UnixNano) the active nodes of this data
 	// center or this node's state last changed; session recovery waits
@@ -161,6 +165,8 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		byAddr:  map[netip.Addr]clientid.ID{},
 		seen:    map[wgtypes.Key]clientid.ID{},
 		done:    make(chan struct{}),
+
+		countKick: make(chan struct{}, 1),
 	}
 	if err := n.observeHandshakes(); err != nil {
 		return nil, err
@@ -531,7 +537,7 @@ func (n *Node) watchClientIDs() {
 	defer n.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
-	kick := make(chan struct{}, 1)
+	kick := n.countKick
 	if m := n.cfg.Cluster; m != nil {
 		var last string
 		unsub := m.Subscribe(func(ms []cluster.Member) {
@@ -539,10 +545,7 @@ func (n *Node) watchClientIDs() {
 			if key := string(self.State) + "|" + strings.Join(activeIDs(ms, self.DC), ","); key != last {
 				last = key
 				n.membershipChanged.Store(time.Now().UnixNano())
-				select {
-				case kick <- struct{}{}:
-				default:
-				}
+				n.kickCount()
 			}
 		})
 		defer unsub()
@@ -559,6 +562,14 @@ func (n *Node) watchClientIDs() {
 				n.countActive()
 			}
 		}
+	}
+}
+
+// kickCount asks the watcher to publish the client count and pins now.
+func (n *Node) kickCount() {
+	select {
+	case n.countKick <- struct{}{}:
+	default:
 	}
 }
 

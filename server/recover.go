@@ -1,8 +1,6 @@
 package server
 
 import (
-	"encoding/hex"
-	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -32,13 +30,14 @@ import (
 // node never authenticated, or whose address changed since, is not
 // recovered: its own next initiation (within 15 s of its first
 // unanswered packet) brings it back, and that initiation is
-// authenticated. So a client whose node died, or whose NAT changed at the
-// same time as its owner, now waits for its own re-handshake.
+// authenticated. (A client whose node died is not this path's: the dead
+// node's heir knows where it was authenticated, inherit.go.) Refusals are
+// counted (recoveries_refused in the status).
 //
-// wireguard-go has no call to start a handshake; turning persistent
-// keepalive on for a peer without a session sends one (it queues a
-// keepalive, which needs a handshake first), so the node turns keepalive
-// on and off again; the initiation goes to the peer's endpoint.
+// The node expires the keypairs it holds for the client before it
+// initiates (handshakeAt): a session here that a departed node's newer
+// one superseded (staleHere) is one the client dropped, and wireguard-go
+// would otherwise keep sending on it instead of handshaking.
 //
 // Budgets: at most one recovery per client per recoverEvery, recoverBurst
 // per tick in all, and recoverPerAddr a second (burst recoverAddrBurst)
@@ -50,8 +49,10 @@ import (
 // tables before the nodes that hold their sessions have pinned them
 // (countActive): for that moment their data reaches a node without their
 // session. Recovery waits pinSettle after every change and then leaves
-// alone a client another node pins, or it would steal a session that
-// is about to flow back to its holder.
+// alone a client another node pins or publishes a session with at least
+// as new as this node's (heldElsewhere), or it would steal a session that
+// is about to flow back to its holder: recovery never fights a live
+// session.
 const (
 	recoverEvery     = 5 * time.Second
 	recoverBurst     = 100
@@ -67,9 +68,10 @@ const (
 // sessionCandidate is a registered client that sent data with no session
 // on this node, from ep, the endpoint wireguard-go last authenticated.
 type sessionCandidate struct {
-	key wgtypes.Key
-	id  clientid.ID
-	ep  netip.AddrPort
+	key       wgtypes.Key
+	id        clientid.ID
+	ep        netip.AddrPort
+	handshake time.Time // this node's last with it (zero: none)
 }
 
 // addrBudget is the per-destination-address budget of recovery
@@ -145,7 +147,8 @@ func (n *Node) recoverSessions() {
 				if pinned == nil {
 					pinned = n.pinnedElsewhere()
 				}
-				if pinned[c.id] {
+				if pinned[c.id] || n.heldElsewhere(c) {
+					n.refused.Add(1)
 					continue
 				}
 				if !budget.take(c.ep.Addr(), now) {
@@ -155,7 +158,7 @@ func (n *Node) recoverSessions() {
 					clear(last) // bounded: a flood of ids only resets the per-id pacing
 				}
 				last[c.id] = now
-				if err := n.startHandshake(c.key); err != nil {
+				if err := n.handshakeAt(c.key, c.ep, false); err != nil {
 					n.log.Warn("session recovery: handshake not started", "client_id", c.id.String(), "endpoint", c.ep, "err", err)
 					continue
 				}
@@ -165,6 +168,19 @@ func (n *Node) recoverSessions() {
 			}
 		}
 	}
+}
+
+// heldElsewhere reports whether another live node of the data center
+// published a session with c at least as new as this node's (inherit.go):
+// the client moved there, and its data reached this node only for a
+// moment (a table switching).
+func (n *Node) heldElsewhere(c sessionCandidate) bool {
+	m := n.cfg.Cluster
+	if m == nil {
+		return false
+	}
+	_, s, ok := m.SessionElsewhere(uint32(c.id), "")
+	return ok && !s.Handshake.Before(c.handshake.Truncate(time.Second))
 }
 
 // pinnedElsewhere are the ClientIDs other nodes of this data center pin.
@@ -184,6 +200,19 @@ func (n *Node) pinnedElsewhere() map[clientid.ID]bool {
 		}
 	}
 	return out
+}
+
+// staleHere reports whether this node's session with client id, last
+// handshaken at last, is older than the one a node that has since left
+// held: the client dropped this node's keys when it moved there, so the
+// session here is stale although wireguard-go would still use it.
+func (n *Node) staleHere(id clientid.ID, last time.Time) bool {
+	m := n.cfg.Cluster
+	if m == nil {
+		return false
+	}
+	_, s, ok := m.DepartedSession(uint32(id))
+	return ok && s.Handshake.After(last)
 }
 
 // sessionless picks, from what the Bind saw, the registered clients whose
@@ -210,27 +239,17 @@ func (n *Node) sessionless(seen []DataSeen, peers []peerState, now time.Time) []
 			continue
 		}
 		p, ok := hs[key]
-		if !ok || (!p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < device.RejectAfterTime) {
+		if !ok || (!p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < device.RejectAfterTime && !n.staleHere(c.ClientID, p.LastHandshake)) {
 			continue // not in the device, or a live session
 		}
 		if !p.Endpoint.IsValid() || p.Endpoint != s.Endpoint {
+			n.refused.Add(1)
 			continue // never authenticated here, or not from where it was
 		}
-		out = append(out, sessionCandidate{key: key, id: c.ClientID, ep: p.Endpoint})
+		out = append(out, sessionCandidate{key: key, id: c.ClientID, ep: p.Endpoint, handshake: p.LastHandshake})
 		if len(out) == recoverBurst {
 			break
 		}
 	}
 	return out
-}
-
-// startHandshake makes wireguard-go initiate a handshake with the peer at
-// its own endpoint, which it leaves as it is (see the comment at the top).
-func (n *Node) startHandshake(key wgtypes.Key) error {
-	pk := hex.EncodeToString(key[:])
-	on := fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=1\n", pk)
-	if err := n.dev.IpcSet(on); err != nil {
-		return err
-	}
-	return n.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=0\n", pk))
 }

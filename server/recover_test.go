@@ -87,7 +87,7 @@ func TestSessionless(t *testing.T) {
 		{forged, ids[4], 1}, {forged, ids[5], 1}}
 	got := n.sessionless(seen, peers, now)
 	slices.SortFunc(got, func(a, b sessionCandidate) int { return int(a.id) - int(b.id) })
-	want := []sessionCandidate{{keys[1], ids[1], ep(1)}, {keys[2], ids[2], ep(2)}}
+	want := []sessionCandidate{{keys[1], ids[1], ep(1), time.Time{}}, {keys[2], ids[2], ep(2), now.Add(-200 * time.Second)}}
 	slices.SortFunc(want, func(a, b sessionCandidate) int { return int(a.id) - int(b.id) })
 	if !slices.Equal(got, want) {
 		t.Fatalf("sessionless: got %+v, want %+v", got, want)

@@ -39,6 +39,8 @@ func (n *Node) Status() Status {
 	s.Bind.Stamped, s.Bind.Unstamped = n.bind.Counts()
 	s.Bind.Mismatches = n.mismatches.Load()
 	s.Bind.HandshakesStarted = n.recovered.Load()
+	s.Bind.RecoveriesRefused = n.refused.Load()
+	s.Bind.SessionsInherited = n.inherited.Load()
 	s.Bind.CookieReplies = n.bind.CookieReplies()
 	if ub, ok := n.bind.Bind.(*udpbind.Bind); ok {
 		st := ub.Stats()

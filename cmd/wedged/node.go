@@ -136,7 +136,9 @@ func startFront(c *config, s *settings, key wgtypes.Key, member *cluster.Members
 		// forwarded to their owner (README: Standard clients roam).
 		fwd, err := x.StartForwarding()
 		if err == nil {
-			err = node.EnableIndexes(server.IndexConfig{Slot: member.Self().Slot, Forward: fwd.Forward})
+			self := member.Self()
+			err = node.EnableIndexes(server.IndexConfig{Slot: self.Slot, Forward: fwd.Forward,
+				VIPs: s.vips, Heir: front.Heir(self.DC)})
 		}
 		if err != nil {
 			x.Close()

@@ -109,7 +109,7 @@ const statusJSON = `{"name":"wedge0","public_key":"pk","listen_port":51820,"endp
 	`"cluster":{"node":{"id":"node1","dc":"ams","underlay":"198.18.1.1","state":"draining","clients":1,"started":"2026-12-02T09:00:00Z","slot":2,"pinned":true,"pins":"AAAB"},` +
 	`"etcd":{"endpoints":["http://198.18.11.1:2379"],"connected":true,"since":"2026-12-02T09:00:00Z","lease":"1f","revision":42},` +
 	`"nodes":[{"id":"node1","dc":"ams","underlay":"198.18.1.1","state":"draining","clients":1,"started":"2026-12-02T09:00:00Z","slot":2,"pinned":true,"pins":"AAAB"}]},` +
-	`"bind":{"stamped":10,"unstamped":2,"client_id_mismatches":1,"handshakes_started":4,"cookie_replies_sent":5,` +
+	`"bind":{"stamped":10,"unstamped":2,"client_id_mismatches":1,"handshakes_started":4,"recoveries_refused":6,"sessions_inherited":8,"cookie_replies_sent":5,` +
 	`"socket":{"src_fallbacks":1,"endpoint_cache_resets":2,"gso_off":0,"gro_messages":7,"gro_datagrams":70}},` +
 	`"peers":[{"id":"r1","public_key":"ck","client_id":"EjRW","endpoint":"203.0.113.5:4000","last_handshake":"2026-12-02T09:00:00Z","rx_bytes":100,"tx_bytes":200}]}`
 
@@ -121,7 +121,7 @@ func TestStatusJSON(t *testing.T) {
 		Clients: 3, Active: 1,
 		Cluster: &ClusterStatus{Node: m, Nodes: []Member{m},
 			Etcd: Health{Endpoints: []string{"http://198.18.11.1:2379"}, Connected: true, Since: at, Lease: "1f", Revision: 42}},
-		Bind: BindStatus{Stamped: 10, Unstamped: 2, Mismatches: 1, HandshakesStarted: 4, CookieReplies: 5,
+		Bind: BindStatus{Stamped: 10, Unstamped: 2, Mismatches: 1, HandshakesStarted: 4, RecoveriesRefused: 6, SessionsInherited: 8, CookieReplies: 5,
 			Socket: &SocketStatus{SrcFallbacks: 1, CacheResets: 2, Coalesced: 7, GRODatagrams: 70}},
 		Peers: []PeerStatus{{ID: "r1", PublicKey: "ck", ClientID: "EjRW", Endpoint: "203.0.113.5:4000",
 			LastHandshake: at, RxBytes: 100, TxBytes: 200}},

@@ -39,6 +39,14 @@ type BindStatus struct {
 	// HandshakesStarted counts handshakes the node initiated for stamped
 	// clients that sent data without a session here (recover.go).
 	HandshakesStarted uint64 `json:"handshakes_started"`
+	// RecoveriesRefused counts clients that sent data without a session
+	// here that recovery left alone: data from an address other than the
+	// one last authenticated, or a client another live node holds.
+	RecoveriesRefused uint64 `json:"recoveries_refused"`
+	// SessionsInherited counts handshakes the node started for sessions it
+	// took over: a departed node's as its heir, or its own previous run's
+	// after a restart within the lease (server/inherit.go).
+	SessionsInherited uint64 `json:"sessions_inherited"`
 	// CookieReplies are the cookie replies wireguard-go sent while under
 	// load (a handshake flood).
 	CookieReplies uint64 `json:"cookie_replies_sent"`

@@ -62,3 +62,11 @@ func (e *Endpoint) DstIP() netip.Addr { return e.dst.Addr() }
 
 // SrcIP returns Src.
 func (e *Endpoint) SrcIP() netip.Addr { return e.src }
+
+// NewEndpoint is the endpoint of a peer at dst that a node reaches from its
+// local address src (invalid: the kernel's choice): for a peer learned from
+// elsewhere than its own packets, such as a session another node held.
+// Neither address may be link-local: a zone is dropped.
+func NewEndpoint(dst netip.AddrPort, src netip.Addr) *Endpoint {
+	return &Endpoint{dst: netip.AddrPortFrom(dst.Addr().Unmap().WithZone(""), dst.Port()), src: src.Unmap().WithZone("")}
+}

@@ -85,3 +85,19 @@ func (v *memberView) see(ms []cluster.Member, now time.Time) {
 		}
 	}
 }
+
+// Heir returns the function that names the heir of a departed node's slot
+// among the members of data center dc (lb.HeirOf over their slots and
+// drain marks, as every front computes it): server.IndexConfig.Heir.
+func Heir(dc string) func(slot uint8, ms []cluster.Member) (string, bool) {
+	return func(slot uint8, ms []cluster.Member) (string, bool) {
+		var lms []lb.Member
+		for _, m := range ms {
+			if m.DC == dc {
+				lms = append(lms, lb.Member{ID: m.ID, Slot: m.Slot, Draining: m.State == cluster.Draining})
+			}
+		}
+		h, ok := lb.HeirOf(slot, lms)
+		return h.ID, ok
+	}
+}

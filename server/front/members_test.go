@@ -108,3 +108,28 @@ func TestMemberViewSlots(t *testing.T) {
 		t.Fatal("draining b is the heir of a's slot")
 	}
 }
+
+// TestHeir: the heir the nodes compute is lb.HeirOf over the data
+// center's members, draining ones excluded, other data centers ignored.
+func TestHeir(t *testing.T) {
+	slotted := func(id string, st cluster.State, slot uint8) cluster.Member {
+		m := member(id, st)
+		m.Slot = slot
+		return m
+	}
+	ms := []cluster.Member{slotted("a", cluster.Active, 1), slotted("b", cluster.Draining, 2),
+		slotted("c", cluster.Active, 3)}
+	other := slotted("x", cluster.Active, 2)
+	other.DC = "dc9"
+	ms = append(ms, other)
+	heir := Heir("dc1")
+	if h, ok := heir(1, ms); !ok || h != "c" {
+		t.Errorf("heir of slot 1 = %q %v, want c (b drains, x is elsewhere)", h, ok)
+	}
+	if h, ok := heir(3, ms); !ok || h != "a" {
+		t.Errorf("heir of slot 3 = %q %v, want a (round from 255)", h, ok)
+	}
+	if _, ok := heir(3, ms[2:3]); ok {
+		t.Error("a slot's only holder has no heir")
+	}
+}

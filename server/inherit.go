@@ -1,0 +1,257 @@
+package server
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/internal/clientid"
+	"github.com/wedge-edge/wedge/internal/udpbind"
+	"github.com/wedge-edge/wedge/server/cluster"
+)
+
+// Inheriting sessions. In a cluster with tagged indexes, every node
+// publishes the sessions it holds (cluster.Membership.SetSessions: each
+// client's ClientID, the address wireguard-go last authenticated it at,
+// the time of its last handshake), about every replicateEvery and soon
+// after each handshake it answers. Two nodes read them back:
+//
+//   - the heir of a node that leaves the data center (lb.HeirOf: the next
+//     node by slot that is not draining; every front sends the departed
+//     node's slot there, so the clients' data already arrives at the
+//     heir): it starts a handshake with each of the departed node's
+//     clients at once, at its published address, from the VIP;
+//   - the node itself, restarted within its lease (Join adopted the lease,
+//     so no front noticed): it does the same with its own previous
+//     sessions (cluster.Membership.Previous).
+//
+// The client answers the initiation (it knows the service key, and the
+// initiation's timestamp is newer than any it saw), the response finds the
+// new holder by the slot in its tagged index wherever ECMP sends it, and
+// the session is back one round trip after the node learned of the
+// departure: the lease TTL after a death, at once after a clean stop.
+// This serves stamped and standard clients alike: nothing in it reads a
+// ClientID off the wire.
+//
+// It never fights a live session: a client another live node published a
+// session at least as new with is left alone (it moved there), and so is
+// one this node already holds a newer session with. A session this node
+// holds but that is older than the departed node's is stale: its keypairs
+// are expired before the initiation, so that wireguard-go handshakes
+// instead of sending on keys the client dropped.
+//
+// The published addresses were authenticated by a node of the cluster and
+// come through etcd, which the cluster trusts with its registry; unlike
+// session recovery from a packet (recover.go), no unauthenticated packet
+// can make a node send anything here.
+const (
+	replicateEvery = 4 * time.Second
+	replicateMin   = 250 * time.Millisecond
+	// inheritPace spreads a large inheritance: at most inheritBatch
+	// initiations per inheritPace (about 6,400 a second).
+	inheritPace  = 10 * time.Millisecond
+	inheritBatch = 64
+)
+
+// replicate publishes this node's sessions to the cluster until the node
+// closes: every replicateEvery, and within replicateMin of a handshake.
+func (n *Node) replicate(hs *handshakes) {
+	defer n.wg.Done()
+	t := time.NewTicker(replicateMin)
+	defer t.Stop()
+	var gen uint64
+	var last time.Time
+	for {
+		select {
+		case <-n.done:
+			return
+		case now := <-t.C:
+			g := hs.opened.Load() + hs.serverInitiated.Load() + n.inherited.Load()
+			if g == gen && now.Sub(last) < replicateEvery {
+				continue
+			}
+			peers, err := n.peers()
+			if err != nil {
+				continue
+			}
+			gen, last = g, now
+			n.cfg.Cluster.SetSessions(n.sessionRecords(peers, now))
+		}
+	}
+}
+
+// sessionRecords are the sessions of peers worth publishing: registered
+// clients with a handshake within activeWindow at an authenticated
+// endpoint.
+func (n *Node) sessionRecords(peers []peerState, now time.Time) map[uint32]cluster.Session {
+	out := map[uint32]cluster.Session{}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, p := range peers {
+		if p.LastHandshake.IsZero() || now.Sub(p.LastHandshake) >= activeWindow || !p.Endpoint.IsValid() {
+			continue
+		}
+		if c, ok := n.clients[p.PublicKey]; ok {
+			out[uint32(c.ClientID)] = cluster.Session{Endpoint: p.Endpoint, Handshake: p.LastHandshake.Truncate(time.Second)}
+		}
+	}
+	return out
+}
+
+// inheritLoop takes over a previous run's sessions once, then the
+// sessions of every node this node is the heir of when it leaves.
+func (n *Node) inheritLoop(heir func(slot uint8, ms []cluster.Member) (string, bool)) {
+	defer n.wg.Done()
+	m := n.cfg.Cluster
+	self := m.Self()
+	if prev := m.Previous(); len(prev) > 0 {
+		n.resume("restarted within the lease: its own previous sessions", "", prev)
+	}
+	var mu sync.Mutex
+	var latest []cluster.Member
+	kick := make(chan struct{}, 1)
+	unsub := m.Subscribe(func(ms []cluster.Member) {
+		mu.Lock()
+		latest = ms
+		mu.Unlock()
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	})
+	defer unsub()
+	inDC := func(ms []cluster.Member) map[string]cluster.Member {
+		out := map[string]cluster.Member{}
+		for _, mem := range ms {
+			if mem.DC == self.DC && mem.Slot != 0 {
+				out[mem.ID] = mem
+			}
+		}
+		return out
+	}
+	mu.Lock()
+	last := inDC(latest)
+	mu.Unlock()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-kick:
+		}
+		mu.Lock()
+		ms := latest
+		mu.Unlock()
+		cur := inDC(ms)
+		for id, old := range last {
+			if _, stays := cur[id]; stays || id == self.ID {
+				continue
+			}
+			if h, ok := heir(old.Slot, ms); ok && h == self.ID {
+				n.resume(fmt.Sprintf("heir of %s (slot %d), which left", id, old.Slot), id, m.SessionsOf(id))
+			}
+		}
+		last = cur
+	}
+}
+
+// resume starts a handshake with each client of recs whose session is
+// still live and is not held elsewhere (see the comment at the top). from
+// is the node the sessions were inherited from ("" for this node's own).
+func (n *Node) resume(why, from string, recs map[uint32]cluster.Session) {
+	if len(recs) == 0 {
+		return
+	}
+	peers, err := n.peers()
+	if err != nil {
+		n.log.Warn("inheriting sessions: no device state", "err", err)
+		return
+	}
+	ours := make(map[wgtypes.Key]time.Time, len(peers))
+	for _, p := range peers {
+		ours[p.PublicKey] = p.LastHandshake
+	}
+	byCID := map[clientid.ID]wgtypes.Key{}
+	n.mu.Lock()
+	for k, c := range n.clients {
+		if _, ok := recs[uint32(c.ClientID)]; ok {
+			byCID[c.ClientID] = k
+		}
+	}
+	n.mu.Unlock()
+	now := time.Now()
+	var started, skipped int
+	for cid, s := range recs {
+		key, ok := byCID[clientid.ID(cid)]
+		if !ok || now.Sub(s.Handshake) >= device.RejectAfterTime {
+			skipped++ // unregistered since, or the session is over
+			continue
+		}
+		if ours[key].After(s.Handshake.Add(time.Second)) {
+			skipped++ // it handshook with this node since
+			continue
+		}
+		if _, o, ok := n.cfg.Cluster.SessionElsewhere(cid, from); ok && !o.Handshake.Before(s.Handshake) {
+			skipped++ // a live node holds it
+			continue
+		}
+		if err := n.handshakeAt(key, s.Endpoint, true); err != nil {
+			n.log.Warn("inheriting sessions: handshake not started", "client_id", clientid.ID(cid).String(), "err", err)
+			continue
+		}
+		started++
+		if started%inheritBatch == 0 {
+			select {
+			case <-n.done:
+				return
+			case <-time.After(inheritPace):
+			}
+		}
+	}
+	n.inherited.Add(uint64(started))
+	n.kickCount()
+	n.log.Info("inheriting sessions: handshakes started", "why", why, "started", started, "skipped", skipped)
+}
+
+// handshakeAt makes wireguard-go start a handshake with peer key now,
+// dropping the keypairs it holds (a stale session the client no longer
+// has would otherwise be used instead). With at set, the peer's endpoint
+// becomes ep, reached from the VIP of its family (IndexConfig.VIPs);
+// otherwise the initiation goes to the endpoint the peer has.
+func (n *Node) handshakeAt(key wgtypes.Key, ep netip.AddrPort, at bool) error {
+	p := n.dev.LookupPeer(device.NoisePublicKey(key))
+	if p == nil {
+		return fmt.Errorf("server: no peer %s", key)
+	}
+	if at {
+		var e conn.Endpoint
+		if _, ok := n.bind.Bind.(*udpbind.Bind); ok {
+			e = udpbind.NewEndpoint(ep, n.vipFor(ep.Addr()))
+		} else {
+			var err error
+			if e, err = n.bind.ParseEndpoint(ep.String()); err != nil {
+				return err
+			}
+		}
+		if hs := n.bind.hs.Load(); hs != nil {
+			hs.expect(ep, key)
+		}
+		p.SetEndpointFromPacket(e)
+	}
+	p.ExpireCurrentKeypairs()
+	return p.SendHandshakeInitiation(false)
+}
+
+// vipFor is the VIP of a's family, or the zero Addr.
+func (n *Node) vipFor(a netip.Addr) netip.Addr {
+	for _, v := range n.vips {
+		if v.Is4() == a.Unmap().Is4() {
+			return v
+		}
+	}
+	return netip.Addr{}
+}
