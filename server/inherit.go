@@ -18,7 +18,7 @@ import (
 // Inheriting sessions. In a cluster with tagged indexes, every node
 // publishes the sessions it holds (cluster.Membership.SetSessions: each
 // client's ClientID, the address wireguard-go last authenticated it at,
-// the time of its last handshake), about every replicateEvery and soon
+// the time the session began there), about every replicateEvery and soon
 // after each handshake it answers. Two nodes read them back:
 //
 //   - the heir of a node that leaves the data center (lb.HeirOf: the next
@@ -39,11 +39,11 @@ import (
 // ClientID off the wire.
 //
 // It never fights a live session: a client another live node published a
-// session at least as new with is left alone (it moved there), and so is
-// one this node already holds a newer session with. A session this node
-// holds but that is older than the departed node's is stale: its keypairs
-// are expired before the initiation, so that wireguard-go handshakes
-// instead of sending on keys the client dropped.
+// session with that began no earlier is left alone (it moved there), and
+// so is one that handshook with this node after its session on the
+// departed node began. A session this node holds from before that is
+// stale: its keypairs are expired before the initiation, so that
+// wireguard-go handshakes instead of sending on keys the client dropped.
 //
 // The published addresses were authenticated by a node of the cluster and
 // come through etcd, which the cluster trusts with its registry; unlike
@@ -66,6 +66,7 @@ func (n *Node) replicate(hs *handshakes) {
 	defer t.Stop()
 	var gen uint64
 	var last time.Time
+	var prev map[uint32]cluster.Session
 	for {
 		select {
 		case <-n.done:
@@ -80,15 +81,16 @@ func (n *Node) replicate(hs *handshakes) {
 				continue
 			}
 			gen, last = g, now
-			n.cfg.Cluster.SetSessions(n.sessionRecords(peers, now))
+			prev = n.sessionRecords(peers, prev, now)
+			n.cfg.Cluster.SetSessions(prev)
 		}
 	}
 }
 
 // sessionRecords are the sessions of peers worth publishing: registered
 // clients with a handshake within activeWindow at an authenticated
-// endpoint.
-func (n *Node) sessionRecords(peers []peerState, now time.Time) map[uint32]cluster.Session {
+// endpoint. A session in prev at the same endpoint keeps its Since.
+func (n *Node) sessionRecords(peers []peerState, prev map[uint32]cluster.Session, now time.Time) map[uint32]cluster.Session {
 	out := map[uint32]cluster.Session{}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -96,8 +98,15 @@ func (n *Node) sessionRecords(peers []peerState, now time.Time) map[uint32]clust
 		if p.LastHandshake.IsZero() || now.Sub(p.LastHandshake) >= activeWindow || !p.Endpoint.IsValid() {
 			continue
 		}
-		if c, ok := n.clients[p.PublicKey]; ok {
-			out[uint32(c.ClientID)] = cluster.Session{Endpoint: p.Endpoint, Handshake: p.LastHandshake.Truncate(time.Second)}
+		c, ok := n.clients[p.PublicKey]
+		if !ok {
+			continue
+		}
+		cid := uint32(c.ClientID)
+		if old, ok := prev[cid]; ok && old.Endpoint == p.Endpoint && !old.Since.After(p.LastHandshake) {
+			out[cid] = old
+		} else {
+			out[cid] = cluster.Session{Endpoint: p.Endpoint, Since: p.LastHandshake.Truncate(time.Second)}
 		}
 	}
 	return out
@@ -183,19 +192,18 @@ func (n *Node) resume(why, from string, recs map[uint32]cluster.Session) {
 		}
 	}
 	n.mu.Unlock()
-	now := time.Now()
 	var started, skipped int
 	for cid, s := range recs {
 		key, ok := byCID[clientid.ID(cid)]
-		if !ok || now.Sub(s.Handshake) >= device.RejectAfterTime {
-			skipped++ // unregistered since, or the session is over
+		if !ok {
+			skipped++ // unregistered since
 			continue
 		}
-		if ours[key].After(s.Handshake.Add(time.Second)) {
+		if ours[key].After(s.Since.Add(time.Second)) {
 			skipped++ // it handshook with this node since
 			continue
 		}
-		if _, o, ok := n.cfg.Cluster.SessionElsewhere(cid, from); ok && !o.Handshake.Before(s.Handshake) {
+		if _, o, ok := n.cfg.Cluster.SessionElsewhere(cid, from); ok && !o.Since.Before(s.Since) {
 			skipped++ // a live node holds it
 			continue
 		}

@@ -180,7 +180,7 @@ func (n *Node) heldElsewhere(c sessionCandidate) bool {
 		return false
 	}
 	_, s, ok := m.SessionElsewhere(uint32(c.id), "")
-	return ok && !s.Handshake.Before(c.handshake.Truncate(time.Second))
+	return ok && !s.Since.Before(c.handshake.Truncate(time.Second))
 }
 
 // pinnedElsewhere are the ClientIDs other nodes of this data center pin.
@@ -212,7 +212,7 @@ func (n *Node) staleHere(id clientid.ID, last time.Time) bool {
 		return false
 	}
 	_, s, ok := m.DepartedSession(uint32(id))
-	return ok && s.Handshake.After(last)
+	return ok && s.Since.After(last)
 }
 
 // sessionless picks, from what the Bind saw, the registered clients whose

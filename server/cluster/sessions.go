@@ -25,9 +25,9 @@ import (
 //
 // Keys, attached to the node's lease (they vanish with the node):
 //
-//	PREFIX sessions/DC/ID/CID   "ENDPOINT HANDSHAKE": the client's
+//	PREFIX sessions/DC/ID/CID   "ENDPOINT SINCE": the client's
 //	                            authenticated address and the Unix second
-//	                            of its last handshake with node ID
+//	                            its session with node ID began
 //
 // The records are as trustworthy as etcd (the registry lives there too):
 // an endpoint in them was authenticated by a node of the cluster. Every
@@ -49,13 +49,16 @@ const (
 type Session struct {
 	// Endpoint is where the client was last authenticated.
 	Endpoint netip.AddrPort
-	// Handshake is the client's last handshake with the node, to the
-	// second.
-	Handshake time.Time
+	// Since is the handshake that began the session on this node, to the
+	// second: rekeys do not change it, so a record is written when a
+	// session begins, moves to another endpoint or ends, not every two
+	// minutes. Comparing two nodes' Since tells which one the client
+	// went to last.
+	Since time.Time
 }
 
 func (s Session) encode() string {
-	return s.Endpoint.String() + " " + strconv.FormatInt(s.Handshake.Unix(), 10)
+	return s.Endpoint.String() + " " + strconv.FormatInt(s.Since.Unix(), 10)
 }
 
 func parseSession(v []byte) (Session, error) {
@@ -71,7 +74,7 @@ func parseSession(v []byte) (Session, error) {
 	if err != nil || sec <= 0 {
 		return Session{}, fmt.Errorf("cluster: session record %q: bad time", v)
 	}
-	return Session{Endpoint: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Handshake: time.Unix(sec, 0)}, nil
+	return Session{Endpoint: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Since: time.Unix(sec, 0)}, nil
 }
 
 // sessionKey names client cid's record under node id of data center dc.
@@ -159,7 +162,7 @@ func (m *Membership) SessionsOf(id string) map[uint32]Session {
 	return out
 }
 
-// SessionElsewhere returns the newest session another node of this data
+// SessionElsewhere returns the latest-begun session another node of this data
 // center publishes for client cid, and that node's id; the records of
 // node except (one that just left) are not counted.
 func (m *Membership) SessionElsewhere(cid uint32, except string) (string, Session, bool) {
@@ -168,7 +171,7 @@ func (m *Membership) SessionElsewhere(cid uint32, except string) (string, Sessio
 	var best Session
 	var node string
 	for id, recs := range m.sess.others {
-		if s, ok := recs[cid]; ok && id != except && (node == "" || s.Handshake.After(best.Handshake)) {
+		if s, ok := recs[cid]; ok && id != except && (node == "" || s.Since.After(best.Since)) {
 			best, node = s, id
 		}
 	}
@@ -190,7 +193,7 @@ func (m *Membership) DepartedSession(cid uint32) (string, Session, bool) {
 		if _, live := members[id]; live {
 			continue
 		}
-		if e, ok := g[cid]; ok && now.Sub(e.at) < graveKeep && (node == "" || e.s.Handshake.After(best.Handshake)) {
+		if e, ok := g[cid]; ok && now.Sub(e.at) < graveKeep && (node == "" || e.s.Since.After(best.Since)) {
 			best, node = e.s, id
 		}
 	}

@@ -14,7 +14,7 @@ import (
 )
 
 func sess(ep string, at int64) Session {
-	return Session{Endpoint: netip.MustParseAddrPort(ep), Handshake: time.Unix(at, 0)}
+	return Session{Endpoint: netip.MustParseAddrPort(ep), Since: time.Unix(at, 0)}
 }
 
 // TestSessionReplication: what a node publishes reaches the others, its
