@@ -103,13 +103,30 @@ func (n *Node) sessionRecords(peers []peerState, prev map[uint32]cluster.Session
 			continue
 		}
 		cid := uint32(c.ClientID)
-		if old, ok := prev[cid]; ok && old.Endpoint == p.Endpoint && !old.Since.After(p.LastHandshake) {
+		if old, ok := prev[cid]; ok && old.Endpoint == p.Endpoint && !old.Since.After(p.LastHandshake) && !n.returned(cid, old.Since, p.LastHandshake) {
 			out[cid] = old
 		} else {
 			out[cid] = cluster.Session{Endpoint: p.Endpoint, Since: p.LastHandshake.Truncate(time.Second)}
 		}
 	}
 	return out
+}
+
+// returned reports whether client cid, whose session here began at since
+// and last handshook at last, went to another node in between and came
+// back: that node's session began after since and before last. Its
+// session here is then a new one, begun at last (else the other node's
+// record would look newer than this node's live session).
+func (n *Node) returned(cid uint32, since, last time.Time) bool {
+	m := n.cfg.Cluster
+	if m == nil {
+		return false
+	}
+	_, o, ok := m.SessionElsewhere(cid, "")
+	if !ok {
+		_, o, ok = m.DepartedSession(cid)
+	}
+	return ok && !o.Since.Before(since) && last.After(o.Since)
 }
 
 // inheritLoop takes over a previous run's sessions once, then the
@@ -121,12 +138,37 @@ func (n *Node) inheritLoop(heir func(slot uint8, ms []cluster.Member) (string, b
 	if prev := m.Previous(); len(prev) > 0 {
 		n.resume("restarted within the lease: its own previous sessions", "", prev)
 	}
+	// The callback (calls are serialized) compares each member list with
+	// the one before and queues the departures, so that a node leaving and
+	// coming back between two wake-ups is not missed.
+	type departure struct {
+		id string
+		ms []cluster.Member // the members just after it left
+		m  cluster.Member   // its last record
+	}
 	var mu sync.Mutex
-	var latest []cluster.Member
+	var queue []departure
+	var last map[string]cluster.Member
 	kick := make(chan struct{}, 1)
 	unsub := m.Subscribe(func(ms []cluster.Member) {
+		cur := map[string]cluster.Member{}
+		for _, mem := range ms {
+			if mem.DC == self.DC && mem.Slot != 0 {
+				cur[mem.ID] = mem
+			}
+		}
+		var gone []departure
+		for id, old := range last {
+			if _, stays := cur[id]; !stays && id != self.ID {
+				gone = append(gone, departure{id, ms, old})
+			}
+		}
+		last = cur
+		if len(gone) == 0 {
+			return
+		}
 		mu.Lock()
-		latest = ms
+		queue = append(queue, gone...)
 		mu.Unlock()
 		select {
 		case kick <- struct{}{}:
@@ -134,18 +176,6 @@ func (n *Node) inheritLoop(heir func(slot uint8, ms []cluster.Member) (string, b
 		}
 	})
 	defer unsub()
-	inDC := func(ms []cluster.Member) map[string]cluster.Member {
-		out := map[string]cluster.Member{}
-		for _, mem := range ms {
-			if mem.DC == self.DC && mem.Slot != 0 {
-				out[mem.ID] = mem
-			}
-		}
-		return out
-	}
-	mu.Lock()
-	last := inDC(latest)
-	mu.Unlock()
 	for {
 		select {
 		case <-n.done:
@@ -153,18 +183,14 @@ func (n *Node) inheritLoop(heir func(slot uint8, ms []cluster.Member) (string, b
 		case <-kick:
 		}
 		mu.Lock()
-		ms := latest
+		todo := queue
+		queue = nil
 		mu.Unlock()
-		cur := inDC(ms)
-		for id, old := range last {
-			if _, stays := cur[id]; stays || id == self.ID {
-				continue
-			}
-			if h, ok := heir(old.Slot, ms); ok && h == self.ID {
-				n.resume(fmt.Sprintf("heir of %s (slot %d), which left", id, old.Slot), id, m.SessionsOf(id))
+		for _, d := range todo {
+			if h, ok := heir(d.m.Slot, d.ms); ok && h == self.ID {
+				n.resume(fmt.Sprintf("heir of %s (slot %d), which left", d.id, d.m.Slot), d.id, m.SessionsOf(d.id))
 			}
 		}
-		last = cur
 	}
 }
 

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -8,6 +9,8 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wedge-edge/wedge/internal/clientid"
+	"github.com/wedge-edge/wedge/internal/etcdtest"
+	"github.com/wedge-edge/wedge/internal/testutil"
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/registry"
 )
@@ -51,5 +54,46 @@ func TestSessionRecords(t *testing.T) {
 	peers[0].Endpoint, peers[0].LastHandshake = moved, t0.Add(3*time.Minute)
 	if got = n.sessionRecords(peers, got, t0.Add(3*time.Minute)); got[100] != (cluster.Session{Endpoint: moved, Since: t0.Add(3 * time.Minute)}) {
 		t.Errorf("after a move = %v, want a new Since at the new endpoint", got[100])
+	}
+}
+
+// TestSessionRecordsReturn: a client that went from this node to another
+// and came back has a new session here: its Since restarts, or the other
+// node's record would look newer than the live session here (and an heir
+// or the other node's recovery would act on it).
+func TestSessionRecordsReturn(t *testing.T) {
+	e := etcdtest.Start(t)
+	ctx := context.Background()
+	opts := cluster.Options{TTL: 2 * time.Second}
+	self, err := cluster.Join(ctx, e.Client(t), "/m/", cluster.Member{ID: "a", DC: "dc1", Underlay: netip.MustParseAddr("198.18.1.1")}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	other, err := cluster.Join(ctx, e.Client(t), "/m/", cluster.Member{ID: "b", DC: "dc1", Underlay: netip.MustParseAddr("198.18.2.1")}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := k.PublicKey()
+	n := &Node{cfg: Config{Cluster: self}, clients: map[wgtypes.Key]registry.Client{key: {PublicKey: key, ClientID: 100}}}
+	ep := netip.MustParseAddrPort("203.0.113.5:4000")
+	t0 := time.Unix(1700000000, 0)
+	other.SetSessions(map[uint32]cluster.Session{100: {Endpoint: ep, Since: t0.Add(time.Minute)}})
+	testutil.WaitFor(t, 10*time.Second, "b's record", func() bool { _, _, ok := self.SessionElsewhere(100, ""); return ok })
+	prev := map[uint32]cluster.Session{100: {Endpoint: ep, Since: t0}}
+	// Still the session that began at t0 (its last rekey before b's).
+	peers := []peerState{{PublicKey: key, Endpoint: ep, LastHandshake: t0.Add(50 * time.Second)}}
+	if got := n.sessionRecords(peers, prev, t0.Add(70*time.Second)); got[100].Since != t0 {
+		t.Errorf("before the return: Since %v, want %v", got[100].Since, t0)
+	}
+	// Back here after b: a new session.
+	peers[0].LastHandshake = t0.Add(2 * time.Minute)
+	if got := n.sessionRecords(peers, prev, t0.Add(2*time.Minute)); !got[100].Since.Equal(t0.Add(2 * time.Minute)) {
+		t.Errorf("after the return: Since %v, want %v", got[100].Since, t0.Add(2*time.Minute))
 	}
 }

@@ -208,8 +208,12 @@ func (m *Membership) claim(ctx context.Context) error {
 // adopt takes over lease l of this node's previous run if it is still
 // alive and its slot key is still this node's.
 func (m *Membership) adopt(ctx context.Context, l clientv3.LeaseID) (bool, error) {
-	ttl, err := m.cli.TimeToLive(ctx, l)
-	if err != nil || ttl.TTL <= 0 || m.self.Slot == 0 {
+	if m.self.Slot == 0 {
+		return false, nil
+	}
+	// KeepAliveOnce both tells that the lease lives and renews it, so it
+	// cannot lapse between this check and the keep-alive loop's start.
+	if ka, err := m.cli.KeepAliveOnce(ctx, l); err != nil || ka.TTL <= 0 {
 		return false, nil
 	}
 	slotKey := fmt.Sprintf("%s%s%s/%d", m.prefix, slotsDir, m.self.DC, m.self.Slot)
@@ -249,14 +253,22 @@ func (m *Membership) grant(ctx context.Context) error {
 		return err
 	}
 	m.mu.Lock()
-	m.lease = l.ID
-	m.health.Lease = fmt.Sprintf("%x", int64(l.ID))
 	m.self.Slot = slot
 	val, _ := json.Marshal(m.self)
 	m.mu.Unlock()
 	if _, err := m.cli.Put(ctx, m.prefix+nodesDir+m.self.ID, string(val), clientv3.WithLease(l.ID)); err != nil {
+		// Without its record the node would hold a slot on a live lease
+		// and look departed: its heir would take its clients. Give the
+		// lease (and the slot) back and try again.
+		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		m.cli.Revoke(rctx, l.ID)
+		cancel()
 		return fmt.Errorf("cluster: etcd: %w", err)
 	}
+	m.mu.Lock()
+	m.lease = l.ID
+	m.health.Lease = fmt.Sprintf("%x", int64(l.ID))
+	m.mu.Unlock()
 	return nil
 }
 

@@ -106,6 +106,7 @@ type grave struct {
 // Membership.sessMu.
 type sessions struct {
 	want      map[uint32]Session // what SetSessions asked for
+	wantSet   bool               // SetSessions was called: want is the node's
 	published map[uint32]Session // what is in etcd on pubLease
 	pubLease  clientv3.LeaseID
 	// others are the other nodes' records of this data center, graves
@@ -123,7 +124,7 @@ type sessions struct {
 // new lease.
 func (m *Membership) SetSessions(s map[uint32]Session) {
 	m.sessMu.Lock()
-	m.sess.want = maps.Clone(s)
+	m.sess.want, m.sess.wantSet = maps.Clone(s), true
 	m.sessMu.Unlock()
 	select {
 	case m.sessKick <- struct{}{}:
@@ -181,20 +182,26 @@ func (m *Membership) SessionElsewhere(cid uint32, except string) (string, Sessio
 // DepartedSession returns the newest recently deleted record of client
 // cid by a node that is no longer a member: the session a dead node held.
 func (m *Membership) DepartedSession(cid uint32) (string, Session, bool) {
-	m.mu.Lock()
-	members := maps.Clone(m.nodes)
-	m.mu.Unlock()
 	now := time.Now()
+	type cand struct {
+		id string
+		s  Session
+	}
+	var cands []cand
 	m.sessMu.Lock()
-	defer m.sessMu.Unlock()
+	for id, g := range m.sess.graves {
+		if e, ok := g[cid]; ok && now.Sub(e.at) < graveKeep {
+			cands = append(cands, cand{id, e.s})
+		}
+	}
+	m.sessMu.Unlock()
 	var best Session
 	var node string
-	for id, g := range m.sess.graves {
-		if _, live := members[id]; live {
-			continue
-		}
-		if e, ok := g[cid]; ok && now.Sub(e.at) < graveKeep && (node == "" || e.s.Since.After(best.Since)) {
-			best, node = e.s, id
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range cands {
+		if _, live := m.nodes[c.id]; !live && (node == "" || c.s.Since.After(best.Since)) {
+			best, node = c.s, c.id
 		}
 	}
 	return node, best, node != ""
@@ -229,6 +236,12 @@ func (m *Membership) syncSessions(ctx context.Context) error {
 		return nil // no lease: nothing can be attached; the next one gets all
 	}
 	m.sessMu.Lock()
+	if !m.sess.wantSet {
+		// Nothing said yet: a restarted node's previous records stay
+		// until it has taken its sessions back and published its own.
+		m.sessMu.Unlock()
+		return nil
+	}
 	if m.sess.pubLease != lease {
 		m.sess.published, m.sess.pubLease = map[uint32]Session{}, lease
 	}
