@@ -35,7 +35,7 @@ import (
 // issue asks for 10 of 10 within coldStartBound. WEDGE_COLDSTART_RUNS
 // overrides it (for a longer local run).
 const (
-	coldStartRuns  = 5
+	coldStartRuns  = 10
 	coldStartBound = 500 * time.Millisecond
 	coldStartEcho  = 12 * time.Second
 )
