@@ -729,6 +729,14 @@ func TestClusterChurn(t *testing.T) {
 	if cWorst > churnStayBound/2 {
 		machine = fmt.Sprintf(" (the control, without a tunnel, stalled %v at %s: the machine was overloaded)", cWorst.Round(time.Millisecond), since(cAt))
 	}
+	// The bound for clients of nodes that stayed up allows what the
+	// machine itself stalled (the control's worst, which on a quiet
+	// machine is a few ms): a stall wedge causes still fails, a moment
+	// when the shared cores stopped everything does not.
+	stayBound := churnStayBound + cWorst
+	if stayBound != churnStayBound {
+		t.Logf("bound for clients of nodes that stayed up: %v + the control's %v = %v", churnStayBound, cWorst.Round(time.Millisecond), stayBound.Round(time.Millisecond))
+	}
 	victims := 0
 	for _, cl := range cls {
 		e := cl.echo
@@ -747,9 +755,9 @@ func TestClusterChurn(t *testing.T) {
 		case killed && worst > churnKilledBound:
 			t.Errorf("%s (%s), a client of the killed node2: worst stall %v at %s, want ≤ %v; breaks: %v%s",
 				cl.name, cl.kind, worst.Round(time.Millisecond), since(at), churnKilledBound, e.breaks, machine)
-		case !killed && (len(e.breaks) > 0 || worst > churnStayBound):
+		case !killed && (len(e.breaks) > 0 || worst > stayBound):
 			t.Errorf("%s (%s), on a node that stayed up: worst stall %v at %s, want ≤ %v; breaks (want none): %v%s",
-				cl.name, cl.kind, worst.Round(time.Millisecond), since(at), churnStayBound, e.breaks, machine)
+				cl.name, cl.kind, worst.Round(time.Millisecond), since(at), stayBound.Round(time.Millisecond), e.breaks, machine)
 		}
 		if killed && len(e.breaks) > 0 {
 			t.Logf("%s (node2's): %v", cl.name, e.breaks)
