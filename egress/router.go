@@ -41,7 +41,7 @@ type Router struct {
 	mu       sync.Mutex // guards onReload
 	onReload func()     // after a new plan is in place
 
-	noCountry, fallbackCountry, fallbackPool, noEgress atomic.Uint64
+	noCountry, fallbackCountry, fallbackPool, fallbackDC, noEgress atomic.Uint64
 }
 
 // RouterConfig is what NewRouter builds a Router from.
@@ -94,7 +94,8 @@ const routerPoll = 2 * time.Second
 
 // NewRouter validates cfg and returns a Router serving cfg.Plan. It logs
 // the plan loaded, and warns when the node's slot has no IPv4 port slice
-// (its IPv4 flows then fail with ErrNoEgress).
+// (its IPv4 flows then fail with ErrNoEgress) and about the defaults the
+// plan lacks (warnDefaults).
 func NewRouter(cfg RouterConfig) (*Router, error) {
 	switch {
 	case cfg.Plan == nil:
@@ -119,7 +120,37 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		r.log.Warn("egress plan: this node has no IPv4 port slice; its IPv4 flows fail", "slot", cfg.Slot, "err", err)
 	}
 	r.log.Info("egress plan loaded", "file", cfg.PlanFile, "dc", cfg.DC, "addresses", len(cfg.Plan.Addrs4(cfg.DC)), "slot", cfg.Slot)
+	r.warnDefaults(cfg.Plan)
 	return r, nil
+}
+
+// warnDefaults warns, at each load of plan p, about what clients without
+// tags of their own meet on this node: a default pool (RouterConfig.Pool)
+// with no address in the plan, whose clients get no egress, and each pool
+// with no default country ("fallback"."pools"), whose clients of unknown
+// country (no GeoIP, or an address it does not know) leave from an
+// address of the data center's own country, or get no egress when the
+// data center has none in that pool.
+func (r *Router) warnDefaults(p *Plan) {
+	if _, hasPool := p.Serves("", r.pool); !hasPool {
+		r.log.Warn("egress plan has no address in the default pool (--egress-pool): clients whose registration names no pool get no egress",
+			"pool", r.pool, "pools", p.Pools())
+	}
+	dc, _ := p.DataCenter(r.dc)
+	for _, pool := range p.Pools() {
+		if p.PoolDefault(pool) != "" {
+			continue
+		}
+		_, err4 := p.Select4("", pool, r.dc, 0)
+		_, err6 := p.Select6("", pool, r.dc, max(r.slot, 1), 0)
+		if err4 != nil && err6 != nil {
+			r.log.Warn("egress plan: pool has no default country (fallback.pools) and this data center no address of its own country in it: its clients of unknown country get no egress here",
+				"pool", pool, "dc", r.dc, "dc_country", dc.Country)
+			continue
+		}
+		r.log.Warn("egress plan: pool has no default country (fallback.pools): its clients of unknown country leave from an address of the data center's own country",
+			"pool", pool, "dc", r.dc, "dc_country", dc.Country, "ipv4", err4 == nil, "ipv6", err6 == nil)
+	}
 }
 
 // Plan is the plan in use now. A Plan is immutable: a reload swaps it.
@@ -189,7 +220,8 @@ func (r *Router) reloadPlan() {
 		return
 	}
 	r.plan.Store(p)
-	r.log.Info("egress plan reloaded", "addresses", len(p.Addrs4(r.dc)))
+	r.log.Info("egress plan reloaded", "file", r.planPath, "addresses", len(p.Addrs4(r.dc)))
+	r.warnDefaults(p)
 	r.mu.Lock()
 	f := r.onReload
 	r.mu.Unlock()
@@ -325,6 +357,8 @@ func (r *Router) countFallback(ch Choice) {
 		r.fallbackCountry.Add(1)
 	case PoolFallback:
 		r.fallbackPool.Add(1)
+	case DataCenterFallback:
+		r.fallbackDC.Add(1)
 	}
 }
 
@@ -369,7 +403,7 @@ func (r *Router) Stats() map[string]any {
 	return map[string]any{
 		"dc": r.dc, "slot": r.slot, "addresses": len(r.plan.Load().Addrs4(r.dc)),
 		"inner_addresses_tagged": n, "no_country": r.noCountry.Load(),
-		"fallback_country": r.fallbackCountry.Load(), "fallback_pool": r.fallbackPool.Load(),
+		"fallback_country": r.fallbackCountry.Load(), "fallback_pool": r.fallbackPool.Load(), "fallback_dc": r.fallbackDC.Load(),
 		"no_egress": r.noEgress.Load(), "geoip": r.geo.Load() != nil,
 	}
 }
