@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -40,7 +41,12 @@ func main() {
 		os.Exit(2)
 	}
 	if err := run(c); err != nil {
-		fmt.Fprintln(os.Stderr, "wedged:", err)
+		if c.logFormat == "json" {
+			// The last line of a JSON log is JSON too.
+			slog.New(slog.NewJSONHandler(os.Stderr, nil)).Error("wedged: stopped", "err", err.Error())
+		} else {
+			fmt.Fprintln(os.Stderr, "wedged:", err)
+		}
 		os.Exit(1)
 	}
 }
