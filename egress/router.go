@@ -21,7 +21,8 @@ import (
 // handshakes (OnHandshake: its registration's pool and country override,
 // else the GeoIP country of the address it handshook from) and when its
 // registration's tags change (OnTags). Run re-reads both files when they
-// change; a bad new file is logged and the old one kept.
+// change, Reload at once (SIGHUP); a bad new file is logged and the old
+// one kept.
 //
 // A Router knows clients by their inner addresses only: it does not import
 // the registry, the cluster or the XDP front. The front reads the plan in
@@ -40,6 +41,9 @@ type Router struct {
 
 	mu       sync.Mutex // guards onReload
 	onReload func()     // after a new plan is in place
+
+	watchMu sync.Mutex // serializes reloads: Run's polls and Reload
+	watch   fileWatch  // what was last loaded of the files
 
 	noCountry, fallbackCountry, fallbackPool, fallbackDC, noEgress atomic.Uint64
 }
@@ -112,6 +116,12 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	}
 	r := &Router{planPath: cfg.PlanFile, geoPath: cfg.GeoIPFile, dc: cfg.DC, slot: cfg.Slot, pool: cfg.Pool, log: cfg.Logger}
 	r.plan.Store(cfg.Plan)
+	// The files as they were loaded, just before: Run reloads what changes
+	// from now on.
+	r.watch.plan, _ = os.Stat(cfg.PlanFile)
+	if cfg.GeoIPFile != "" {
+		r.watch.geo, _ = os.Stat(cfg.GeoIPFile)
+	}
 	if cfg.GeoIP != nil {
 		r.geo.Store(cfg.GeoIP)
 		r.log.Info("geoip database loaded", "file", cfg.GeoIPFile, "db", cfg.GeoIP.Info())
@@ -159,11 +169,6 @@ func (r *Router) Plan() *Plan { return r.plan.Load() }
 // Run re-reads the files when they change, until ctx ends; then it closes
 // the GeoIP database.
 func (r *Router) Run(ctx context.Context) {
-	var w fileWatch
-	w.plan, _ = os.Stat(r.planPath)
-	if r.geoPath != "" {
-		w.geo, _ = os.Stat(r.geoPath)
-	}
 	t := time.NewTicker(routerPoll)
 	defer t.Stop()
 	for {
@@ -174,7 +179,9 @@ func (r *Router) Run(ctx context.Context) {
 			}
 			return
 		case <-t.C:
-			r.reload(&w)
+			r.watchMu.Lock()
+			r.reload(&r.watch)
+			r.watchMu.Unlock()
 		}
 	}
 }
@@ -186,7 +193,7 @@ type fileWatch struct{ plan, geo os.FileInfo }
 func (r *Router) reload(w *fileWatch) {
 	if fi, err := os.Stat(r.planPath); err == nil && fileChanged(w.plan, fi) {
 		w.plan = fi
-		r.reloadPlan()
+		_ = r.reloadPlan() // logged
 	}
 	if r.geoPath == "" {
 		return
@@ -207,17 +214,55 @@ func (r *Router) reload(w *fileWatch) {
 	}
 }
 
-// reloadPlan loads the plan file, which changed, and takes it if it is
-// valid and still has this node's data center.
-func (r *Router) reloadPlan() {
+// Reload re-reads the plan file and the GeoIP database (if any) now,
+// whether or not they changed, as a SIGHUP asks: each one that loads is
+// put in place, each one that does not is logged and the one in use kept.
+// Flows already open keep their source; a client's GeoIP country is looked
+// up again at its next handshake. It returns the files it reloaded
+// ("egress-plan", "geoip") and the errors of those it kept. Run need not
+// be running; Reload and Run's polls do not overlap.
+func (r *Router) Reload() (reloaded []string, err error) {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	fi, statErr := os.Stat(r.planPath)
+	if perr := r.reloadPlan(); perr != nil {
+		err = perr
+	} else {
+		reloaded = append(reloaded, "egress-plan")
+	}
+	if statErr == nil {
+		r.watch.plan = fi // Run's next poll need not load it again
+	}
+	if r.geoPath == "" {
+		return reloaded, err
+	}
+	gfi, statErr := os.Stat(r.geoPath)
+	db, gerr := geoip.Open(r.geoPath)
+	if gerr != nil {
+		r.log.Error("geoip database cannot be read; keeping the old one", "file", r.geoPath, "err", gerr)
+		return reloaded, errors.Join(err, fmt.Errorf("--geoip: %w", gerr))
+	}
+	if statErr == nil {
+		r.watch.geo = gfi
+	}
+	if old := r.geo.Swap(db); old != nil {
+		old.Close()
+	}
+	r.log.Info("geoip database reloaded", "file", r.geoPath, "db", db.Info())
+	return append(reloaded, "geoip"), err
+}
+
+// reloadPlan loads the plan file, which changed (or a SIGHUP asks), and
+// takes it if it is valid and still has this node's data center.
+func (r *Router) reloadPlan() error {
 	p, err := LoadPlan(r.planPath)
 	if err != nil {
 		r.log.Error("egress plan changed but is not valid; keeping the old one", "err", err)
-		return
+		return err
 	}
 	if _, ok := p.DataCenter(r.dc); !ok {
 		r.log.Error("egress plan changed and lost this node's data center; keeping the old one", "dc", r.dc)
-		return
+		return fmt.Errorf("egress plan %s: this node's data center %q is not in it", r.planPath, r.dc)
 	}
 	r.plan.Store(p)
 	r.log.Info("egress plan reloaded", "file", r.planPath, "addresses", len(p.Addrs4(r.dc)))
@@ -228,6 +273,7 @@ func (r *Router) reloadPlan() {
 	if f != nil {
 		f()
 	}
+	return nil
 }
 
 func fileChanged(old, cur os.FileInfo) bool {
