@@ -69,6 +69,9 @@ type config struct {
 	apis   apiFlags
 
 	etcdRequireTLS bool
+
+	args   []string          // the command line, which a SIGHUP parses again with the file
+	values map[string]string // every flag's value as parsed, by name
 }
 
 func flags(args []string) (*config, error) {
@@ -90,6 +93,9 @@ func flags(args []string) (*config, error) {
 			return nil, err
 		}
 	}
+	c.args = args
+	c.values = make(map[string]string)
+	fs.VisitAll(func(f *flag.Flag) { c.values[f.Name] = f.Value.String() })
 	return c, nil
 }
 

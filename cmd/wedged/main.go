@@ -67,8 +67,11 @@ func genkey(args []string) {
 }
 
 // run starts the node's parts in order, serves until a signal or a failure
-// and closes them in the reverse order.
+// and closes them in the reverse order. A SIGHUP reloads what it can
+// (reload.go).
 func run(c *config) error {
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
 	s, err := c.check()
 	if err != nil {
 		return err
@@ -109,5 +112,7 @@ func run(c *config) error {
 	if err := servePprof(c.pprof); err != nil {
 		return err
 	}
+	rl := &reloader{c: c, s: s, router: eg.router}
+	go rl.serveHUP(ctx, hup)
 	return serve(ctx, c, s, node)
 }
