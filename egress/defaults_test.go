@@ -192,7 +192,7 @@ func TestDialerLogsRefusals(t *testing.T) {
 		t.Skip(err) // a kernel without IP_LOCAL_PORT_RANGE
 	}
 	now := time.Unix(1_000_000, 0)
-	d.refusals.now = func() time.Time { return now }
+	d.refusals.limit.Now = func() time.Time { return now }
 	dst := netip.MustParseAddrPort("198.18.0.2:80")
 	for range 5 {
 		if _, err := d.DialTCP(context.Background(), clientSrc, dst); !errors.Is(err, ErrNoEgress) {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wedge-edge/wedge/internal/ratelog"
 )
 
 // ErrSliceExhausted is wrapped by the error of a dial that found every port
@@ -138,7 +140,7 @@ func New(cfg Config) (*Dialer, error) {
 		timeout:  cfg.DialTimeout,
 		pinger:   newPinger(src4, src6),
 		route:    cfg.Route,
-		refusals: refusalLog{log: cfg.Logger, now: time.Now},
+		refusals: refusalLog{log: cfg.Logger, limit: ratelog.Limiter{Every: refusalLogEvery}},
 	}
 	d.kernel.r.Store(kernel.r.Load())
 	return d, nil

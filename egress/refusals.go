@@ -5,8 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
-	"sync"
 	"time"
+
+	"github.com/wedge-edge/wedge/internal/ratelog"
 )
 
 // refusalLogEvery is how often at most the Dialer logs a refused flow of
@@ -20,16 +21,8 @@ const refusalLogEvery = time.Minute
 // is Stats' job; this is so that an operator reading the log learns that
 // flows are refused, and why, without a line per flow.
 type refusalLog struct {
-	log *slog.Logger
-	now func() time.Time // time.Now; tests replace it
-
-	mu      sync.Mutex
-	reasons map[string]*refusalState
-}
-
-type refusalState struct {
-	logged time.Time // when the last line of this reason was written
-	since  uint64    // refusals since then, not logged
+	log   *slog.Logger
+	limit ratelog.Limiter
 }
 
 // refusalReason is the reason a refused flow's error names, as a stable
@@ -56,24 +49,10 @@ func (l *refusalLog) note(proto string, client netip.Addr, dst netip.AddrPort, e
 	if reason == "" {
 		return
 	}
-	now := l.now()
-	l.mu.Lock()
-	st := l.reasons[reason]
-	if st == nil {
-		st = &refusalState{}
-		if l.reasons == nil {
-			l.reasons = make(map[string]*refusalState)
-		}
-		l.reasons[reason] = st
-	}
-	st.since++
-	if !st.logged.IsZero() && now.Sub(st.logged) < refusalLogEvery {
-		l.mu.Unlock()
+	n, ok := l.limit.Allow(reason)
+	if !ok {
 		return
 	}
-	n := st.since
-	st.logged, st.since = now, 0
-	l.mu.Unlock()
 	l.log.Log(context.Background(), level, "flow refused", "reason", reason, "proto", proto, "client", client, "dst", dst,
-		"err", err.Error(), "refused_since_last", n, "next_line_after", refusalLogEvery.String())
+		"err", err.Error(), "refused_since_last", n, "next_line_after", l.limit.Interval().String())
 }
