@@ -69,3 +69,26 @@ func TestLogFormat(t *testing.T) {
 		t.Errorf("--log-level loud: %v", err)
 	}
 }
+
+// TestGRPCLogger: grpc's lines (etcd's client) reach the node's log as
+// its own, JSON included; grpc's info lines are debug.
+func TestGRPCLogger(t *testing.T) {
+	var buf bytes.Buffer
+	lg, _, err := newLogger(&buf, "json", "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpcLogger{lg.With("component", "grpc")}
+	g.Infoln("subchannel", "connecting")
+	g.Errorf("transport: %s", "connection refused")
+	var m map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+		t.Fatalf("%q: want one JSON line: %v", buf.String(), err)
+	}
+	if m["level"] != "ERROR" || m["component"] != "grpc" || m["msg"] != "transport: connection refused" {
+		t.Errorf("grpc's error line %v", m)
+	}
+	if g.V(2) || !g.V(0) {
+		t.Error("grpc verbosity: want level 0 only")
+	}
+}

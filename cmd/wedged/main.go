@@ -20,6 +20,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"google.golang.org/grpc/grpclog"
+
 	"github.com/wedge-edge/wedge/server"
 )
 
@@ -76,6 +78,8 @@ func run(c *config) error {
 	if err != nil {
 		return err
 	}
+	// Before any grpc connection (etcd's client) exists.
+	grpclog.SetLoggerV2(grpcLogger{s.log.With("component", "grpc")})
 	if err := os.MkdirAll(c.state, 0o700); err != nil {
 		return fmt.Errorf("--state: %w", err)
 	}
