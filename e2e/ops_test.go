@@ -9,7 +9,8 @@ package e2e
 //
 // TestOpsDefaultsAndSIGHUP: the client's flows leave from the data center's
 // country (they were all refused before), the log is one JSON object a
-// line and warns about the pool without a default; then the plan is
+// line, warns about the pool without a default and tells of the first
+// refused flow (IPv6: the plan has none); then the plan is
 // rewritten to .11 with its old size and modification time, which the
 // node's polls cannot see, and a SIGHUP alone makes the client's new flows
 // leave from .11 while an interactive TCP session opened before goes on
@@ -76,8 +77,14 @@ func TestOpsDefaultsAndSIGHUP(t *testing.T) {
 	if got := egressOf(); got.Addr() != lab.Egress4 || got.Port() < 40000 || got.Port() > 44999 {
 		t.Fatalf("the client left from %v, want %v with a port in 40000-44999", got, lab.Egress4)
 	}
-	// The log: JSON lines only, the pool without a default named.
-	warned := false
+	// The plan has no IPv6: the client's IPv6 flows are refused, and the
+	// first one is logged.
+	if got, err := probe.RemoteAddr(lab.Origin6.Addr()); err == nil {
+		t.Fatalf("an IPv6 flow left from %v; the plan has no IPv6 block", got)
+	}
+	// The log: JSON lines only, the pool without a default named, the
+	// refused flow told.
+	warned, refused := false, false
 	for _, l := range strings.Split(strings.TrimSpace(w.Proc.Output()), "\n") {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(l), &m); err != nil {
@@ -86,9 +93,15 @@ func TestOpsDefaultsAndSIGHUP(t *testing.T) {
 		if m["level"] == "WARN" && m["pool"] == "trusted" && strings.Contains(m["msg"].(string), "no default country") {
 			warned = true
 		}
+		if m["msg"] == "flow refused" && m["reason"] == "no_egress" && m["proto"] == "tcp" && m["component"] == "egress" {
+			refused = true
+		}
 	}
 	if !warned {
 		t.Errorf("no warning about pool trusted having no default country:\n%s", w.Proc.Output())
+	}
+	if !refused {
+		t.Errorf("no line about the refused IPv6 flow:\n%s", w.Proc.Output())
 	}
 
 	// An interactive session across the reload.
