@@ -115,6 +115,11 @@ In a cluster (--etcd), every node shares the registry and membership in
 etcd and runs with the same --service-key file; see README "Running a
 cluster".
 
+Signals: SIGTERM or SIGINT stop the node; SIGHUP re-reads the --config
+file (applying --log-level, naming other changes that need a restart),
+the --egress-plan and the --geoip database, without dropping sessions.
+dist/wedged.service runs it under systemd (README "Operating wedge").
+
 Flags (a --config file may set the same keys, one "key = value" per line;
 the command line wins):
 `)
