@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wedge-edge/wedge/internal/ratelog"
 )
 
 // ErrSliceExhausted is wrapped by the error of a dial that found every port
@@ -56,6 +58,7 @@ type Dialer struct {
 	udpPorts map[udpHolder]int // UDP flows open per client and source address
 
 	tcp, udp, ping counters
+	refusals       refusalLog
 }
 
 // udpHolder is a client (its registration, or its address when unknown)
@@ -137,6 +140,7 @@ func New(cfg Config) (*Dialer, error) {
 		timeout:  cfg.DialTimeout,
 		pinger:   newPinger(src4, src6),
 		route:    cfg.Route,
+		refusals: refusalLog{log: cfg.Logger, limit: ratelog.Limiter{Every: refusalLogEvery}},
 	}
 	d.kernel.r.Store(kernel.r.Load())
 	return d, nil
@@ -153,6 +157,9 @@ func New(cfg Config) (*Dialer, error) {
 func (d *Dialer) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	c, err := d.dial(ctx, "tcp", src.Addr().Unmap(), dst)
 	d.tcp.count(err)
+	if err != nil {
+		d.refusals.note("tcp", src.Addr().Unmap(), dst, err)
+	}
 	return c, err
 }
 
@@ -166,6 +173,9 @@ func (d *Dialer) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn
 func (d *Dialer) DialUDP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	c, err := d.dial(ctx, "udp", src.Addr().Unmap(), dst)
 	d.udp.count(err)
+	if err != nil {
+		d.refusals.note("udp", src.Addr().Unmap(), dst, err)
+	}
 	return c, err
 }
 

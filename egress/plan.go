@@ -94,9 +94,11 @@ const (
 //
 // "fallback" says where a client goes when its data center has no address
 // with its (country, pool): first the countries of "countries"[country], in
-// order, then the pool's default country "pools"[pool], always in the same
-// pool and data center: an address owned by another data center would not
-// get its replies back on this node.
+// order, then the pool's default country "pools"[pool], and last the data
+// center's own country (so that a plan without "fallback" still serves
+// clients whose country is unknown), always in the same pool and data
+// center: an address owned by another data center would not get its
+// replies back on this node.
 //
 // ParsePlan rejects, naming the place (`ipv4[1].owners["198.51.100.40"]`):
 // unknown fields, data after the object, a file over MaxPlanSize, prefixes

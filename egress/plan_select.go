@@ -37,9 +37,13 @@ const (
 	CountryFallback
 	// PoolFallback: the pool's default country, fallback.pools.
 	PoolFallback
+	// DataCenterFallback: the data center's own country, the last step,
+	// so that a client of unknown country in a pool with no default (a
+	// plan without "fallback", no GeoIP) is not stranded.
+	DataCenterFallback
 )
 
-// String returns "none", "country" or "pool", fit for a metric label.
+// String returns "none", "country", "pool" or "dc", fit for a metric label.
 func (f Fallback) String() string {
 	switch f {
 	case NoFallback:
@@ -48,6 +52,8 @@ func (f Fallback) String() string {
 		return "country"
 	case PoolFallback:
 		return "pool"
+	case DataCenterFallback:
+		return "dc"
 	}
 	return "Fallback(" + strconv.Itoa(int(f)) + ")"
 }
@@ -100,6 +106,23 @@ func (p *Plan) Serves(country, pool string) (hasCountry, hasPool bool) {
 	return hasCountry, hasPool
 }
 
+// Pools returns the pools the plan's blocks name, in any data center,
+// sorted.
+func (p *Plan) Pools() []string {
+	seen := map[string]bool{}
+	for t := range p.groups4 {
+		seen[t.pool] = true
+	}
+	for t := range p.groups6 {
+		seen[t.pool] = true
+	}
+	return sortedKeys(seen)
+}
+
+// PoolDefault returns the pool's default country, "fallback"."pools"[pool],
+// or "" when the plan names none.
+func (p *Plan) PoolDefault(pool string) string { return p.fbPools[pool] }
+
 // DataCenters returns the names of the plan's data centers, sorted.
 func (p *Plan) DataCenters() []string { return sortedKeys(p.dcs) }
 
@@ -149,7 +172,8 @@ func (p *Plan) OwnerDC(a netip.Addr) (string, bool) {
 // the same key gets the same address while the set is unchanged, and
 // adding, removing or moving one address moves only the clients that
 // gain or lose it. With no match the fallback chain is tried (see Plan);
-// country may be empty when unknown, leaving only the pool's default.
+// country may be empty when unknown, leaving the pool's default and then
+// the data center's own country.
 // The cost is one hash per candidate address, so callers choose once per
 // client, not per flow. The error wraps ErrNoEgress.
 func (p *Plan) Select4(country, pool, dc string, key uint32) (Choice, error) {
@@ -229,8 +253,9 @@ func (p *Plan) walk(fam, country, pool, dc string, c *Choice, try func(tags) boo
 	if step(p.fbPools[pool], PoolFallback) {
 		return nil
 	}
-	if len(tried) == 0 {
-		return fmt.Errorf("%w: client country unknown and pool %q has no default country", ErrNoEgress, pool)
+	// Every data center has a country (parsePlan), so tried is never empty.
+	if step(p.dcs[dc].Country, DataCenterFallback) {
+		return nil
 	}
 	return fmt.Errorf("%w: data center %q has no %s address in pool %q for %s", ErrNoEgress, dc, fam, pool, strings.Join(tried, ", "))
 }

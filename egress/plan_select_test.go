@@ -132,7 +132,10 @@ func TestSelect4Fallback(t *testing.T) {
 		{"LU", "trusted", "bru", CountryFallback, "BE", "198.51.100.128/26"},  // LU → BE
 		{"US", "trusted", "ams", PoolFallback, "NL", "198.51.100.0/26"},
 		{"", "untrusted", "ams", PoolFallback, "NL", "198.51.100.32/30"},
-		{"FR", "untrusted", "bru", 0, "", ""}, // FR, then pool default NL: neither in bru
+		{"FR", "untrusted", "bru", DataCenterFallback, "BE", "198.51.100.192/26"}, // FR, pool default NL: neither in bru; bru's own BE
+		{"US", "trusted", "fra", DataCenterFallback, "DE", "198.51.100.16/29"},    // US, pool default NL: neither in fra
+		{"", "trusted", "bru", PoolFallback, "NL", "198.51.100.38/32"},
+		{"FR", "gold", "ams", 0, "", ""}, // no address in pool gold anywhere
 	}
 	for _, tt := range tests {
 		name := fmt.Sprintf("%s/%s/%s", tt.country, tt.pool, tt.dc)
@@ -158,9 +161,9 @@ func TestSelect4Fallback(t *testing.T) {
 		})
 	}
 	for _, tt := range []struct{ country, pool, dc, want string }{
-		{"US", "trusted", "fra", `egress: no egress address: data center "fra" has no ipv4 address in pool "trusted" for US, NL`},
+		{"US", "gold", "fra", `egress: no egress address: data center "fra" has no ipv4 address in pool "gold" for US, DE`},
 		{"BE", "gold", "ams", `data center "ams" has no ipv4 address in pool "gold" for BE, NL, DE`},
-		{"", "gold", "ams", `client country unknown and pool "gold" has no default country`},
+		{"", "gold", "ams", `data center "ams" has no ipv4 address in pool "gold" for NL`},
 		{"NL", "trusted", "lon", `unknown data center "lon"`},
 	} {
 		_, err := p.Select4(tt.country, tt.pool, tt.dc, 1)
@@ -332,7 +335,8 @@ func TestSelect6(t *testing.T) {
 		{"BE", "untrusted", "ams", 3, "2001:db8:5101:3::/64", CountryFallback},
 		{"US", "trusted", "ams", 255, "2001:db8:5100:ff::/64", PoolFallback},
 		{"BE", "trusted", "bru", 9, "2001:db8:5300:9::/64", NoFallback},
-		{"FR", "trusted", "fra", 2, "", 0},
+		{"FR", "trusted", "fra", 2, "2001:db8:5200:2::/64", DataCenterFallback},
+		{"FR", "untrusted", "fra", 2, "", 0},
 	} {
 		c, err := p.Select6(tt.country, tt.pool, tt.dc, tt.slot, 42)
 		if tt.want == "" {

@@ -21,7 +21,8 @@ import (
 // handshakes (OnHandshake: its registration's pool and country override,
 // else the GeoIP country of the address it handshook from) and when its
 // registration's tags change (OnTags). Run re-reads both files when they
-// change; a bad new file is logged and the old one kept.
+// change, Reload at once (SIGHUP); a bad new file is logged and the old
+// one kept.
 //
 // A Router knows clients by their inner addresses only: it does not import
 // the registry, the cluster or the XDP front. The front reads the plan in
@@ -41,7 +42,10 @@ type Router struct {
 	mu       sync.Mutex // guards onReload
 	onReload func()     // after a new plan is in place
 
-	noCountry, fallbackCountry, fallbackPool, noEgress atomic.Uint64
+	watchMu sync.Mutex // serializes reloads: Run's polls and Reload
+	watch   fileWatch  // what was last loaded of the files
+
+	noCountry, fallbackCountry, fallbackPool, fallbackDC, noEgress atomic.Uint64
 }
 
 // RouterConfig is what NewRouter builds a Router from.
@@ -94,7 +98,8 @@ const routerPoll = 2 * time.Second
 
 // NewRouter validates cfg and returns a Router serving cfg.Plan. It logs
 // the plan loaded, and warns when the node's slot has no IPv4 port slice
-// (its IPv4 flows then fail with ErrNoEgress).
+// (its IPv4 flows then fail with ErrNoEgress) and about the defaults the
+// plan lacks (warnDefaults).
 func NewRouter(cfg RouterConfig) (*Router, error) {
 	switch {
 	case cfg.Plan == nil:
@@ -111,6 +116,12 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	}
 	r := &Router{planPath: cfg.PlanFile, geoPath: cfg.GeoIPFile, dc: cfg.DC, slot: cfg.Slot, pool: cfg.Pool, log: cfg.Logger}
 	r.plan.Store(cfg.Plan)
+	// The files as they were loaded, just before: Run reloads what changes
+	// from now on.
+	r.watch.plan, _ = os.Stat(cfg.PlanFile)
+	if cfg.GeoIPFile != "" {
+		r.watch.geo, _ = os.Stat(cfg.GeoIPFile)
+	}
 	if cfg.GeoIP != nil {
 		r.geo.Store(cfg.GeoIP)
 		r.log.Info("geoip database loaded", "file", cfg.GeoIPFile, "db", cfg.GeoIP.Info())
@@ -119,7 +130,37 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		r.log.Warn("egress plan: this node has no IPv4 port slice; its IPv4 flows fail", "slot", cfg.Slot, "err", err)
 	}
 	r.log.Info("egress plan loaded", "file", cfg.PlanFile, "dc", cfg.DC, "addresses", len(cfg.Plan.Addrs4(cfg.DC)), "slot", cfg.Slot)
+	r.warnDefaults(cfg.Plan)
 	return r, nil
+}
+
+// warnDefaults warns, at each load of plan p, about what clients without
+// tags of their own meet on this node: a default pool (RouterConfig.Pool)
+// with no address in the plan, whose clients get no egress, and each pool
+// with no default country ("fallback"."pools"), whose clients of unknown
+// country (no GeoIP, or an address it does not know) leave from an
+// address of the data center's own country, or get no egress when the
+// data center has none in that pool.
+func (r *Router) warnDefaults(p *Plan) {
+	if _, hasPool := p.Serves("", r.pool); !hasPool {
+		r.log.Warn("egress plan has no address in the default pool (--egress-pool): clients whose registration names no pool get no egress",
+			"pool", r.pool, "pools", p.Pools())
+	}
+	dc, _ := p.DataCenter(r.dc)
+	for _, pool := range p.Pools() {
+		if p.PoolDefault(pool) != "" {
+			continue
+		}
+		_, err4 := p.Select4("", pool, r.dc, 0)
+		_, err6 := p.Select6("", pool, r.dc, max(r.slot, 1), 0)
+		if err4 != nil && err6 != nil {
+			r.log.Warn("egress plan: pool has no default country (fallback.pools) and this data center no address of its own country in it: its clients of unknown country get no egress here",
+				"pool", pool, "dc", r.dc, "dc_country", dc.Country)
+			continue
+		}
+		r.log.Warn("egress plan: pool has no default country (fallback.pools): its clients of unknown country leave from an address of the data center's own country",
+			"pool", pool, "dc", r.dc, "dc_country", dc.Country, "ipv4", err4 == nil, "ipv6", err6 == nil)
+	}
 }
 
 // Plan is the plan in use now. A Plan is immutable: a reload swaps it.
@@ -128,11 +169,6 @@ func (r *Router) Plan() *Plan { return r.plan.Load() }
 // Run re-reads the files when they change, until ctx ends; then it closes
 // the GeoIP database.
 func (r *Router) Run(ctx context.Context) {
-	var w fileWatch
-	w.plan, _ = os.Stat(r.planPath)
-	if r.geoPath != "" {
-		w.geo, _ = os.Stat(r.geoPath)
-	}
 	t := time.NewTicker(routerPoll)
 	defer t.Stop()
 	for {
@@ -143,7 +179,9 @@ func (r *Router) Run(ctx context.Context) {
 			}
 			return
 		case <-t.C:
-			r.reload(&w)
+			r.watchMu.Lock()
+			r.reload(&r.watch)
+			r.watchMu.Unlock()
 		}
 	}
 }
@@ -155,7 +193,7 @@ type fileWatch struct{ plan, geo os.FileInfo }
 func (r *Router) reload(w *fileWatch) {
 	if fi, err := os.Stat(r.planPath); err == nil && fileChanged(w.plan, fi) {
 		w.plan = fi
-		r.reloadPlan()
+		_ = r.reloadPlan() // logged
 	}
 	if r.geoPath == "" {
 		return
@@ -176,26 +214,66 @@ func (r *Router) reload(w *fileWatch) {
 	}
 }
 
-// reloadPlan loads the plan file, which changed, and takes it if it is
-// valid and still has this node's data center.
-func (r *Router) reloadPlan() {
+// Reload re-reads the plan file and the GeoIP database (if any) now,
+// whether or not they changed, as a SIGHUP asks: each one that loads is
+// put in place, each one that does not is logged and the one in use kept.
+// Flows already open keep their source; a client's GeoIP country is looked
+// up again at its next handshake. It returns the files it reloaded
+// ("egress-plan", "geoip") and the errors of those it kept. Run need not
+// be running; Reload and Run's polls do not overlap.
+func (r *Router) Reload() (reloaded []string, err error) {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	fi, statErr := os.Stat(r.planPath)
+	if perr := r.reloadPlan(); perr != nil {
+		err = perr
+	} else {
+		reloaded = append(reloaded, "egress-plan")
+	}
+	if statErr == nil {
+		r.watch.plan = fi // Run's next poll need not load it again
+	}
+	if r.geoPath == "" {
+		return reloaded, err
+	}
+	gfi, statErr := os.Stat(r.geoPath)
+	db, gerr := geoip.Open(r.geoPath)
+	if gerr != nil {
+		r.log.Error("geoip database cannot be read; keeping the old one", "file", r.geoPath, "err", gerr)
+		return reloaded, errors.Join(err, fmt.Errorf("--geoip: %w", gerr))
+	}
+	if statErr == nil {
+		r.watch.geo = gfi
+	}
+	if old := r.geo.Swap(db); old != nil {
+		old.Close()
+	}
+	r.log.Info("geoip database reloaded", "file", r.geoPath, "db", db.Info())
+	return append(reloaded, "geoip"), err
+}
+
+// reloadPlan loads the plan file, which changed (or a SIGHUP asks), and
+// takes it if it is valid and still has this node's data center.
+func (r *Router) reloadPlan() error {
 	p, err := LoadPlan(r.planPath)
 	if err != nil {
 		r.log.Error("egress plan changed but is not valid; keeping the old one", "err", err)
-		return
+		return err
 	}
 	if _, ok := p.DataCenter(r.dc); !ok {
 		r.log.Error("egress plan changed and lost this node's data center; keeping the old one", "dc", r.dc)
-		return
+		return fmt.Errorf("egress plan %s: this node's data center %q is not in it", r.planPath, r.dc)
 	}
 	r.plan.Store(p)
-	r.log.Info("egress plan reloaded", "addresses", len(p.Addrs4(r.dc)))
+	r.log.Info("egress plan reloaded", "file", r.planPath, "addresses", len(p.Addrs4(r.dc)))
+	r.warnDefaults(p)
 	r.mu.Lock()
 	f := r.onReload
 	r.mu.Unlock()
 	if f != nil {
 		f()
 	}
+	return nil
 }
 
 func fileChanged(old, cur os.FileInfo) bool {
@@ -325,6 +403,8 @@ func (r *Router) countFallback(ch Choice) {
 		r.fallbackCountry.Add(1)
 	case PoolFallback:
 		r.fallbackPool.Add(1)
+	case DataCenterFallback:
+		r.fallbackDC.Add(1)
 	}
 }
 
@@ -369,7 +449,7 @@ func (r *Router) Stats() map[string]any {
 	return map[string]any{
 		"dc": r.dc, "slot": r.slot, "addresses": len(r.plan.Load().Addrs4(r.dc)),
 		"inner_addresses_tagged": n, "no_country": r.noCountry.Load(),
-		"fallback_country": r.fallbackCountry.Load(), "fallback_pool": r.fallbackPool.Load(),
+		"fallback_country": r.fallbackCountry.Load(), "fallback_pool": r.fallbackPool.Load(), "fallback_dc": r.fallbackDC.Load(),
 		"no_egress": r.noEgress.Load(), "geoip": r.geo.Load() != nil,
 	}
 }

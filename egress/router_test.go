@@ -1,12 +1,15 @@
 package egress
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -276,5 +279,55 @@ func TestRouterRetag(t *testing.T) {
 	r.OnTags(unseen)
 	if _, ok := r.tags.Load(unseen.V4); ok {
 		t.Fatal("OnTags stored tags for a client that has not handshaken here")
+	}
+}
+
+// TestRouterForcedReload: Reload (SIGHUP) takes the files as they are now,
+// even a plan rewritten with its old size and modification time, which the
+// polls do not notice; a broken plan is refused and the old one kept.
+func TestRouterForcedReload(t *testing.T) {
+	r, path := newTestRouter(t)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same plan with 198.51.100.4 moved to ams, as long as the old one.
+	moved := strings.Replace(routerTestPlan, `"owners": {"198.51.100.6": "ams"}`, `"owners": {"198.51.100.4":"ams","198.51.100.6":"ams"}`, 1)
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, []byte(moved)); err != nil {
+		t.Fatal(err)
+	}
+	moved = compact.String() + strings.Repeat(" ", max(0, len(routerTestPlan)-compact.Len()))
+	if len(moved) != len(routerTestPlan) {
+		t.Fatalf("test plan of %d bytes, want %d", len(moved), len(routerTestPlan))
+	}
+	if err := os.WriteFile(path, []byte(moved), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	r.watchMu.Lock()
+	r.reload(&r.watch) // what Run does every routerPoll
+	r.watchMu.Unlock()
+	if n := len(r.Plan().Addrs4("ams")); n != 5 {
+		t.Fatalf("the poll took a plan whose size and time did not change (ams has %d addresses); the test proves nothing", n)
+	}
+	reloaded, err := r.Reload()
+	if err != nil || !slices.Equal(reloaded, []string{"egress-plan", "geoip"}) {
+		t.Fatalf("Reload: %v, %v; want both files reloaded", reloaded, err)
+	}
+	if n := len(r.Plan().Addrs4("ams")); n != 6 {
+		t.Fatalf("after Reload ams has %d addresses, want 6", n)
+	}
+	if r.Stats()["geoip"] != true {
+		t.Fatal("no GeoIP database after Reload")
+	}
+	if err := os.WriteFile(path, []byte(`{"ipv4": [`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reloaded, err = r.Reload()
+	if err == nil || !slices.Equal(reloaded, []string{"geoip"}) || len(r.Plan().Addrs4("ams")) != 6 {
+		t.Fatalf("Reload of a broken plan: %v, %v, ams %d addresses; want an error and the old plan kept", reloaded, err, len(r.Plan().Addrs4("ams")))
 	}
 }

@@ -34,6 +34,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/wedge-edge/wedge/internal/ratelog"
 )
 
 // Defaults for zero Config and Limits fields.
@@ -178,6 +180,8 @@ type Stack struct {
 
 	limits limiter
 	stats  counters
+
+	refusals ratelog.Limiter // which refused flows get a log line (refusals.go)
 
 	flowsMu sync.Mutex
 	flows   map[flow]struct{} // open flows, closed by Close

@@ -81,7 +81,7 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 	}
 	client := s.clientOf(src.Addr())
 	if why := s.limits.acquire(client); why != admitted {
-		c.refuse(why)
+		s.refuse(c, why, "tcp", src, dst)
 		r.Complete(true)
 		return
 	}
@@ -103,7 +103,7 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 	}
 	if why := s.limits.promote(client); why != admitted {
 		out.Close()
-		c.refuse(why)
+		s.refuse(c, why, "tcp", src, dst)
 		r.Complete(true)
 		return
 	}

@@ -49,7 +49,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	}
 	client := s.clientOf(src.Addr())
 	if why := s.limits.acquire(client); why != admitted {
-		c.refuse(why)
+		s.refuse(c, why, "udp", src, dst)
 		return false
 	}
 	if !s.enter() {
@@ -91,7 +91,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 			return
 		}
 		if why := s.limits.promote(client); why != admitted {
-			c.refuse(why)
+			s.refuse(c, why, "udp", src, dst)
 			in.Close()
 			out.Close()
 			s.sendRaw(unreachable(quote, true))

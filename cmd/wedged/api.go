@@ -218,8 +218,12 @@ func serve(ctx context.Context, c *config, s *settings, node *server.Node) error
 	return runErr
 }
 
-// banner tells a newcomer how to register a client.
+// banner tells a newcomer how to register a client. A JSON log gets none:
+// it is read by programs, which want one object a line.
 func banner(c *config, tokenPath string, pub *publicAPI) {
+	if c.logFormat == "json" {
+		return
+	}
 	fmt.Fprintf(os.Stderr, `
 wedge node %s is up. Register a client through the admin API (this host only) with:
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -42,6 +43,7 @@ type config struct {
 	maxFlows    int
 	maxPerCli   int
 	logLevel    string
+	logFormat   string
 	pprof       string
 
 	etcd         string
@@ -67,6 +69,9 @@ type config struct {
 	apis   apiFlags
 
 	etcdRequireTLS bool
+
+	args   []string          // the command line, which a SIGHUP parses again with the file
+	values map[string]string // every flag's value as parsed, by name
 }
 
 func flags(args []string) (*config, error) {
@@ -88,6 +93,9 @@ func flags(args []string) (*config, error) {
 			return nil, err
 		}
 	}
+	c.args = args
+	c.values = make(map[string]string)
+	fs.VisitAll(func(f *flag.Flag) { c.values[f.Name] = f.Value.String() })
 	return c, nil
 }
 
@@ -106,6 +114,11 @@ Alone, a node keeps its registry in --state (embedded, nothing else to run).
 In a cluster (--etcd), every node shares the registry and membership in
 etcd and runs with the same --service-key file; see README "Running a
 cluster".
+
+Signals: SIGTERM or SIGINT stop the node; SIGHUP re-reads the --config
+file (applying --log-level, naming other changes that need a restart),
+the --egress-plan and the --geoip database, without dropping sessions.
+dist/wedged.service runs it under systemd (README "Operating wedge").
 
 Flags (a --config file may set the same keys, one "key = value" per line;
 the command line wins):
@@ -130,7 +143,8 @@ func (c *config) nodeFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.poolV6, "pool-v6", registry.DefaultPools.V6.String(), "inner IPv6 `PREFIX` clients are numbered from (first host is the node's own)")
 	fs.IntVar(&c.maxFlows, "max-flows", 0, "cap on open TCP+UDP flows on this node (0: netstack default)")
 	fs.IntVar(&c.maxPerCli, "max-flows-per-client", 0, "cap on open TCP+UDP flows per client (0: netstack default)")
-	fs.StringVar(&c.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
+	fs.StringVar(&c.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error (a SIGHUP applies a new one from --config)")
+	fs.StringVar(&c.logFormat, "log-format", "text", "`FORMAT` of the log on stderr, one line per event: text (key=value) or json (one object a line: time, level, msg, then the event's keys)")
 	fs.StringVar(&c.pprof, "pprof", "", "serve Go's /debug/pprof on `ADDR` for profiling (off by default; keep it private)")
 }
 
@@ -174,9 +188,10 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 }
 
 // settings are the flags parsed and checked, with the logger --log-level
-// asks for.
+// and --log-format ask for.
 type settings struct {
 	log            *slog.Logger
+	level          *slog.LevelVar // the log's level, which a SIGHUP may change
 	pools          registry.Pools
 	endpoints      []string
 	sources        []netip.Addr
@@ -190,11 +205,11 @@ type settings struct {
 // check parses and checks the flags a node needs before it starts
 // anything, in the order their errors are reported.
 func (c *config) check() (*settings, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+	lg, level, err := newLogger(os.Stderr, c.logFormat, c.logLevel)
+	if err != nil {
+		return nil, err
 	}
-	s := &settings{log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
+	s := &settings{log: lg, level: level}
 	if err := s.checkTunnel(c); err != nil {
 		return nil, err
 	}
@@ -205,6 +220,24 @@ func (c *config) check() (*settings, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// newLogger is the node's logger: every component logs through it (with
+// a "component" key where it is not the node itself), one line per event
+// on w, as text (key=value) or JSON; its level can be changed later.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar, error) {
+	lv := new(slog.LevelVar)
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), lv, nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
+	}
+	return nil, nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 // checkTunnel checks what clients are told: port, MTU, pools, endpoints.

@@ -15,9 +15,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/wedge-edge/wedge/server"
 )
@@ -40,7 +43,12 @@ func main() {
 		os.Exit(2)
 	}
 	if err := run(c); err != nil {
-		fmt.Fprintln(os.Stderr, "wedged:", err)
+		if c.logFormat == "json" {
+			// The last line of a JSON log is JSON too.
+			slog.New(slog.NewJSONHandler(os.Stderr, nil)).Error("wedged: stopped", "err", err.Error())
+		} else {
+			fmt.Fprintln(os.Stderr, "wedged:", err)
+		}
 		os.Exit(1)
 	}
 }
@@ -61,12 +69,17 @@ func genkey(args []string) {
 }
 
 // run starts the node's parts in order, serves until a signal or a failure
-// and closes them in the reverse order.
+// and closes them in the reverse order. A SIGHUP reloads what it can
+// (reload.go).
 func run(c *config) error {
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
 	s, err := c.check()
 	if err != nil {
 		return err
 	}
+	// Before any grpc connection (etcd's client) exists.
+	grpclog.SetLoggerV2(grpcLogger{s.log.With("component", "grpc")})
 	if err := os.MkdirAll(c.state, 0o700); err != nil {
 		return fmt.Errorf("--state: %w", err)
 	}
@@ -103,5 +116,7 @@ func run(c *config) error {
 	if err := servePprof(c.pprof); err != nil {
 		return err
 	}
+	rl := &reloader{c: c, s: s, router: eg.router}
+	go rl.serveHUP(ctx, hup)
 	return serve(ctx, c, s, node)
 }

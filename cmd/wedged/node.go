@@ -111,7 +111,7 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 // there. On an error it leaves nothing behind.
 func startFront(c *config, s *settings, key wgtypes.Key, member *cluster.Membership, node *server.Node, router *egress.Router) (*front.Front, error) {
 	fc := front.Config{WGPort: uint16(c.listen), GUEPort: uint16(c.guePort), VIPs: s.vips,
-		IndexKey: wgmsg.IndexKey(key), Member: member, Egress: router, Log: s.log}
+		IndexKey: wgmsg.IndexKey(key), Member: member, Egress: router, Log: s.log.With("component", "front")}
 	if member != nil {
 		self := member.Self()
 		fc.ID, fc.DC, fc.Underlay = self.ID, self.DC, self.Underlay
