@@ -21,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wedge-edge/wedge/internal/api"
+	"github.com/wedge-edge/wedge/internal/etcdtest"
 	"github.com/wedge-edge/wedge/internal/testutil"
 	"github.com/wedge-edge/wedge/server/registry"
 )
@@ -250,3 +251,40 @@ func FuzzParseRegPatch(f *testing.F) {
 		}
 	})
 }
+
+// TestClusterQuota: usage another node adds in etcd makes this node
+// refuse the client (OverQuota) within its check, a quota set through one
+// node holds on the other, and a reset through one lifts it on both.
+func TestClusterQuota(t *testing.T) {
+	e := etcdtest.Start(t)
+	sk, _ := wgtypes.GeneratePrivateKey()
+	a := newClusterNode(t, e, "node-a", sk)
+	b := newClusterNode(t, e, "node-b", sk)
+	ctx := context.Background()
+	reg, err := a.Register(ctx, newPub(t), registry.Tags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg, err = a.PatchRegistration(ctx, reg.ID, RegPatch{QuotaBytes: ptr(uint64(1000))}); err != nil {
+		t.Fatal(err)
+	}
+	// A third node (as far as etcd can tell) adds bytes past the quota.
+	other, _ := registry.NewEtcd(e.Client(t), "/wedge/", registry.DefaultPools)
+	if _, err := other.AddUsage(ctx, "node-c", 1, []registry.Delta{{ID: reg.ID, Rx: 900, Tx: 200}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Node{a, b} {
+		testutil.WaitFor(t, 2*overCheckEvery, "over quota on "+n.usage.node, func() bool { return n.OverQuota(reg.ClientID) })
+		if u := n.usageOf(ctx, reg); u == nil || !u.OverQuota || u.RxBytes != 900 || u.TxBytes != 200 {
+			t.Fatalf("%s: usage %+v", n.usage.node, u)
+		}
+	}
+	if _, err := b.ResetUsage(ctx, reg.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Node{a, b} {
+		testutil.WaitFor(t, 2*overCheckEvery, "quota lifted on "+n.usage.node, func() bool { return !n.OverQuota(reg.ClientID) })
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
