@@ -1,7 +1,6 @@
 package server
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -67,7 +66,7 @@ func (n *Node) handleList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page, err := n.usage.store.ListUsage(r.Context(), q.After, q.Limit)
-	if errors.Is(err, registry.ErrNotFound) || n.lookupError(w, err) {
+	if n.lookupError(w, err) {
 		return
 	}
 	out := api.RegList{Registrations: make([]api.Registration, 0, len(page))}

@@ -375,6 +375,7 @@ func (n *Node) dropPeer(c registry.Client) {
 	}
 	delete(n.clients, c.PublicKey)
 	delete(n.seen, c.PublicKey)
+	delete(n.usage.mirror, c.ID)
 	n.mu.Unlock()
 }
 
