@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,9 +13,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
@@ -56,24 +59,31 @@ func newUsageLab(t *testing.T, interval time.Duration) *usageLab {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.n.Close)
+	l.connect(t, binds[0], sk.PublicKey())
+	return l
+}
+
+// connect registers a client and brings its device up on bind.
+func (l *usageLab) connect(t *testing.T, bind conn.Bind, server wgtypes.Key) {
+	t.Helper()
 	l.h = l.n.routes()
 	ck, _ := wgtypes.GeneratePrivateKey()
+	var err error
 	if l.reg, err = l.n.Register(context.Background(), ck.PublicKey(), registry.Tags{}); err != nil {
 		t.Fatal(err)
 	}
 	cfg, _ := l.n.dev.IpcGet()
 	port := regexp.MustCompile(`listen_port=(\d+)`).FindStringSubmatch(cfg)[1]
-	client := device.NewDevice(l.clientTUN.TUN(), binds[0], device.NewLogger(device.LogLevelSilent, ""))
+	client := device.NewDevice(l.clientTUN.TUN(), bind, device.NewLogger(device.LogLevelSilent, ""))
 	t.Cleanup(client.Close)
 	hexk := func(k wgtypes.Key) string { return hex.EncodeToString(k[:]) }
-	if err := client.IpcSet("private_key=" + hexk(ck) + "\nlisten_port=0\npublic_key=" + hexk(sk.PublicKey()) +
+	if err := client.IpcSet("private_key=" + hexk(ck) + "\nlisten_port=0\npublic_key=" + hexk(server) +
 		"\nallowed_ip=0.0.0.0/0\nendpoint=127.0.0.1:" + port + "\n"); err != nil {
 		t.Fatal(err)
 	}
 	if err := client.Up(); err != nil {
 		t.Fatal(err)
 	}
-	return l
 }
 
 // traffic sends k packets each way through the tunnel.
@@ -288,3 +298,55 @@ func TestClusterQuota(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// lostAnswers is a Bolt whose first AddUsage commits and then reports a
+// failure, as a write whose answer was lost with the connection does.
+type lostAnswers struct {
+	*registry.Bolt
+	calls atomic.Int32
+}
+
+func (s *lostAnswers) AddUsage(ctx context.Context, node string, batch uint64, ds []registry.Delta) (map[string]registry.Usage, error) {
+	got, err := s.Bolt.AddUsage(ctx, node, batch, ds)
+	if s.calls.Add(1) == 1 && len(ds) > 0 {
+		return nil, errors.New("connection lost")
+	}
+	return got, err
+}
+
+// TestUsageRetryNotTwice: a batch whose write committed but whose answer
+// was lost is tried again as it was, and counted once: the registry ends
+// with exactly what the device counted.
+func TestUsageRetryNotTwice(t *testing.T) {
+	st, err := registry.OpenBolt(filepath.Join(t.TempDir(), "reg.db"), registry.DefaultPools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	lost := &lostAnswers{Bolt: st}
+	binds := bindtest.NewChannelBinds()
+	sk, _ := wgtypes.GeneratePrivateKey()
+	l := &usageLab{st: st, serverTUN: tuntest.NewChannelTUN(), clientTUN: tuntest.NewChannelTUN()}
+	l.n, err = New(context.Background(), Config{
+		Name: "wedgetest", PrivateKey: sk, Store: lost, MTU: 1420,
+		TUN: l.serverTUN.TUN(), Bind: binds[1],
+		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		UsageInterval: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.n.Close()
+	l.connect(t, binds[0], sk.PublicKey())
+	l.traffic(t, 5)
+	testutil.WaitFor(t, 5*time.Second, "a failed flush and a good one", func() bool {
+		return l.n.usage.flushErrors.Load() == 1 && l.n.usage.flushes.Load() >= 2
+	})
+	l.traffic(t, 5)
+	peers, _ := l.n.peers()
+	l.n.Close() // adds the rest; the device counts no more
+	u, _ := st.Usage(context.Background(), l.reg.ID)
+	if len(peers) != 1 || u.Rx() != peers[0].RxBytes || u.Tx() != peers[0].TxBytes {
+		t.Fatalf("registry rx %d tx %d; the device counted %+v", u.Rx(), u.Tx(), peers)
+	}
+}
