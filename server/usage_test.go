@@ -169,6 +169,20 @@ func TestUsageAndQuota(t *testing.T) {
 	if u := l.get(t).Usage; !u.OverQuota {
 		t.Fatalf("GET: %+v", u)
 	}
+	// Malformed values are refused with what a good one looks like, and
+	// change nothing.
+	for _, body := range []string{`{"quota_bytes":-1}`, `{"quota_bytes":"10"}`, `{"quota_bytes":1.5}`,
+		`{"quota_bytes":18446744073709551616}`, `{"quota_bytes":true}`,
+		`{"usage_reset":false}`, `{"usage_reset":"yes"}`, `{"usage_reset":null}`, `{"usage_reset":1}`} {
+		code, ans := do(t, l.h, "PATCH", "/v1/reg/"+l.reg.ID, body)
+		field := body[2:strings.Index(body[2:], `"`)+2]
+		if msg, _ := ans["error"].(string); code != 400 || !strings.Contains(msg, field) {
+			t.Errorf("PATCH %s: %d %v; want 400 naming %s", body, code, ans, field)
+		}
+	}
+	if r = l.get(t); r.QuotaBytes != 100 || !r.Usage.OverQuota {
+		t.Fatalf("refused PATCHes changed the registration: %+v", r)
+	}
 	// null removes the quota.
 	if r = l.patch(t, `{"quota_bytes": null}`); r.QuotaBytes != 0 || r.Usage.OverQuota || l.n.OverQuota(l.reg.ClientID) {
 		t.Fatalf("after quota null: %+v, OverQuota %v", r, l.n.OverQuota(l.reg.ClientID))
