@@ -175,7 +175,7 @@ func TestUsageAndQuota(t *testing.T) {
 		`{"quota_bytes":18446744073709551616}`, `{"quota_bytes":true}`,
 		`{"usage_reset":false}`, `{"usage_reset":"yes"}`, `{"usage_reset":null}`, `{"usage_reset":1}`} {
 		code, ans := do(t, l.h, "PATCH", "/v1/reg/"+l.reg.ID, body)
-		field := body[2:strings.Index(body[2:], `"`)+2]
+		field := body[2 : strings.Index(body[2:], `"`)+2]
 		if msg, _ := ans["error"].(string); code != 400 || !strings.Contains(msg, field) {
 			t.Errorf("PATCH %s: %d %v; want 400 naming %s", body, code, ans, field)
 		}
