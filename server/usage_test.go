@@ -364,3 +364,30 @@ func TestUsageRetryNotTwice(t *testing.T) {
 		t.Fatalf("registry rx %d tx %d; the device counted %+v", u.Rx(), u.Tx(), peers)
 	}
 }
+
+// TestUsageLoadedAtStart: a node alone (bbolt) that starts with a client
+// already over its quota in its store refuses it from the start.
+func TestUsageLoadedAtStart(t *testing.T) {
+	st, err := registry.OpenBolt(filepath.Join(t.TempDir(), "reg.db"), registry.DefaultPools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	c, err := st.Create(ctx, registry.Client{PublicKey: newPub(t), QuotaBytes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddUsage(ctx, "local", 1, []registry.Delta{{ID: c.ID, Rx: 11}}); err != nil {
+		t.Fatal(err)
+	}
+	sk, _ := wgtypes.GeneratePrivateKey()
+	n, err := New(ctx, Config{Name: "wedgetest", PrivateKey: sk, Store: st, MTU: 1420,
+		TUN: tuntest.NewChannelTUN().TUN(), Bind: bindtest.NewChannelBinds()[0],
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	testutil.WaitFor(t, 2*time.Second, "the client over quota", func() bool { return n.OverQuota(c.ClientID) })
+}

@@ -193,25 +193,6 @@ func (e *Etcd) ListUsage(ctx context.Context, after string, limit int) ([]Client
 	return out, nil
 }
 
-// UsageEvent is one change a UsageWatcher delivers.
-type UsageEvent struct {
-	// Reset: All replaces everything the watcher holds.
-	Reset bool
-	All   map[string]Usage
-	// Otherwise the usage of registration ID is now Usage, or Deleted.
-	ID      string
-	Usage   Usage
-	Deleted bool
-}
-
-// UsageWatcher is implemented by stores several nodes share: each node
-// follows every client's usage, to refuse new flows of clients over
-// their quota whichever node counted the bytes.
-type UsageWatcher interface {
-	// WatchUsage is Watcher.Watch for usage records.
-	WatchUsage(ctx context.Context, fn func(UsageEvent)) error
-}
-
 // WatchUsage implements UsageWatcher.
 func (e *Etcd) WatchUsage(ctx context.Context, fn func(UsageEvent)) error {
 	return etcdwatch.Run(ctx, e.cli, e.kUsage(""), usageHandler{e, fn}, etcdwatch.Options{})

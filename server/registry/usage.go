@@ -97,6 +97,25 @@ type UsageStore interface {
 	ListUsage(ctx context.Context, after string, limit int) ([]ClientUsage, error)
 }
 
+// UsageEvent is one change a UsageWatcher delivers.
+type UsageEvent struct {
+	// Reset: All replaces everything the watcher holds.
+	Reset bool
+	All   map[string]Usage
+	// Otherwise the usage of registration ID is now Usage, or Deleted.
+	ID      string
+	Usage   Usage
+	Deleted bool
+}
+
+// UsageWatcher is implemented by stores several nodes share: each node
+// follows every client's usage, to refuse new flows of clients over
+// their quota whichever node counted the bytes.
+type UsageWatcher interface {
+	// WatchUsage is Watcher.Watch for usage records.
+	WatchUsage(ctx context.Context, fn func(UsageEvent)) error
+}
+
 // usageRecord is the stored form of a Usage (Bolt's and Etcd's): a few
 // dozen bytes per node that served the client in the period.
 type usageRecord struct {
