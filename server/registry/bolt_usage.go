@@ -25,7 +25,7 @@ func (b *Bolt) AddUsage(ctx context.Context, node string, batch uint64, deltas [
 			}
 			u, err := boltUsage(usage, d.ID)
 			if err != nil {
-				return err
+				continue // unreadable: left alone, as Etcd does
 			}
 			u, done := u.add(node, batch, d)
 			if !done {

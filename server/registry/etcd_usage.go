@@ -67,7 +67,10 @@ func (e *Etcd) addChunk(ctx context.Context, node string, batch uint64, deltas [
 			var rev int64
 			if kvs := resp.Responses[2*i+1].GetResponseRange().Kvs; len(kvs) > 0 {
 				if u, err = decodeUsage(kvs[0].Value); err != nil {
-					return fmt.Errorf("%w (%s)", err, d.ID)
+					// A record this node cannot read (a newer or broken
+					// writer) is left alone rather than stopping every
+					// other client's counts: this delta is dropped.
+					continue
 				}
 				rev = kvs[0].ModRevision
 			}

@@ -140,6 +140,9 @@ func decodeUsage(raw []byte) (Usage, error) {
 	u := Usage{Nodes: r.Nodes}
 	if r.Since != nil {
 		u.Since = r.Since.UTC()
+		if y := u.Since.Year(); y < 1970 || y > 9999 {
+			return Usage{}, fmt.Errorf("registry: corrupt usage record: since %v", u.Since)
+		}
 	}
 	return u, nil
 }

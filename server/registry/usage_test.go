@@ -194,3 +194,28 @@ func testUsage(t *testing.T, open func(t *testing.T) (usageStores, usageStores))
 		}
 	})
 }
+
+// FuzzDecodeUsage: a usage record from etcd (any writer with access may
+// have put it there) is read or refused, never a panic, and what is read
+// writes back to a record that reads the same.
+func FuzzDecodeUsage(f *testing.F) {
+	f.Add([]byte(`{"since":"2026-12-02T10:00:00Z","nodes":{"node1":{"rx":1,"tx":2,"batch":3}}}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"since":"9999-12-31T23:59:59-01:00"}`))
+	f.Add([]byte(`{"nodes":{"a":{"rx":18446744073709551615,"tx":18446744073709551615},"b":{"rx":5}}}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		u, err := decodeUsage(raw)
+		if err != nil {
+			return
+		}
+		_ = u.Total() // saturates, never wraps
+		rec, err := encodeUsage(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := decodeUsage(rec)
+		if err != nil || back.Total() != u.Total() || !back.Since.Equal(u.Since) {
+			t.Fatalf("%q → %q → %+v, %v", raw, rec, back, err)
+		}
+	})
+}
