@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -432,4 +433,44 @@ func TestTCPSilentTimeout(t *testing.T) {
 	if st := h.stack.Stats(); st.TCP.Open != 1 || st.TCP.IdleClosed != 0 {
 		t.Fatalf("open %d, idle-closed %d; want the used flow open", st.TCP.Open, st.TCP.IdleClosed)
 	}
+}
+
+// TestOverQuota: a client Config.OverQuota names over its quota gets no
+// new flow (counted by reason); its open flows go on, other clients are
+// untouched, and it opens flows again once it is no longer over.
+func TestOverQuota(t *testing.T) {
+	var over atomic.Bool
+	d := &fakeDialer{tcpTarget: listenTCP(t, echoTCP)}
+	h := newHarness(t, Config{Dialer: d, ClientOf: clientIDs(clientA, clientB),
+		OverQuota: func(id uint64) bool { return id == 1 && over.Load() }}, clientA, clientB)
+	defer h.close()
+	dst := netip.AddrPortFrom(remote, 7)
+	open, err := h.dialTCP(t, 0, dst, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	pingPong(t, open)
+	over.Store(true)
+	if c, err := h.dialTCP(t, 0, dst, 5*time.Second); err == nil {
+		c.Close()
+		t.Fatal("a client over quota opened a new flow")
+	}
+	pingPong(t, open) // the flow it had goes on
+	c, err := h.dialTCP(t, 1, dst, 5*time.Second)
+	if err != nil {
+		t.Fatalf("another client: %v", err)
+	}
+	pingPong(t, c)
+	c.Close()
+	if st := h.stack.Stats(); st.TCP.Refused.OverQuota != 1 || st.TCP.CapHits != 1 {
+		t.Errorf("refused %+v, cap hits %d; want 1 over quota", st.TCP.Refused, st.TCP.CapHits)
+	}
+	over.Store(false)
+	c, err = h.dialTCP(t, 0, dst, 5*time.Second)
+	if err != nil {
+		t.Fatalf("after the quota lifted: %v", err)
+	}
+	pingPong(t, c)
+	c.Close()
 }

@@ -104,6 +104,12 @@ func (s *Stack) clientOf(a netip.Addr) clientKey {
 	return clientKey{addr: a}
 }
 
+// overQuota reports whether client's new flows are refused for its
+// usage (Config.OverQuota); only a client ClientOf named has a quota.
+func (s *Stack) overQuota(client clientKey) bool {
+	return s.cfg.OverQuota != nil && client.addr == (netip.Addr{}) && s.cfg.OverQuota(client.id)
+}
+
 // refusal is why the limiter refused a flow.
 type refusal int
 
@@ -115,6 +121,7 @@ const (
 	refusedClientPending
 	refusedPendingShare
 	refusedRate
+	refusedOverQuota
 	numRefusals
 )
 
@@ -389,6 +396,7 @@ type Refusals struct {
 	ClientPending uint64 `json:"client_pending"` // Limits.MaxPendingPerClient
 	PendingShare  uint64 `json:"pending_share"`  // the fair share of the free dial slots
 	Rate          uint64 `json:"rate"`           // Limits.FlowRate
+	OverQuota     uint64 `json:"over_quota"`     // Config.OverQuota: the client's usage passed its quota
 }
 
 // PingStats counts ICMP echo handling.
@@ -424,6 +432,7 @@ func (c *flowCounters) snapshot() FlowStats {
 			Flows: c.refused[refusedFlows].Load(), ClientFlows: c.refused[refusedClientFlows].Load(),
 			Pending: c.refused[refusedPending].Load(), ClientPending: c.refused[refusedClientPending].Load(),
 			PendingShare: c.refused[refusedPendingShare].Load(), Rate: c.refused[refusedRate].Load(),
+			OverQuota: c.refused[refusedOverQuota].Load(),
 		},
 		RefusedLocal: c.refusedLocal.Load(), DNS: c.dns.Load(),
 		IdleClosed: c.idle.Load(), SilentClosed: c.silent.Load(), SmallBuffers: c.smallBuffers.Load(),

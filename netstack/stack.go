@@ -118,6 +118,12 @@ type Config struct {
 	// every address without it, is a client of its own. It is called once
 	// per new flow, must be quick and safe for concurrent use.
 	ClientOf func(netip.Addr) (uint64, bool)
+	// OverQuota, if set, is asked once per new flow of a client ClientOf
+	// names (not for DNS to a Local address): true refuses the flow
+	// (TCP RST, ICMP unreachable for UDP), counted as Refused.OverQuota.
+	// Flows already open go on. It must be quick and safe for concurrent
+	// use.
+	OverQuota func(client uint64) bool
 	// TCPDialTimeout bounds a TCP dial (default DefaultTCPDialTimeout).
 	TCPDialTimeout time.Duration
 	// TCPIdleTimeout closes a TCP flow with no data either way for this

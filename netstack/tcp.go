@@ -80,6 +80,11 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	client := s.clientOf(src.Addr())
+	if !dns && s.overQuota(client) {
+		c.refuse(refusedOverQuota)
+		r.Complete(true)
+		return
+	}
 	if why := s.limits.acquire(client); why != admitted {
 		s.refuse(c, why, "tcp", src, dst)
 		r.Complete(true)

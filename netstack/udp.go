@@ -48,6 +48,10 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		return false
 	}
 	client := s.clientOf(src.Addr())
+	if !dns && s.overQuota(client) {
+		c.refuse(refusedOverQuota)
+		return false
+	}
 	if why := s.limits.acquire(client); why != admitted {
 		s.refuse(c, why, "udp", src, dst)
 		return false

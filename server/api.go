@@ -26,8 +26,9 @@ const MaxBodyBytes = 64 << 10
 // caller is AdminHandler (or a test).
 //
 //	POST   /v1/reg        {"public_key": "<base64>", "pool", "country", "plus", "quota_bytes"} → 200 api.Registration (with its token)
-//	GET    /v1/reg/{id}   → 200 api.Registration
-//	PATCH  /v1/reg/{id}   {"pool", "country", "plus", "quota_bytes"} (any of them) → 200 api.Registration
+//	GET    /v1/reg?after=ID&limit=N → 200 api.RegList (a page, in id order, with usage)
+//	GET    /v1/reg/{id}   → 200 api.Registration (with its usage)
+//	PATCH  /v1/reg/{id}   {"pool", "country", "plus", "quota_bytes", "usage_reset"} (any of them) → 200 api.Registration
 //	DELETE /v1/reg/{id}   → 204
 //	GET    /v1/status     → 200 Status
 //	GET    /v1/nodes      → 200 [cluster.Member]            (cluster only)
@@ -41,11 +42,14 @@ func (n *Node) routes() http.Handler {
 		path := strings.TrimSuffix(r.URL.Path, "/")
 		switch {
 		case path == "/v1/reg":
-			if r.Method != http.MethodPost {
-				methodNotAllowed(w, "POST")
-				return
+			switch r.Method {
+			case http.MethodPost:
+				n.handleCreate(w, r)
+			case http.MethodGet, http.MethodHead:
+				n.handleList(w, r)
+			default:
+				methodNotAllowed(w, "GET, POST")
 			}
-			n.handleCreate(w, r)
 		case strings.HasPrefix(path, "/v1/reg/"):
 			id := strings.TrimPrefix(path, "/v1/reg/")
 			switch r.Method {
@@ -139,6 +143,9 @@ func (n *Node) create(w http.ResponseWriter, r *http.Request, want registry.Clie
 		return
 	}
 	resp := n.response(c)
+	if n.usage.store != nil {
+		resp.Usage = apiUsage(c, registry.Usage{})
+	}
 	resp.Token = tok
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -205,7 +212,17 @@ func (n *Node) patch(w http.ResponseWriter, r *http.Request, id string, allowed 
 	if tagsError(w, err) || n.lookupError(w, err) {
 		return
 	}
-	writeJSON(w, http.StatusOK, n.response(c))
+	if p.UsageReset {
+		_, err := n.ResetUsage(r.Context(), id)
+		if errors.Is(err, errNoUsage) {
+			writeError(w, http.StatusNotImplemented, "this node's registry keeps no usage")
+			return
+		}
+		if n.lookupError(w, err) {
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, n.responseUsage(r.Context(), c))
 }
 
 // TagsPatch is a change of a registration's tags (PATCH /v1/reg/{id}):
@@ -233,6 +250,9 @@ type RegPatch struct {
 	TagsPatch
 	Plus       *bool
 	QuotaBytes *uint64
+	// UsageReset starts a new usage period (Node.ResetUsage) after the
+	// other changes; Apply leaves it to the caller.
+	UsageReset bool
 }
 
 // Apply returns c changed by p.
@@ -249,13 +269,13 @@ func (p RegPatch) Apply(c registry.Client) registry.Client {
 
 // The fields each API's PATCH reads.
 var (
-	adminPatchFields  = []string{"pool", "country", "plus", "quota_bytes"}
+	adminPatchFields  = []string{"pool", "country", "plus", "quota_bytes", "usage_reset"}
 	publicPatchFields = []string{"country"}
 )
 
 // parseRegPatch reads a PATCH body: an object with one or more of the
 // fields allowed: "pool" and "country" strings, "plus" a boolean,
-// "quota_bytes" a number of bytes (0: none).
+// "quota_bytes" a number of bytes (0 or null: none), "usage_reset" true.
 func parseRegPatch(raw map[string]json.RawMessage, allowed []string) (RegPatch, error) {
 	names := `"` + strings.Join(allowed, `", "`) + `"`
 	if raw == nil {
@@ -290,10 +310,16 @@ func parseRegPatch(raw map[string]json.RawMessage, allowed []string) (RegPatch, 
 			p.Plus = &b
 		case "quota_bytes":
 			var q uint64
-			if null || json.Unmarshal(v, &q) != nil {
-				return RegPatch{}, errors.New(`"quota_bytes" must be a whole number of bytes (0: no quota)`)
+			if !null && json.Unmarshal(v, &q) != nil {
+				return RegPatch{}, errors.New(`"quota_bytes" must be a whole number of bytes from 0 to 18446744073709551615 (0 or null: no quota)`)
 			}
 			p.QuotaBytes = &q
+		case "usage_reset":
+			var b bool
+			if null || json.Unmarshal(v, &b) != nil || !b {
+				return RegPatch{}, errors.New(`"usage_reset" must be true (it starts a new usage period: since now, counts zero)`)
+			}
+			p.UsageReset = true
 		}
 	}
 	return p, nil
@@ -357,6 +383,9 @@ func (n *Node) PatchRegistration(ctx context.Context, id string, p RegPatch) (re
 	if held && old.Tags != c.Tags && n.cfg.OnTags != nil {
 		n.cfg.OnTags(c)
 	}
+	if held && old.QuotaBytes != c.QuotaBytes {
+		n.checkOver()
+	}
 	n.log.Info("registration changed", "id", c.ID, "pool", c.Tags.Pool, "country", c.Tags.Country,
 		"plus", c.Plus, "quota_bytes", c.QuotaBytes)
 	return c, nil
@@ -367,7 +396,14 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request, id string) {
 	if n.lookupError(w, err) {
 		return
 	}
-	writeJSON(w, http.StatusOK, n.response(c))
+	writeJSON(w, http.StatusOK, n.responseUsage(r.Context(), c))
+}
+
+// responseUsage is response with the client's usage.
+func (n *Node) responseUsage(ctx context.Context, c registry.Client) api.Registration {
+	resp := n.response(c)
+	resp.Usage = n.usageOf(ctx, c)
+	return resp
 }
 
 func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request, id string) {

@@ -110,6 +110,7 @@ var clientMayNotSet = map[string]string{
 	"pool":        "a client cannot choose its pool: it comes with an enrollment token or from the operator",
 	"plus":        "a client cannot choose the plus tier: it comes with an enrollment token or from the operator",
 	"quota_bytes": "a client cannot choose its quota: it comes with an enrollment token or from the operator",
+	"usage_reset": "a client cannot reset its own usage: the operator does (admin API)",
 }
 
 // create is the public POST /v1/reg.

@@ -111,10 +111,16 @@ func TestPublicLifecycle(t *testing.T) {
 	if code, got, _ := publicCall(t, h, src1, "PATCH", path, `{"country":"NL"}`, self); code != 200 || tagsOf(t, got) != (registry.Tags{Country: "NL"}) {
 		t.Fatalf("PATCH country: %d %v", code, got)
 	}
+	// It may read its own usage, not reset it or raise its quota.
+	if code, got, _ := publicCall(t, h, src1, "GET", path, "", self); code != 200 || got["usage"] == nil {
+		t.Fatalf("GET own usage: %d %v", code, got)
+	}
 	for body, want := range map[string]int{
 		`{"pool":"acme"}`:                403,
 		`{"plus":true}`:                  403,
 		`{"quota_bytes":0}`:              403,
+		`{"quota_bytes":null}`:           403,
+		`{"usage_reset":true}`:           403,
 		`{"country":"NL","pool":"acme"}`: 403,
 		`{"colour":"red"}`:               400,
 		`{}`:                             400,

@@ -85,6 +85,9 @@ type Config struct {
 	// only for changes made through this node, not for ones arriving
 	// from other nodes of a cluster.
 	ValidTags func(registry.Tags) error
+	// UsageInterval is how often the node adds the bytes it counted per
+	// client to the registry (usage.go); 0: DefaultUsageInterval.
+	UsageInterval time.Duration
 }
 
 // Node is a running WireGuard side of a wedge node.
@@ -119,6 +122,8 @@ type Node struct {
 	membershipChanged atomic.Int64
 	lastStamped       uint64     // Bind's stamped count at the last ClientID check; watcher only
 	owners            ownerCache // watcher only
+	usage             usageState
+	usageStopped      chan struct{} // closed when countUsage returned; nil without usage
 	done              chan struct{}
 	closeOnce         sync.Once
 	wg                sync.WaitGroup
@@ -209,6 +214,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	n.startUsage()
 	n.mu.Lock()
 	loaded := len(n.clients)
 	n.mu.Unlock()
@@ -369,6 +375,7 @@ func (n *Node) dropPeer(c registry.Client) {
 	}
 	delete(n.clients, c.PublicKey)
 	delete(n.seen, c.PublicKey)
+	delete(n.usage.mirror, c.ID)
 	n.mu.Unlock()
 }
 
@@ -514,6 +521,12 @@ func (n *Node) PublicKey() wgtypes.Key { return n.cfg.PrivateKey.PublicKey() }
 func (n *Node) Close() {
 	n.closeOnce.Do(func() {
 		close(n.done)
+		if n.usageStopped != nil {
+			// What was counted since the last flush is not lost with
+			// the device's counters.
+			<-n.usageStopped
+			n.finalFlush()
+		}
 		if n.uapi != nil {
 			n.uapi.Close()
 		}

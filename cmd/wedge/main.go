@@ -1,5 +1,5 @@
 // Command wedge is the wedge CLI: register a client, connect with it, read
-// or drain a node, and write an egress plan's geofeed. The lab benchmarks
+// or drain a node, export usage, and write an egress plan's geofeed. The lab benchmarks
 // are a command of their own, e2e/wedge-lab.
 //
 // It is the client binary: it must not import server/, lb/ or e2e/, and
@@ -20,6 +20,7 @@ Commands:
   connect    run a client from that config (TUN, or a SOCKS5 proxy with --socks)
   status     show a node's state (clients, sessions, counters, cluster)
   drain      mark a cluster node draining (or active again with --undo)
+  usage      list every registration's usage, for billing (CSV or JSON)
   geofeed    write the RFC 8805 geofeed of an egress plan
 
 Run "wedge <command> --help" for a command's flags.
@@ -42,6 +43,8 @@ func main() {
 		err = drain(args)
 	case "geofeed":
 		err = geofeed(args)
+	case "usage":
+		err = usageCmd(args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wedge-edge/wedge/egress"
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/netstack"
 	"github.com/wedge-edge/wedge/server"
 )
@@ -19,6 +20,7 @@ type budgetFlags struct {
 	bufferMiB                    int
 	silent                       time.Duration
 	udpShare                     int
+	usageInterval                time.Duration
 }
 
 func (b *budgetFlags) register(fs *flag.FlagSet) {
@@ -29,6 +31,7 @@ func (b *budgetFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&b.bufferMiB, "buffer-per-client", netstack.DefaultBufferPerClient>>20, "buffer budget of one client's TCP flows, in `MiB`: what a client that stops reading can make the node hold (0: none, every flow gets the default buffers)")
 	fs.DurationVar(&b.silent, "silent-timeout", netstack.DefaultTCPSilentTimeout, "close a TCP flow that carried no byte either way for this long")
 	fs.IntVar(&b.udpShare, "udp-port-share", egress.DefaultUDPPortShare, "one client may hold at most 1/`N` of a source address's UDP ports (0: no limit)")
+	fs.DurationVar(&b.usageInterval, "usage-interval", server.DefaultUsageInterval, "how often this node adds the bytes it counted per client to the registry (usage and quotas; at most 30s for quotas to hold within 60s)")
 }
 
 // limits are netstack's Limits from the budget flags and --max-flows*.
@@ -64,4 +67,11 @@ func (ci *clientIndex) of(a netip.Addr) (uint64, bool) {
 	}
 	id, ok := n.ClientOf(a)
 	return uint64(id), ok
+}
+
+// overQuota is the netstack's OverQuota: whether the client's usage
+// passed its quota (server: usage.go), so its new flows are refused.
+func (ci *clientIndex) overQuota(id uint64) bool {
+	n := ci.node.Load()
+	return n != nil && n.OverQuota(clientid.ID(id))
 }

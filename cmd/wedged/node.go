@@ -71,6 +71,7 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 		DNSDial:     eg.dnsDial(),
 		Limits:      c.budget.limits(c.maxFlows, c.maxPerCli),
 		ClientOf:    eg.clients.of,
+		OverQuota:   eg.clients.overQuota,
 		IsDenied:    func(err error) bool { return errors.Is(err, egress.ErrDenied) },
 
 		TCPSilentTimeout: c.budget.silent,
@@ -91,6 +92,8 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 		UAPI:       true,
 		Cluster:    st.member,
 		Owners:     front.Owners,
+
+		UsageInterval: c.budget.usageInterval,
 		Stats: map[string]func() any{
 			"netstack": func() any { return stack.Stats() },
 			"egress":   func() any { return eg.dialer.Stats() },

@@ -57,10 +57,40 @@ type Registration struct {
 	// token or by the operator, never by the client itself.
 	Plus       bool   `json:"plus"`
 	QuotaBytes uint64 `json:"quota_bytes"`
+	// Usage is the client's traffic in its current period and whether it
+	// is over its quota; nil only in an answer from a node that predates
+	// usage.
+	Usage *Usage `json:"usage,omitempty"`
 	// Token is the registration's own bearer token for GET, PATCH and
 	// DELETE of itself on the public API. Only the answer to POST carries
 	// it: the node keeps a hash, never the token.
 	Token string `json:"token,omitempty"`
+}
+
+// Usage is a registration's traffic in its current period, summed over
+// every node that served it. RxBytes is what the nodes received from the
+// client (its uploads), TxBytes what they sent it (its downloads), as
+// WireGuard counts a peer's bytes (encrypted, with its headers). Nodes
+// add their counts to the registry every 30 s, so the last half minute
+// may be missing.
+type Usage struct {
+	RxBytes uint64 `json:"rx_bytes"`
+	TxBytes uint64 `json:"tx_bytes"`
+	// Since is when the period began: the registration's creation or
+	// the last usage reset.
+	Since time.Time `json:"since"`
+	// OverQuota: RxBytes+TxBytes passed the registration's quota, so its
+	// new flows are refused (existing ones go on) until the quota is
+	// raised or removed, or a usage reset starts a new period.
+	OverQuota bool `json:"over_quota"`
+}
+
+// RegList is the answer to the admin API's GET /v1/reg: one page of the
+// registrations, in id order, with their usage. Next, when not empty, is
+// the "after" of the next page; the last page has none.
+type RegList struct {
+	Registrations []Registration `json:"registrations"`
+	Next          string         `json:"next,omitempty"`
 }
 
 // Addresses are a client's inner addresses, as prefixes ("…/32", "…/128").

@@ -20,7 +20,8 @@ const regJSON = `{"id":"0123456789abcdef0123456789abcdef","client_id":"EjRW","re
 	`"addresses":{"v4":"100.96.0.2/32","v6":"fd57:6564:6765::2/128"},` +
 	`"server":{"public_key":"c2VydmVyLWtleS1zZXJ2ZXIta2V5LXNlcnZlci1rZXk=","endpoints":["192.0.2.1:51820","[2001:db8::1]:51820"]},` +
 	`"mtu":1420,"dns":["100.96.0.1","fd57:6564:6765::1"],"tags":{"pool":"trusted","country":""},` +
-	`"created":"2026-12-02T09:00:00Z","plus":true,"quota_bytes":1000000000,"token":"wedge.0123456789abcdef0123456789abcdef.c2VjcmV0"}`
+	`"created":"2026-12-02T09:00:00Z","plus":true,"quota_bytes":1000000000,` +
+	`"usage":{"rx_bytes":1234,"tx_bytes":5678,"since":"2026-12-02T10:00:00Z","over_quota":true},"token":"wedge.0123456789abcdef0123456789abcdef.c2VjcmV0"}`
 
 func regValue() Registration {
 	return Registration{
@@ -37,6 +38,7 @@ func regValue() Registration {
 		Created:    time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC),
 		Plus:       true,
 		QuotaBytes: 1e9,
+		Usage:      &Usage{RxBytes: 1234, TxBytes: 5678, Since: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC), OverQuota: true},
 		Token:      "wedge.0123456789abcdef0123456789abcdef.c2VjcmV0",
 	}
 }
@@ -72,10 +74,38 @@ func TestRegistrationJSON(t *testing.T) {
 	// GET and PATCH answers carry no token (the node keeps only its
 	// hash), and always carry plus and quota_bytes.
 	r := regValue()
-	r.Token, r.Plus, r.QuotaBytes = "", false, 0
+	r.Token, r.Plus, r.QuotaBytes, r.Usage = "", false, 0, nil
 	got, _ = json.Marshal(r)
 	if s := string(got); strings.Contains(s, `"token"`) || !strings.HasSuffix(s, `"plus":false,"quota_bytes":0}`) {
 		t.Errorf("answer without a token: got %s", s)
+	}
+}
+
+// TestRegListJSON pins the admin API's list of registrations (the
+// billing export reads it).
+func TestRegListJSON(t *testing.T) {
+	want := `{"registrations":[` + strings.Replace(regJSON, `,"token":"wedge.0123456789abcdef0123456789abcdef.c2VjcmV0"`, "", 1) +
+		`],"next":"0123456789abcdef0123456789abcdef"}`
+	r := regValue()
+	r.Token = ""
+	l := RegList{Registrations: []Registration{r}, Next: r.ID}
+	got, err := json.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	var back RegList
+	dec := json.NewDecoder(strings.NewReader(want))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&back); err != nil || !reflect.DeepEqual(back, l) {
+		t.Errorf("read back %+v, %v", back, err)
+	}
+	// The last page has no "next"; an empty registry lists [] (not null).
+	got, _ = json.Marshal(RegList{Registrations: []Registration{}})
+	if string(got) != `{"registrations":[]}` {
+		t.Errorf("empty last page: %s", got)
 	}
 }
 

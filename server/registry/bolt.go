@@ -33,6 +33,7 @@ var (
 	bucketByCID   = []byte("by_cid")  // ClientID (3 bytes) → id
 	bucketByAddr  = []byte("by_addr") // inner address (4 or 16 bytes) → id
 	bucketMeta    = []byte("meta")    // allocation cursors
+	bucketUsage   = []byte("usage")   // id → usage record (JSON), absent until counted or reset
 	cursorV4      = []byte("next_v4")
 	cursorV6      = []byte("next_v6")
 )
@@ -86,7 +87,7 @@ func OpenBolt(path string, pools Pools) (*Bolt, error) {
 		return nil, fmt.Errorf("registry: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketClients, bucketByKey, bucketByCID, bucketByAddr, bucketMeta} {
+		for _, b := range [][]byte{bucketClients, bucketByKey, bucketByCID, bucketByAddr, bucketMeta, bucketUsage} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -317,6 +318,7 @@ func (b *Bolt) DeleteIf(ctx context.Context, id string, cond func(Client) error)
 			{bucketByCID, cid[:]},
 			{bucketByAddr, c.V4.AsSlice()},
 			{bucketByAddr, c.V6.AsSlice()},
+			{bucketUsage, []byte(id)},
 		} {
 			if err := tx.Bucket(kv.bucket).Delete(kv.k); err != nil {
 				return err

@@ -30,6 +30,7 @@ import (
 //	PREFIX index/key/PUBHEX    → ID   one registration per public key
 //	PREFIX index/cid/CIDHEX    → ID   unique ClientID
 //	PREFIX index/addr/ADDR     → ID   unique inner addresses (v4 and v6)
+//	PREFIX usage/ID            the client's usage in its period (usage.go)
 //
 // etcd acknowledges a transaction once a quorum has it on disk.
 type Etcd struct {
@@ -383,7 +384,7 @@ func (e *Etcd) DeleteIf(ctx context.Context, id string, cond func(Client) error)
 				If(clientv3.Compare(clientv3.ModRevision(e.kClient(id)), "=", resp.Kvs[0].ModRevision)).
 				Then(clientv3.OpDelete(e.kClient(id)), clientv3.OpDelete(e.kKey(c.PublicKey)),
 					clientv3.OpDelete(e.kCID(c.ClientID)), clientv3.OpDelete(e.kAddr(c.V4)),
-					clientv3.OpDelete(e.kAddr(c.V6))).
+					clientv3.OpDelete(e.kAddr(c.V6)), clientv3.OpDelete(e.kUsage(id))).
 				Commit()
 		})
 		if err != nil {
