@@ -112,6 +112,13 @@ func TestTCPEchoIntegrity(t *testing.T) {
 			if st.TCP.Total != 1 {
 				t.Fatalf("TCP total: got %d, want 1", st.TCP.Total)
 			}
+			// 4 MiB each way, plus headers (a few %): what the metrics
+			// report as the tunnel's bytes.
+			for dir, b := range map[string]uint64{"in": st.BytesIn, "out": st.BytesOut} {
+				if b < size || b > size*11/10 {
+					t.Errorf("bytes %s: %d, want %d + headers", dir, b, size)
+				}
+			}
 		})
 	}
 }
