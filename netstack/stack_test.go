@@ -112,10 +112,10 @@ func TestTCPEchoIntegrity(t *testing.T) {
 			if st.TCP.Total != 1 {
 				t.Fatalf("TCP total: got %d, want 1", st.TCP.Total)
 			}
-			// 4 MiB each way, plus headers (a few %): what the metrics
+			// 4 MiB each way, plus headers and the other way's ACKs: what the metrics
 			// report as the tunnel's bytes.
 			for dir, b := range map[string]uint64{"in": st.BytesIn, "out": st.BytesOut} {
-				if b < size || b > size*11/10 {
+				if b < size || b > size*5/4 {
 					t.Errorf("bytes %s: %d, want %d + headers", dir, b, size)
 				}
 			}
