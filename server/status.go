@@ -98,6 +98,7 @@ func (n *Node) bindStatus() BindStatus {
 	b.RecoveriesRefused = n.refused.Load()
 	b.SessionsInherited = n.inherited.Load()
 	b.CookieReplies = n.bind.CookieReplies()
+	b.InitiationsSent, b.ResponsesSent = n.bind.HandshakesSent()
 	if ub, ok := n.bind.Bind.(*udpbind.Bind); ok {
 		st := ub.Stats()
 		b.Socket = &SocketStatus{

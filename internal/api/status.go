@@ -50,6 +50,11 @@ type BindStatus struct {
 	// CookieReplies are the cookie replies wireguard-go sent while under
 	// load (a handshake flood).
 	CookieReplies uint64 `json:"cookie_replies_sent"`
+	// InitiationsSent and ResponsesSent are the handshake messages the
+	// node sent; each response is a handshake it completed (those whose
+	// initiation went to the client's owner node are not sent).
+	InitiationsSent uint64 `json:"initiations_sent"`
+	ResponsesSent   uint64 `json:"responses_sent"`
 	// Socket is the node's UDP socket layer (wedge's own Bind): absent
 	// with another Bind.
 	Socket *SocketStatus `json:"socket,omitempty"`
