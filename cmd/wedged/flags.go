@@ -43,6 +43,7 @@ type config struct {
 	maxPerCli   int
 	logLevel    string
 	pprof       string
+	metrics     string
 
 	etcd         string
 	etcdPrefix   string
@@ -132,6 +133,7 @@ func (c *config) nodeFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.maxPerCli, "max-flows-per-client", 0, "cap on open TCP+UDP flows per client (0: netstack default)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&c.pprof, "pprof", "", "serve Go's /debug/pprof on `ADDR` for profiling (off by default; keep it private)")
+	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (off by default; no authentication: keep it private)")
 }
 
 // clusterFlags are the flags of a node in a cluster: etcd, its place in

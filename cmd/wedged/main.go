@@ -20,6 +20,7 @@ import (
 	"syscall"
 
 	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/server/front"
 )
 
 func main() {
@@ -85,14 +86,14 @@ func run(c *config) error {
 	if err != nil {
 		return err
 	}
-	node, err := startNode(ctx, c, s, key, st, eg)
+	node, stack, err := startNode(ctx, c, s, key, st, eg)
 	if err != nil {
 		return err
 	}
 	defer node.Close()
+	var x *front.Front
 	if c.xdp != "" {
-		x, err := startFront(c, s, key, st.member, node, eg.router)
-		if err != nil {
+		if x, err = startFront(c, s, key, st.member, node, eg.router); err != nil {
 			return err
 		}
 		defer x.Close()
@@ -101,6 +102,9 @@ func run(c *config) error {
 		node.AddStats("egress_plan", func() any { return eg.router.Stats() })
 	}
 	if err := servePprof(c.pprof); err != nil {
+		return err
+	}
+	if err := serveMetrics(c.metrics, metricsSources(node, stack, eg, st, x)); err != nil {
 		return err
 	}
 	return serve(ctx, c, s, node)
