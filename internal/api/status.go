@@ -155,7 +155,11 @@ type Health struct {
 	// Lease is the node's lease id (hex), "" while it has none.
 	Lease string `json:"lease,omitempty"`
 	// Revision is the etcd revision the membership view is complete up to.
-	Revision  int64     `json:"revision"`
-	LastError string    `json:"last_error,omitempty"`
-	ErrorAt   time.Time `json:"error_at,omitzero"`
+	Revision int64 `json:"revision"`
+	// MembersRevision is the revision of the newest change under the
+	// membership's prefix at the last probe: while it is above Revision,
+	// the view's watch lags behind etcd (deletions are not seen here).
+	MembersRevision int64     `json:"members_revision,omitempty"`
+	LastError       string    `json:"last_error,omitempty"`
+	ErrorAt         time.Time `json:"error_at,omitzero"`
 }

@@ -72,14 +72,17 @@ type Cluster struct {
 	EtcdReachable         bool
 	ActiveNodes, Draining int
 	SelfDraining          bool
-	Revision              int64
+	// Revision is what the membership view is complete up to; WatchLag
+	// how many revisions the newest change under its prefix is ahead.
+	Revision, WatchLag int64
 }
 
 // ClusterOf reads m.
 func ClusterOf(m *cluster.Membership) func() Cluster {
 	return func() Cluster {
 		h := m.Health()
-		c := Cluster{EtcdReachable: h.Connected, Revision: h.Revision, SelfDraining: m.Self().State == cluster.Draining}
+		c := Cluster{EtcdReachable: h.Connected, Revision: h.Revision, SelfDraining: m.Self().State == cluster.Draining,
+			WatchLag: max(0, h.MembersRevision-h.Revision)}
 		for _, n := range m.Members() {
 			if n.State == cluster.Draining {
 				c.Draining++
@@ -161,6 +164,7 @@ var (
 	nodes    = desc("cluster_nodes", "Live nodes of the cluster, by state (active, draining).", "state")
 	draining = desc("cluster_draining", "1 while this node drains.")
 	revision = desc("cluster_revision", "The etcd revision this node's membership view is complete up to.")
+	watchLag = desc("cluster_watch_lag_revisions", "How many etcd revisions the newest change to the membership (at the last once-a-second probe) is ahead of this node's view.")
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -218,6 +222,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, nodes, float64(cl.Draining), "draining")
 		gauge(ch, draining, bit(cl.SelfDraining))
 		gauge(ch, revision, float64(cl.Revision))
+		gauge(ch, watchLag, float64(cl.WatchLag))
 	}
 }
 
