@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 )
@@ -48,7 +49,7 @@ func (r *Router) Slices() []Slice {
 
 // PortsInUse counts, for each slice, the distinct local ports inside it
 // that sockets bound to its address hold now (TCP and UDP, any state),
-// as the kernel lists them in /proc/net of this network namespace. It is
+// as the kernel lists them in /proc/net for this network namespace. It is
 // read when asked (a metrics scrape): the kernel's tables are the truth,
 // with nothing counted twice.
 func PortsInUse(slices []Slice) (map[netip.Addr]int, error) {
@@ -57,8 +58,13 @@ func PortsInUse(slices []Slice) (map[netip.Addr]int, error) {
 		want[s.Addr.Unmap()] = s
 	}
 	used := make(map[netip.AddrPort]bool)
+	// The tables of this thread's network namespace, the one sockets are
+	// made in: /proc/net is the thread group leader's, which a test (or
+	// a library) may have moved to another namespace.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	for _, name := range []string{"tcp", "tcp6", "udp", "udp6"} {
-		f, err := os.Open("/proc/net/" + name)
+		f, err := os.Open("/proc/thread-self/net/" + name)
 		if os.IsNotExist(err) {
 			continue // no IPv6
 		}
