@@ -115,7 +115,10 @@ type Counters struct {
 	// Clients are the registered clients, Active those with a handshake
 	// in the last 3 minutes.
 	Clients, Active int
-	Bind            BindStatus
+	// PeersAdded and PeersRemoved count clients put into the device and
+	// taken out of it (a registration deleted or expired) since start.
+	PeersAdded, PeersRemoved uint64
+	Bind                     BindStatus
 	// Indexes is nil while the node routes by ClientID alone.
 	Indexes *IndexStatus
 }
@@ -123,7 +126,8 @@ type Counters struct {
 // Counters returns the node's counts now. It walks the device's peers
 // once (to count the active ones), like Status, but builds no list.
 func (n *Node) Counters() Counters {
-	c := Counters{Bind: n.bindStatus(), Indexes: n.indexStatus()}
+	c := Counters{Bind: n.bindStatus(), Indexes: n.indexStatus(),
+		PeersAdded: n.peersAdded.Load(), PeersRemoved: n.peersRemoved.Load()}
 	peers, _ := n.peers()
 	now := time.Now()
 	for _, p := range peers {

@@ -124,6 +124,8 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 var (
 	clients    = desc("clients_registered", "Clients registered (in the node's view of the registry).")
 	peersAct   = desc("peers_active", "Clients with a handshake on this node in the last 3 minutes.")
+	peersAdd   = desc("peers_added_total", "Clients put into the WireGuard device (registrations applied).")
+	peersDel   = desc("peers_removed_total", "Clients taken out of the WireGuard device (registrations deleted or expired).")
 	messages   = desc("messages_received_total", "WireGuard messages received, by whether they carried a ClientID.", "kind")
 	mismatches = desc("client_id_mismatches_total", "Messages whose ClientID differed from the one the session's client registered.")
 	responses  = desc("handshake_responses_total", "Handshake responses wireguard-go made, by what the node did with the initiation they answer: opened (then sent, or forwarded to the owner), rate_limited (dropped), open_failed and unrecorded (sent as they were).", "outcome")
@@ -229,6 +231,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 func (c *collector) node(ch chan<- prometheus.Metric, n server.Counters) {
 	gauge(ch, clients, float64(n.Clients))
 	gauge(ch, peersAct, float64(n.Active))
+	counter(ch, peersAdd, n.PeersAdded)
+	counter(ch, peersDel, n.PeersRemoved)
 	counter(ch, messages, n.Bind.Stamped, "stamped")
 	counter(ch, messages, n.Bind.Unstamped, "unstamped")
 	counter(ch, mismatches, n.Bind.Mismatches)

@@ -59,7 +59,7 @@ func fakes() Sources {
 	}
 	return Sources{
 		Node: func() server.Counters {
-			return server.Counters{Clients: 1000, Active: 400,
+			return server.Counters{Clients: 1000, Active: 400, PeersAdded: 1100, PeersRemoved: 100,
 				Bind:    server.BindStatus{Stamped: 1, Unstamped: 2, Mismatches: 3, HandshakesStarted: 4, RecoveriesRefused: 5, SessionsInherited: 6, CookieReplies: 7, InitiationsSent: 13, ResponsesSent: 14},
 				Indexes: &server.IndexStatus{Opened: 8, OpenFailed: 9, OpenLimited: 10, NotRecorded: 11, Forwarded: 12},
 			}
@@ -149,6 +149,8 @@ func TestValues(t *testing.T) {
 	want := map[string]float64{
 		`wedge_clients_registered`:                                                1000,
 		`wedge_peers_active`:                                                      400,
+		`wedge_peers_added_total`:                                                 1100,
+		`wedge_peers_removed_total`:                                               100,
 		`wedge_messages_received_total{kind="stamped"}`:                           1,
 		`wedge_messages_received_total{kind="unstamped"}`:                         2,
 		`wedge_client_id_mismatches_total`:                                        3,
@@ -211,7 +213,7 @@ func TestValues(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, g, v)
 		}
 	}
-	if n := len(got); n != 2+2+1+4+1+3+2+1+6+2*(2+len(RefusalReasons)+2)+6+3*(1+5)+2+len(verdicts)+4+2+6 {
+	if n := len(got); n != 4+2+1+4+1+3+2+1+6+2*(2+len(RefusalReasons)+2)+6+3*(1+5)+2+len(verdicts)+4+2+6 {
 		t.Errorf("%d series; a metric was added or lost? (update this test and the README)", n)
 	}
 }
