@@ -96,6 +96,7 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	before := indexCounters(t, node)
 	cookiesBefore := status(t, node).Bind.CookieReplies
+	metricsBefore := scrape(t, node)
 	// Paired samples: a run without the flood, then one under a flood
 	// started for it, eight times. Other work on the machine changes the
 	// rate from minute to minute, and a pair shares its minute. Single
@@ -144,6 +145,7 @@ func TestHandshakeFlood(t *testing.T) {
 		sumBase += base
 		sumUnder += under
 	}
+	metricsAfter := scrape(t, node)
 	after := indexCounters(t, node)
 	ratio := sumUnder / sumBase
 	slices.Sort(ratios)
@@ -160,6 +162,17 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	if d := after["initiations_opened"] - before["initiations_opened"]; d > 2 {
 		t.Errorf("the node opened %.0f initiations during the flood; only the client's (rekeys) should be", d)
+	}
+	// The metrics tell the same story: cookie replies for the flood,
+	// responses only for the one client's rekeys.
+	moved := func(name string) float64 { return metricsAfter[name] - metricsBefore[name] }
+	if d := moved(`wedge_handshake_messages_sent_total{type="cookie_reply"}`); d < float64(res.Sent)/2 {
+		t.Errorf("wedge_handshake_messages_sent_total{type=\"cookie_reply\"} moved by %.0f for %d initiations", d, res.Sent)
+	}
+	for _, name := range []string{`wedge_handshake_messages_sent_total{type="response"}`, `wedge_handshake_responses_total{outcome="opened"}`} {
+		if d := moved(name); d > 2 {
+			t.Errorf("%s moved by %.0f during the flood; only the client's rekeys should count", name, d)
+		}
 	}
 	if ratio < 0.8 {
 		t.Fatalf("under the flood the client kept %.2f of its throughput over %d pairs (per pair %.2f), want ≥ 0.80", ratio, floodPairs, ratios)

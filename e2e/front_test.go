@@ -79,9 +79,9 @@ func startFrontNodesN(t *testing.T, c *lab.Cluster, bins lab.Bins, xdp bool, n i
 // startFrontNode starts wedged on node k.
 func startFrontNode(t *testing.T, c *lab.Cluster, bins lab.Bins, xdp bool, k int) *lab.Wedged {
 	t.Helper()
-	var extra []string
+	extra := []string{"--metrics", metricsAddr}
 	if xdp {
-		extra = []string{"--xdp", lab.NodeUplinkIf, "--vip", lab.VIP4.String(), "--vip", lab.VIP6.String()}
+		extra = append(extra, "--xdp", lab.NodeUplinkIf, "--vip", lab.VIP4.String(), "--vip", lab.VIP6.String())
 	}
 	w, err := c.StartWedged(k, bins.Wedged, extra...)
 	if err != nil {
@@ -110,6 +110,29 @@ func waitFrontNodes(t *testing.T, nodes []*lab.Wedged, xdp bool) time.Duration {
 		}
 		return true
 	})
+}
+
+// checkXDPMetrics: node k's metrics, scraped just before its status
+// report cnt, show the front's counters (no more than the report, and
+// non-zero where it is) and the cluster of three.
+func checkXDPMetrics(t *testing.T, k int, m map[string]float64, cnt map[string]uint64) {
+	t.Helper()
+	for _, v := range []string{"local", "forwarded", "decap", "not_ours", "index_hit"} {
+		got, ok := m[fmt.Sprintf(`wedge_xdp_packets_total{verdict="%s"}`, v)]
+		if !ok || got > float64(cnt[v]) || got == 0 && cnt[v] > 0 {
+			t.Errorf("node%d: wedge_xdp_packets_total{verdict=%q} = %v (present: %v), status then said %d", k, v, got, ok, cnt[v])
+		}
+	}
+	for name, want := range map[string]float64{
+		`wedge_xdp_table_nodes`:               3,
+		`wedge_cluster_nodes{state="active"}`: 3,
+		`wedge_cluster_etcd_reachable`:        1,
+		`wedge_cluster_draining`:              0,
+	} {
+		if got, ok := m[name]; !ok || got != want {
+			t.Errorf("node%d: %s = %v (present: %v), want %v", k, name, got, ok, want)
+		}
+	}
 }
 
 func TestClusterXDPFront(t *testing.T) {
@@ -162,8 +185,10 @@ func TestClusterXDPFront(t *testing.T) {
 		}
 	}
 	for k, w := range nodes {
+		m := scrape(t, w)
 		cnt := xdpCounters(t, w)
 		t.Logf("node%d xdp: %v", k+1, cnt)
+		checkXDPMetrics(t, k+1, m, cnt)
 		if k+1 == owner {
 			if cnt["local"] == 0 || cnt["decap"] == 0 {
 				t.Errorf("owner node%d: local %d, decap %d; want both > 0", owner, cnt["local"], cnt["decap"])

@@ -349,6 +349,9 @@ type Stats struct {
 	// wireguard-go.
 	PacketsIn  uint64 `json:"packets_in"`
 	PacketsOut uint64 `json:"packets_out"`
+	// BytesIn and BytesOut are those packets' sizes (IP headers included).
+	BytesIn  uint64 `json:"bytes_in"`
+	BytesOut uint64 `json:"bytes_out"`
 	// DroppedIn counts packets from wireguard-go that were not IP;
 	// DroppedOut packets the stack emitted that did not fit the queue to
 	// Read or the buffer Read was given.
@@ -357,6 +360,26 @@ type Stats struct {
 	// TCPReopened counts client SYNs that took over a 4-tuple the node's
 	// side still held in TIME-WAIT (a client reusing its port at once).
 	TCPReopened uint64 `json:"tcp_reopened"`
+	// GVisorTCP is what gVisor's own TCP statistics say.
+	GVisorTCP GVisorTCPStats `json:"gvisor_tcp"`
+}
+
+// GVisorTCPStats are a few of the TCP counters gVisor keeps for the stack.
+type GVisorTCPStats struct {
+	// Established is the number of connections in ESTABLISHED now.
+	Established uint64 `json:"established"`
+	// Retransmits counts retransmitted segments.
+	Retransmits uint64 `json:"retransmits"`
+	// FailedAttempts counts active and passive openings that ended in
+	// an error.
+	FailedAttempts uint64 `json:"failed_connection_attempts"`
+	// EstablishedResets counts connections reset from ESTABLISHED or
+	// CLOSE-WAIT (gVisor's EstablishedResets).
+	EstablishedResets uint64 `json:"established_resets"`
+	// Timeouts counts retransmission timeouts (RTOs).
+	Timeouts uint64 `json:"timeouts"`
+	// ResetsSent counts RST segments sent.
+	ResetsSent uint64 `json:"resets_sent"`
 }
 
 // FlowStats counts one transport's flows and their outcomes.
@@ -444,6 +467,7 @@ type counters struct {
 	pingReq, pingRep, pingLocal, pingFail        atomic.Uint64
 	pingDenied, pingDrop                         atomic.Uint64
 	packetsIn, packetsOut, droppedIn, droppedOut atomic.Uint64
+	bytesIn, bytesOut                            atomic.Uint64
 	tcpReopened                                  atomic.Uint64
 }
 
@@ -457,8 +481,17 @@ func (s *Stack) Stats() Stats {
 			Failed: s.stats.pingFail.Load(), Denied: s.stats.pingDenied.Load(), Dropped: s.stats.pingDrop.Load(),
 		},
 		PacketsIn: s.stats.packetsIn.Load(), PacketsOut: s.stats.packetsOut.Load(),
+		BytesIn: s.stats.bytesIn.Load(), BytesOut: s.stats.bytesOut.Load(),
 		DroppedIn: s.stats.droppedIn.Load(), DroppedOut: s.stats.droppedOut.Load(),
 		TCPReopened: s.stats.tcpReopened.Load(),
+	}
+	if s.stack != nil {
+		t := s.stack.Stats().TCP
+		st.GVisorTCP = GVisorTCPStats{
+			Established: t.CurrentEstablished.Value(), Retransmits: t.Retransmits.Value(),
+			FailedAttempts: t.FailedConnectionAttempts.Value(), EstablishedResets: t.EstablishedResets.Value(),
+			Timeouts: t.Timeouts.Value(), ResetsSent: t.ResetsSent.Value(),
+		}
 	}
 	s.limits.mu.Lock()
 	st.Pending = s.limits.pending

@@ -412,6 +412,11 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		return 0, os.ErrClosed
 	}
 	s.stats.packetsOut.Add(uint64(n))
+	var bytes int
+	for _, sz := range sizes[:n] {
+		bytes += sz
+	}
+	s.stats.bytesOut.Add(uint64(bytes))
 	return n, nil
 }
 
@@ -428,12 +433,15 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 		return 0, os.ErrClosed
 	}
 	defer in.end()
+	var bytes int
+	defer func() { s.stats.bytesIn.Add(uint64(bytes)) }()
 	for _, b := range bufs {
 		if len(b) <= offset {
 			continue
 		}
 		p := b[offset:]
 		s.stats.packetsIn.Add(1)
+		bytes += len(p)
 		proto, ok := ipProto(p)
 		if !ok {
 			s.stats.droppedIn.Add(1)

@@ -27,6 +27,8 @@ type Bind struct {
 	stamped   atomic.Uint64 // messages that carried a ClientID
 	unstamped atomic.Uint64 // messages with zero reserved bytes
 	cookies   atomic.Uint64 // cookie replies sent (wireguard-go under load)
+	inits     atomic.Uint64 // handshake initiations sent (the node initiating)
+	responses atomic.Uint64 // handshake responses sent (not withheld)
 
 	mu   sync.Mutex // guards seen
 	seen [seenSlots]seenEntry
@@ -123,6 +125,12 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		if hs := b.hs.Load(); hs != nil && !hs.sending(bufs[0], ep) {
 			return nil
 		}
+		switch bufs[0][0] {
+		case msgInitiation:
+			b.inits.Add(1)
+		case msgResponse:
+			b.responses.Add(1)
+		}
 	}
 	return b.Bind.Send(bufs, ep)
 }
@@ -130,6 +138,14 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 // CookieReplies returns how many cookie replies the node sent: wireguard-go
 // answers initiations with them while it is under load.
 func (b *Bind) CookieReplies() uint64 { return b.cookies.Load() }
+
+// HandshakesSent returns how many handshake initiations and responses the
+// node sent (a response withheld to forward its initiation to the
+// client's owner is not counted): each response is a handshake this node
+// completed.
+func (b *Bind) HandshakesSent() (initiations, responses uint64) {
+	return b.inits.Load(), b.responses.Load()
+}
 
 // Seen returns the ClientID last stamped by the client at ep, or 0.
 func (b *Bind) Seen(ep netip.AddrPort) clientid.ID {
@@ -144,6 +160,8 @@ func (b *Bind) Seen(ep netip.AddrPort) clientid.ID {
 
 // WireGuard's message types that the Bind looks at.
 const (
+	msgInitiation  = 1
+	msgResponse    = 2
 	msgCookieReply = 3
 	msgTransport   = 4
 )

@@ -113,9 +113,14 @@ type Node struct {
 	recovered  atomic.Uint64 // handshakes started by session recovery
 	refused    atomic.Uint64 // recoveries refused (recover.go)
 	inherited  atomic.Uint64 // handshakes started for inherited sessions
-	vips       []netip.Addr  // IndexConfig.VIPs; set once by EnableIndexes
-	countKick  chan struct{} // asks the watcher to publish counts and pins now
-	indexSlot  atomic.Uint32 // the slot of tagged indexes, 0 while off
+
+	// peersAdded and peersRemoved count clients put into and taken out
+	// of the device (registrations applied, deleted or expired).
+	peersAdded, peersRemoved atomic.Uint64
+
+	vips      []netip.Addr  // IndexConfig.VIPs; set once by EnableIndexes
+	countKick chan struct{} // asks the watcher to publish counts and pins now
+	indexSlot atomic.Uint32 // the slot of tagged indexes, 0 while off
 	// membershipChanged is when (UnixNano) the active nodes of this data
 	// center or this node's state last changed; session recovery waits
 	// for the other nodes' pins after it (recover.go).
@@ -358,6 +363,8 @@ func (n *Node) addPeers(cs []registry.Client) error {
 	for _, c := range added {
 		if old, ok := n.clients[c.PublicKey]; ok {
 			n.forgetAddrs(old)
+		} else {
+			n.peersAdded.Add(1)
 		}
 		n.clients[c.PublicKey] = c
 		n.byAddr[c.V4], n.byAddr[c.V6] = c.ClientID, c.ClientID
@@ -372,6 +379,7 @@ func (n *Node) dropPeer(c registry.Client) {
 	n.mu.Lock()
 	if held, ok := n.clients[c.PublicKey]; ok {
 		n.forgetAddrs(held)
+		n.peersRemoved.Add(1)
 	}
 	delete(n.clients, c.PublicKey)
 	delete(n.seen, c.PublicKey)

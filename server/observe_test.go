@@ -97,4 +97,8 @@ func TestOnHandshake(t *testing.T) {
 	if n.Status().Indexes != nil {
 		t.Error("observing handshakes turned the indexes section on")
 	}
+	if c := n.Counters(); c.Bind.ResponsesSent != 1 || c.Bind.InitiationsSent != 0 || c.Active != 1 {
+		t.Errorf("counters after one handshake the client started: %d responses, %d initiations sent, %d active; want 1, 0, 1",
+			c.Bind.ResponsesSent, c.Bind.InitiationsSent, c.Active)
+	}
 }

@@ -36,19 +36,7 @@ func (n *Node) Status() Status {
 	for _, e := range n.cfg.Endpoints {
 		s.Endpoints = append(s.Endpoints, e)
 	}
-	s.Bind.Stamped, s.Bind.Unstamped = n.bind.Counts()
-	s.Bind.Mismatches = n.mismatches.Load()
-	s.Bind.HandshakesStarted = n.recovered.Load()
-	s.Bind.RecoveriesRefused = n.refused.Load()
-	s.Bind.SessionsInherited = n.inherited.Load()
-	s.Bind.CookieReplies = n.bind.CookieReplies()
-	if ub, ok := n.bind.Bind.(*udpbind.Bind); ok {
-		st := ub.Stats()
-		s.Bind.Socket = &SocketStatus{
-			SrcFallbacks: st.SrcFallbacks, CacheResets: st.CacheResets, GSOOff: st.GSOOff,
-			Coalesced: st.Coalesced, GRODatagrams: st.Datagrams,
-		}
-	}
+	s.Bind = n.bindStatus()
 	if is := n.indexStatus(); is != nil {
 		s.Indexes = is // a nil *IndexStatus in the interface would show as null
 	}
@@ -100,6 +88,57 @@ func (n *Node) Status() Status {
 		}
 	}
 	return s
+}
+
+func (n *Node) bindStatus() BindStatus {
+	var b BindStatus
+	b.Stamped, b.Unstamped = n.bind.Counts()
+	b.Mismatches = n.mismatches.Load()
+	b.HandshakesStarted = n.recovered.Load()
+	b.RecoveriesRefused = n.refused.Load()
+	b.SessionsInherited = n.inherited.Load()
+	b.CookieReplies = n.bind.CookieReplies()
+	b.InitiationsSent, b.ResponsesSent = n.bind.HandshakesSent()
+	if ub, ok := n.bind.Bind.(*udpbind.Bind); ok {
+		st := ub.Stats()
+		b.Socket = &SocketStatus{
+			SrcFallbacks: st.SrcFallbacks, CacheResets: st.CacheResets, GSOOff: st.GSOOff,
+			Coalesced: st.Coalesced, GRODatagrams: st.Datagrams,
+		}
+	}
+	return b
+}
+
+// Counters are the status report's counts without its per-client list
+// and sections: what the metrics endpoint reads at every scrape.
+type Counters struct {
+	// Clients are the registered clients, Active those with a handshake
+	// in the last 3 minutes.
+	Clients, Active int
+	// PeersAdded and PeersRemoved count clients put into the device and
+	// taken out of it (a registration deleted or expired) since start.
+	PeersAdded, PeersRemoved uint64
+	Bind                     BindStatus
+	// Indexes is nil while the node routes by ClientID alone.
+	Indexes *IndexStatus
+}
+
+// Counters returns the node's counts now. It walks the device's peers
+// once (to count the active ones), like Status, but builds no list.
+func (n *Node) Counters() Counters {
+	c := Counters{Bind: n.bindStatus(), Indexes: n.indexStatus(),
+		PeersAdded: n.peersAdded.Load(), PeersRemoved: n.peersRemoved.Load()}
+	peers, _ := n.peers()
+	now := time.Now()
+	for _, p := range peers {
+		if !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < activeWindow {
+			c.Active++
+		}
+	}
+	n.mu.Lock()
+	c.Clients = len(n.clients)
+	n.mu.Unlock()
+	return c
 }
 
 // activeWindow: a client with no handshake for this long has no session

@@ -45,6 +45,7 @@ type config struct {
 	logLevel    string
 	logFormat   string
 	pprof       string
+	metrics     string
 
 	etcd         string
 	etcdPrefix   string
@@ -146,6 +147,7 @@ func (c *config) nodeFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error (a SIGHUP applies a new one from --config)")
 	fs.StringVar(&c.logFormat, "log-format", "text", "`FORMAT` of the log on stderr, one line per event: text (key=value) or json (one object a line: time, level, msg, then the event's keys)")
 	fs.StringVar(&c.pprof, "pprof", "", "serve Go's /debug/pprof on `ADDR` for profiling (off by default; keep it private)")
+	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (off by default; no authentication: keep it private)")
 }
 
 // clusterFlags are the flags of a node in a cluster: etcd, its place in

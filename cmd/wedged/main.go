@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/wedge-edge/wedge/server"
+	"github.com/wedge-edge/wedge/server/front"
 )
 
 func main() {
@@ -98,14 +99,14 @@ func run(c *config) error {
 	if err != nil {
 		return err
 	}
-	node, err := startNode(ctx, c, s, key, st, eg)
+	node, stack, err := startNode(ctx, c, s, key, st, eg)
 	if err != nil {
 		return err
 	}
 	defer node.Close()
+	var x *front.Front
 	if c.xdp != "" {
-		x, err := startFront(c, s, key, st.member, node, eg.router)
-		if err != nil {
+		if x, err = startFront(c, s, key, st.member, node, eg.router); err != nil {
 			return err
 		}
 		defer x.Close()
@@ -114,6 +115,9 @@ func run(c *config) error {
 		node.AddStats("egress_plan", func() any { return eg.router.Stats() })
 	}
 	if err := servePprof(c.pprof); err != nil {
+		return err
+	}
+	if err := serveMetrics(c.metrics, metricsSources(node, stack, eg, st, x)); err != nil {
 		return err
 	}
 	rl := &reloader{c: c, s: s, router: eg.router}

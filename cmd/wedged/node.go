@@ -55,8 +55,8 @@ func openStore(ctx context.Context, c *config, key wgtypes.Key, s *settings) (*n
 }
 
 // startNode builds the netstack the tunnel ends in and the WireGuard
-// device around it.
-func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st *nodeStore, eg *egressParts) (*server.Node, error) {
+// device around it; the device closes the stack.
+func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st *nodeStore, eg *egressParts) (*server.Node, *netstack.Stack, error) {
 	gw4, gw6 := s.pools.Gateways()
 	var dns []netip.Addr
 	if s.dnsUp.IsValid() {
@@ -77,7 +77,7 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 		TCPSilentTimeout: c.budget.silent,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg := server.Config{
 		Name:       c.name,
@@ -103,10 +103,10 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 	node, err := server.New(ctx, cfg)
 	if err != nil {
 		stack.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	eg.clients.node.Store(node)
-	return node, nil
+	return node, stack, nil
 }
 
 // startFront attaches the XDP front to --xdp and, in a cluster where this

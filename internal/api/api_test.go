@@ -137,9 +137,9 @@ func TestRegRequestJSON(t *testing.T) {
 const statusJSON = `{"name":"wedge0","public_key":"pk","listen_port":51820,"endpoints":["192.0.2.1:51820"],` +
 	`"clients":3,"active":1,` +
 	`"cluster":{"node":{"id":"node1","dc":"ams","underlay":"198.18.1.1","state":"draining","clients":1,"started":"2026-12-02T09:00:00Z","slot":2,"pinned":true,"pins":"AAAB"},` +
-	`"etcd":{"endpoints":["http://198.18.11.1:2379"],"connected":true,"since":"2026-12-02T09:00:00Z","lease":"1f","revision":42},` +
+	`"etcd":{"endpoints":["http://198.18.11.1:2379"],"connected":true,"since":"2026-12-02T09:00:00Z","lease":"1f","revision":42,"members_revision":43},` +
 	`"nodes":[{"id":"node1","dc":"ams","underlay":"198.18.1.1","state":"draining","clients":1,"started":"2026-12-02T09:00:00Z","slot":2,"pinned":true,"pins":"AAAB"}]},` +
-	`"bind":{"stamped":10,"unstamped":2,"client_id_mismatches":1,"handshakes_started":4,"recoveries_refused":6,"sessions_inherited":8,"cookie_replies_sent":5,` +
+	`"bind":{"stamped":10,"unstamped":2,"client_id_mismatches":1,"handshakes_started":4,"recoveries_refused":6,"sessions_inherited":8,"cookie_replies_sent":5,"initiations_sent":3,"responses_sent":9,` +
 	`"socket":{"src_fallbacks":1,"endpoint_cache_resets":2,"gso_off":0,"gro_messages":7,"gro_datagrams":70}},` +
 	`"peers":[{"id":"r1","public_key":"ck","client_id":"EjRW","endpoint":"203.0.113.5:4000","last_handshake":"2026-12-02T09:00:00Z","rx_bytes":100,"tx_bytes":200}]}`
 
@@ -150,8 +150,9 @@ func TestStatusJSON(t *testing.T) {
 	s := Status{Name: "wedge0", PublicKey: "pk", ListenPort: 51820, Endpoints: []string{"192.0.2.1:51820"},
 		Clients: 3, Active: 1,
 		Cluster: &ClusterStatus{Node: m, Nodes: []Member{m},
-			Etcd: Health{Endpoints: []string{"http://198.18.11.1:2379"}, Connected: true, Since: at, Lease: "1f", Revision: 42}},
+			Etcd: Health{Endpoints: []string{"http://198.18.11.1:2379"}, Connected: true, Since: at, Lease: "1f", Revision: 42, MembersRevision: 43}},
 		Bind: BindStatus{Stamped: 10, Unstamped: 2, Mismatches: 1, HandshakesStarted: 4, RecoveriesRefused: 6, SessionsInherited: 8, CookieReplies: 5,
+			InitiationsSent: 3, ResponsesSent: 9,
 			Socket: &SocketStatus{SrcFallbacks: 1, CacheResets: 2, Coalesced: 7, GRODatagrams: 70}},
 		Peers: []PeerStatus{{ID: "r1", PublicKey: "ck", ClientID: "EjRW", Endpoint: "203.0.113.5:4000",
 			LastHandshake: at, RxBytes: 100, TxBytes: 200}},

@@ -50,6 +50,11 @@ type BindStatus struct {
 	// CookieReplies are the cookie replies wireguard-go sent while under
 	// load (a handshake flood).
 	CookieReplies uint64 `json:"cookie_replies_sent"`
+	// InitiationsSent and ResponsesSent are the handshake messages the
+	// node sent; each response is a handshake it completed (those whose
+	// initiation went to the client's owner node are not sent).
+	InitiationsSent uint64 `json:"initiations_sent"`
+	ResponsesSent   uint64 `json:"responses_sent"`
 	// Socket is the node's UDP socket layer (wedge's own Bind): absent
 	// with another Bind.
 	Socket *SocketStatus `json:"socket,omitempty"`
@@ -150,7 +155,11 @@ type Health struct {
 	// Lease is the node's lease id (hex), "" while it has none.
 	Lease string `json:"lease,omitempty"`
 	// Revision is the etcd revision the membership view is complete up to.
-	Revision  int64     `json:"revision"`
-	LastError string    `json:"last_error,omitempty"`
-	ErrorAt   time.Time `json:"error_at,omitzero"`
+	Revision int64 `json:"revision"`
+	// MembersRevision is the revision of the newest change under the
+	// membership's prefix at the last probe: while it is above Revision,
+	// the view's watch lags behind etcd (deletions are not seen here).
+	MembersRevision int64     `json:"members_revision,omitempty"`
+	LastError       string    `json:"last_error,omitempty"`
+	ErrorAt         time.Time `json:"error_at,omitzero"`
 }

@@ -110,6 +110,16 @@ func TestMembership(t *testing.T) {
 
 	b.SetClients(7)
 	wa.waitFor(t, "b's client count", func(ms []Member) bool { return len(ms) == 2 && ms[1].Clients == 7 })
+	// The probe sees the newest change; the watch catches up with it.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		h := a.Health()
+		if h.MembersRevision > 0 && h.Revision >= h.MembersRevision {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health %+v: no members revision, or the view behind it", h)
+		}
+	}
 
 	// b's pins: sorted and deduplicated on the way; withdrawn with false.
 	b.SetPins(true, []uint32{0x030201, 7, 0xffffff, 7})

@@ -400,18 +400,24 @@ func (m *Membership) poke() {
 }
 
 // probe reads from etcd once a second with quorum, which is what a
-// registration needs, and keeps Health.Connected.
+// registration needs, and keeps Health.Connected and MembersRevision.
 func (m *Membership) probe(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
+		// The newest key under members/: how far the view's watch
+		// should be.
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := m.cli.Get(pctx, m.prefix+"members/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		resp, err := m.cli.Get(pctx, m.prefix+"members/", clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+			clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortDescend), clientv3.WithLimit(1))
 		cancel()
 		now := time.Now()
 		m.mu.Lock()
 		if err == nil {
 			m.probedOK = now
+			if len(resp.Kvs) > 0 {
+				m.health.MembersRevision = resp.Kvs[0].ModRevision
+			}
 		}
 		connected := !m.probedOK.IsZero() && now.Sub(m.probedOK) < 3*time.Second
 		changed := connected != m.health.Connected

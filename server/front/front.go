@@ -230,6 +230,37 @@ func (x *Front) Stats() any {
 	return m
 }
 
+// Counters are the front's numbers for the metrics endpoint.
+type Counters struct {
+	// Verdicts are the XDP program's packet counters by name (a fixed
+	// set: lb's counter names), summed over CPUs.
+	Verdicts map[string]uint64
+	// TableNodes, Pins, Heirs and EgressAddresses are the sizes of the
+	// Maglev table's membership, the pins, the departed nodes' slots sent
+	// to an heir and the egress addresses steered.
+	TableNodes, Pins, Heirs, EgressAddresses int
+	// ForwardErrors and FlowErrors are the forwarder's failures to send an
+	// initiation to its owner and to write its flow entry (0 until
+	// StartForwarding).
+	ForwardErrors, FlowErrors uint64
+}
+
+// Counters reads the program's counters from its BPF map now.
+func (x *Front) Counters() (Counters, error) {
+	v, err := x.objs.Counters()
+	if err != nil {
+		return Counters{}, err
+	}
+	c := Counters{
+		Verdicts: v, TableNodes: x.front.TableNodes(), Pins: x.front.Pins(),
+		Heirs: x.front.Heirs(), EgressAddresses: x.front.EgressEntries(),
+	}
+	if f := x.fwd.Load(); f != nil {
+		c.ForwardErrors, c.FlowErrors = f.sendErrs.Load(), f.flowErrs.Load()
+	}
+	return c, nil
+}
+
 // StartForwarding opens the GUE sender initiations are forwarded with and
 // returns the Forwarder whose Forward is server.IndexConfig.Forward. Close
 // closes the sender. Call it at most once.

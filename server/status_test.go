@@ -1,0 +1,29 @@
+package server
+
+import "testing"
+
+// TestCounters: the metrics' view agrees with the status report.
+func TestCounters(t *testing.T) {
+	n, _ := newTestNode(t)
+	var ids []string
+	for range 3 {
+		_, body := do(t, n.routes(), "POST", "/v1/reg", `{"public_key":"`+pubKey(t)+`"}`)
+		ids = append(ids, body["id"].(string))
+	}
+	if code, _ := do(t, n.routes(), "DELETE", "/v1/reg/"+ids[0], ""); code != 204 && code != 200 {
+		t.Fatalf("delete: %d", code)
+	}
+	c, s := n.Counters(), n.Status()
+	if c.PeersAdded != 3 || c.PeersRemoved != 1 {
+		t.Errorf("peers added %d, removed %d; want 3, 1", c.PeersAdded, c.PeersRemoved)
+	}
+	if c.Clients != 2 || c.Clients != s.Clients || c.Active != s.Active {
+		t.Fatalf("counters %+v, status clients %d active %d", c, s.Clients, s.Active)
+	}
+	if c.Bind != s.Bind {
+		t.Fatalf("bind counters %+v, status %+v", c.Bind, s.Bind)
+	}
+	if c.Indexes != nil {
+		t.Fatalf("index counters without tagged indexes: %+v", c.Indexes)
+	}
+}
