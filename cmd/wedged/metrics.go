@@ -59,6 +59,7 @@ func stackMetrics(s netstack.Stats) metrics.Stack {
 				"max_flows": f.Refused.Flows, "client_flows": f.Refused.ClientFlows,
 				"pending": f.Refused.Pending, "client_pending": f.Refused.ClientPending,
 				"pending_share": f.Refused.PendingShare, "rate": f.Refused.Rate,
+				"over_quota": f.Refused.OverQuota,
 			},
 		}
 	}

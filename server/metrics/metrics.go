@@ -65,7 +65,7 @@ type Flows struct {
 
 // RefusalReasons are the reasons a flow is refused, the values of
 // wedge_flows_refused_total's reason label.
-var RefusalReasons = []string{"acl", "local", "max_flows", "client_flows", "pending", "client_pending", "pending_share", "rate"}
+var RefusalReasons = []string{"acl", "local", "max_flows", "client_flows", "pending", "client_pending", "pending_share", "rate", "over_quota"}
 
 // Cluster is this node's view of its cluster.
 type Cluster struct {
