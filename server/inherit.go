@@ -52,6 +52,7 @@ import (
 const (
 	replicateEvery = 4 * time.Second
 	replicateMin   = 250 * time.Millisecond
+	replicateAgain = time.Second
 	// inheritPace spreads a large inheritance: at most inheritBatch
 	// initiations per inheritPace (about 6,400 a second).
 	inheritPace  = 10 * time.Millisecond
@@ -65,7 +66,7 @@ func (n *Node) replicate(hs *handshakes) {
 	t := time.NewTicker(replicateMin)
 	defer t.Stop()
 	var gen uint64
-	var last time.Time
+	var last, again time.Time
 	var prev map[uint32]cluster.Session
 	for {
 		select {
@@ -73,7 +74,15 @@ func (n *Node) replicate(hs *handshakes) {
 			return
 		case now := <-t.C:
 			g := hs.opened.Load() + hs.serverInitiated.Load() + n.inherited.Load()
-			if g == gen && now.Sub(last) < replicateEvery {
+			switch {
+			case g != gen:
+				// A handshake: publish now, and once more a second
+				// later, as wireguard-go marks a responder's handshake
+				// complete only when the client's first data arrives.
+				again = now.Add(replicateAgain)
+			case !again.IsZero() && !now.Before(again):
+				again = time.Time{}
+			case now.Sub(last) < replicateEvery:
 				continue
 			}
 			peers, err := n.peers()
