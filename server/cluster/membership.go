@@ -98,6 +98,10 @@ type Membership struct {
 	health   Health
 	lease    clientv3.LeaseID
 	probedOK time.Time
+	// joined is when the node's record was last put on a new lease: when
+	// the other nodes first saw it (zero for a lease adopted from a
+	// previous run, which they never saw leave).
+	joined time.Time
 
 	sessMu   sync.Mutex // guards sess
 	sess     sessions
@@ -268,8 +272,20 @@ func (m *Membership) grant(ctx context.Context) error {
 	m.mu.Lock()
 	m.lease = l.ID
 	m.health.Lease = fmt.Sprintf("%x", int64(l.ID))
+	m.joined = time.Now()
 	m.mu.Unlock()
 	return nil
+}
+
+// Joined returns when the other nodes first saw this node on its current
+// lease (its record's put), or the zero time when the node took over the
+// lease of its own previous run, which they never saw leave. A front
+// counts the node's own join grace from it, as the other fronts count
+// theirs from when they saw the record appear.
+func (m *Membership) Joined() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.joined
 }
 
 // claimSlot takes a free slot of the node's data center on lease l: the

@@ -106,6 +106,9 @@ func TestSessionReplication(t *testing.T) {
 	if got := c2.Previous(); got != nil {
 		t.Errorf("Previous() a second time = %v, want nil", got)
 	}
+	if c.Joined().IsZero() || !c2.Joined().IsZero() {
+		t.Errorf("Joined: first run %v (want set), restart that adopted the lease %v (want zero)", c.Joined(), c2.Joined())
+	}
 	if c2.Self().Slot != c.Self().Slot {
 		t.Errorf("restarted c has slot %d, want %d", c2.Self().Slot, c.Self().Slot)
 	}

@@ -156,6 +156,9 @@ func (x *Front) setEgress() {
 // and pins, and the egress steering.
 func (x *Front) follow() {
 	view := &memberView{self: x.cfg.ID, dc: x.cfg.DC, first: map[string]time.Time{}}
+	if x.cfg.Member != nil {
+		view.joined = x.cfg.Member.Joined
+	}
 	var apply func()
 	apply = func() {
 		x.mu.Lock()

@@ -23,6 +23,16 @@ type memberView struct {
 	// already there when this front started, which are not joining.
 	first  map[string]time.Time
 	primed bool
+	// joined, if set, says when the other nodes first saw this node
+	// (cluster.Membership.Joined; zero: never left their tables): the
+	// node's own grace counts from it, not from when this front, which
+	// starts later than the node's record appears, first saw it. Else
+	// every front would hold the node out of its table for a different
+	// time, and between the two a front that already routes its clients
+	// to it would meet one that forwards them back (a stamped initiation
+	// sent to and fro until wireguard-go drops it as a replay, costing
+	// the client 5 s).
+	joined func() time.Time
 }
 
 // members returns the front's members at now and, if a node is still
@@ -71,9 +81,12 @@ func (v *memberView) see(ms []cluster.Member, now time.Time) {
 		if _, ok := v.first[m.ID]; !ok {
 			// This node itself joins like any other: the others hold
 			// it out of their tables for the same time.
-			if v.primed || m.ID == v.self {
+			switch {
+			case m.ID == v.self && v.joined != nil:
+				v.first[m.ID] = v.joined()
+			case v.primed || m.ID == v.self:
 				v.first[m.ID] = now
-			} else {
+			default:
 				v.first[m.ID] = time.Time{}
 			}
 		}

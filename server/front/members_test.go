@@ -133,3 +133,32 @@ func TestHeir(t *testing.T) {
 		t.Error("a slot's only holder has no heir")
 	}
 }
+
+// TestMemberViewSelfJoined: a node's own grace counts from when the other
+// nodes first saw it (Membership.Joined), not from its front's start, so
+// every front takes it into its table at the same moment; a node that took
+// its previous run's lease over is in its own table at once, as it is in
+// the others'.
+func TestMemberViewSelfJoined(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	joined := t0.Add(-2 * time.Second) // the record appeared 2 s before this front started
+	v := &memberView{self: "b", dc: "dc1", first: map[string]time.Time{}, joined: func() time.Time { return joined }}
+	ms := []cluster.Member{member("a", cluster.Active), member("b", cluster.Active)}
+	lms, next := v.members(ms, t0)
+	if got := inTable(lms); !slices.Equal(got, []string{"a"}) || next != time.Second {
+		t.Fatalf("at the front's start: table %v, next %v; want [a] and 1s (the others take b in 1 s from now)", got, next)
+	}
+	if got := inTable(mustMembers(v, ms, t0.Add(time.Second))); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("a second later: table %v, want [a b]", got)
+	}
+
+	adopted := &memberView{self: "b", dc: "dc1", first: map[string]time.Time{}, joined: func() time.Time { return time.Time{} }}
+	if got := inTable(mustMembers(adopted, ms, t0)); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("restarted within the lease: table %v, want [a b] at once", got)
+	}
+}
+
+func mustMembers(v *memberView, ms []cluster.Member, now time.Time) []lb.Member {
+	lms, _ := v.members(ms, now)
+	return lms
+}
