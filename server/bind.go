@@ -76,7 +76,7 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 		for i := range n {
 			id := clientid.Zero(packets[i][:sizes[i]])
 			if hs != nil {
-				hs.received(packets[i][:sizes[i]], eps[i])
+				hs.received(packets[i][:sizes[i]], eps[i], id != 0)
 			}
 			if id == 0 {
 				unstamped++

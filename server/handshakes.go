@@ -89,6 +89,12 @@ const keysMax = 1 << 16
 type initEntry struct {
 	sender uint32
 	used   bool
+	// stamped: the initiation carried a ClientID, so the XDP front
+	// already routed it by that ClientID; it is served where it landed,
+	// never forwarded again (two fronts whose tables disagree for a
+	// moment would otherwise send it to and fro until wireguard-go drops
+	// it as a replay, and the client waits 5 s).
+	stamped bool
 	src    netip.AddrPort
 	dst    netip.Addr
 	msg    [wgmsg.InitiationSize]byte
@@ -103,8 +109,8 @@ func newHandshakes(tr *wgmsg.Translator, op *wgmsg.Opener, owner func([32]byte) 
 
 // received handles one message on its way to wireguard-go (reserved bytes
 // already zeroed): a tagged receiver index is translated back; an
-// initiation is remembered.
-func (h *handshakes) received(msg []byte, ep conn.Endpoint) {
+// initiation is remembered, with whether it was stamped.
+func (h *handshakes) received(msg []byte, ep conn.Endpoint, stamped bool) {
 	if len(msg) == 0 {
 		return
 	}
@@ -128,7 +134,7 @@ func (h *handshakes) received(msg []byte, ep conn.Endpoint) {
 	sender := binary.LittleEndian.Uint32(msg[wgmsg.OffsetSender:])
 	h.mu.Lock()
 	e := &h.inits[wgmsg.Hash(sender)%initSlots]
-	e.sender, e.used, e.src, e.dst = sender, true, src, dst
+	e.sender, e.used, e.src, e.dst, e.stamped = sender, true, src, dst, stamped
 	copy(e.msg[:], msg)
 	h.mu.Unlock()
 }
@@ -175,11 +181,12 @@ func (h *handshakes) response(msg []byte, ep conn.Endpoint) bool {
 	receiver := binary.LittleEndian.Uint32(msg[wgmsg.OffsetResponseReceiver:])
 	var init [wgmsg.InitiationSize]byte
 	var local netip.Addr
+	var stamped bool
 	h.mu.Lock()
 	e := &h.inits[wgmsg.Hash(receiver)%initSlots]
 	found := e.used && e.sender == receiver && e.src == dst
 	if found {
-		init, local = e.msg, e.dst
+		init, local, stamped = e.msg, e.dst, e.stamped
 		e.used = false
 	}
 	allowed := found && h.bucket.take(time.Now())
@@ -202,7 +209,7 @@ func (h *handshakes) response(msg []byte, ep conn.Endpoint) bool {
 		return true
 	}
 	h.opened.Add(1)
-	if h.fwd != nil {
+	if h.fwd != nil && !stamped {
 		if cid, ok := h.owner(static); ok && h.fwd(cid, dst, local, init[:]) {
 			h.forwarded.Add(1)
 			return false

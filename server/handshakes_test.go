@@ -45,6 +45,13 @@ const testSlot = 7
 // server forwards.
 func newTaggedPair(t *testing.T, forward func(clientid.ID) bool) *taggedPair {
 	t.Helper()
+	return newTaggedPairStamping(t, forward, 0)
+}
+
+// newTaggedPairStamping is newTaggedPair with a client that stamps stamp
+// into every message it sends (0: none), as a WARP-style client does.
+func newTaggedPairStamping(t *testing.T, forward func(clientid.ID) bool, stamp clientid.ID) *taggedPair {
+	t.Helper()
 	binds := bindtest.NewChannelBinds()
 	ck, _ := wgtypes.GeneratePrivateKey()
 	sk, _ := wgtypes.GeneratePrivateKey()
@@ -55,6 +62,10 @@ func newTaggedPair(t *testing.T, forward func(clientid.ID) bool) *taggedPair {
 	// The client's sends are seen by the server's receive hook below; the
 	// client's own receive hook sees the server's messages.
 	client := &sendHook{Bind: binds[0], fn: func(m []byte) {
+		if stamp != 0 {
+			b := stamp.Bytes()
+			copy(m[1:4], b[:])
+		}
 		if wgmsg.Classify(m) == wgmsg.Transport {
 			idx, _ := wgmsg.Receiver(m)
 			tp.mu.Lock()
@@ -214,6 +225,23 @@ func TestIndexesForward(t *testing.T) {
 	}
 }
 
+// TestIndexesStampedNotForwarded: a stamped initiation was already routed
+// by the XDP front by its ClientID: the node serves it where it landed and
+// never forwards it again, whatever its own view of the owner (two fronts
+// disagreeing for a moment would send it to and fro).
+func TestIndexesStampedNotForwarded(t *testing.T) {
+	tp := newTaggedPairStamping(t, func(clientid.ID) bool { return true }, 0x123456)
+	if !tp.ping(t) {
+		t.Fatal("no ping: the stamped client's handshake was not served here")
+	}
+	tp.mu.Lock()
+	n := len(tp.forwards)
+	tp.mu.Unlock()
+	if n != 0 {
+		t.Errorf("a stamped initiation was handed to Forward %d times", n)
+	}
+}
+
 // TestIndexesForwardDeclined: when Forward declines (this node owns the
 // client), the response is tagged and sent.
 func TestIndexesForwardDeclined(t *testing.T) {
@@ -308,7 +336,7 @@ func FuzzHandshakes(f *testing.F) {
 	ep := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("203.0.113.7:4000")}
 	f.Fuzz(func(t *testing.T, msg []byte, in bool) {
 		if in {
-			h.received(msg, ep)
+			h.received(msg, ep, false)
 			return
 		}
 		typ := wgmsg.Classify(msg)
