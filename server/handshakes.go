@@ -95,9 +95,9 @@ type initEntry struct {
 	// moment would otherwise send it to and fro until wireguard-go drops
 	// it as a replay, and the client waits 5 s).
 	stamped bool
-	src    netip.AddrPort
-	dst    netip.Addr
-	msg    [wgmsg.InitiationSize]byte
+	src     netip.AddrPort
+	dst     netip.Addr
+	msg     [wgmsg.InitiationSize]byte
 }
 
 func newHandshakes(tr *wgmsg.Translator, op *wgmsg.Opener, owner func([32]byte) (clientid.ID, bool),
