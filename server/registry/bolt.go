@@ -23,6 +23,7 @@ import (
 type Bolt struct {
 	db    *bbolt.DB
 	pools Pools
+	group groupCommit // Create's shared commits (bolt_group.go)
 }
 
 var _ Store = (*Bolt)(nil)
@@ -116,7 +117,13 @@ func (b *Bolt) Create(ctx context.Context, c Client) (Client, error) {
 	if err := ctx.Err(); err != nil {
 		return Client{}, err
 	}
-	err := b.db.Update(func(tx *bbolt.Tx) error {
+	// Registrations that arrive together share one commit (one fsync)
+	// instead of one each, and each caller returns only once its own is
+	// durable (bolt_group.go). fn may run more than once, so every run
+	// starts from the caller's c and only a successful one is kept.
+	var out Client
+	err := b.update(func(tx *bbolt.Tx) error {
+		c := c
 		if tx.Bucket(bucketByKey).Get(pub[:]) != nil {
 			return ErrExists
 		}
@@ -139,12 +146,16 @@ func (b *Bolt) Create(ctx context.Context, c Client) (Client, error) {
 		}
 		c.ClientID, c.V4, c.V6 = cid, v4, v6
 		c.Created = time.Now().UTC().Truncate(time.Second)
-		return put(tx, c)
+		if err := put(tx, c); err != nil {
+			return err
+		}
+		out = c
+		return nil
 	})
 	if err != nil {
 		return Client{}, err
 	}
-	return c, nil
+	return out, nil
 }
 
 func put(tx *bbolt.Tx, c Client) error {

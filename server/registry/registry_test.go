@@ -11,11 +11,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wedge-edge/wedge/internal/clientid"
 )
 
 func newKey(t testing.TB) wgtypes.Key {
@@ -476,12 +479,124 @@ func TestBoltKill9Child(t *testing.T) {
 		fmt.Println("open:", err)
 		os.Exit(1)
 	}
-	for {
-		c, err := s.Create(context.Background(), Client{PublicKey: newKey(t)})
-		if err != nil {
-			os.Exit(1)
+	// Eight registrations at a time, so that they share commits
+	// (Bolt.Create batches): each is printed only once Create returned,
+	// and must survive the kill.
+	var mu sync.Mutex
+	for range 8 {
+		go func() {
+			for {
+				c, err := s.Create(context.Background(), Client{PublicKey: newKey(t)})
+				if err != nil {
+					os.Exit(1)
+				}
+				mu.Lock()
+				fmt.Println(c.ID)
+				mu.Unlock()
+			}
+		}()
+	}
+	select {}
+}
+
+// TestBoltCreateConcurrent: registrations made at once (one batched
+// commit) each get their own ClientID and addresses, a key registered
+// twice in one batch is refused once, and everything answered is there
+// after a reopen.
+func TestBoltCreateConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "reg.db")
+	s, err := OpenBolt(path, DefaultPools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	keys := make([]wgtypes.Key, n)
+	for i := range keys {
+		keys[i] = newKey(t)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var made []Client
+	exists := 0
+	for i := range 2 * n { // every key twice
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := s.Create(context.Background(), Client{PublicKey: keys[i%n]})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case errors.Is(err, ErrExists):
+				exists++
+			case err != nil:
+				t.Errorf("Create: %v", err)
+			default:
+				made = append(made, c)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(made) != n || exists != n {
+		t.Fatalf("%d created, %d refused as existing; want %d and %d", len(made), exists, n, n)
+	}
+	ids, cids, v4s := map[string]bool{}, map[clientid.ID]bool{}, map[netip.Addr]bool{}
+	for _, c := range made {
+		if ids[c.ID] || cids[c.ClientID] || v4s[c.V4] || c.ClientID == 0 || !c.V4.IsValid() {
+			t.Fatalf("duplicate or missing id/ClientID/address in %+v", c)
 		}
-		fmt.Println(c.ID)
+		ids[c.ID], cids[c.ClientID], v4s[c.V4] = true, true, true
+	}
+	s.Close()
+	s, err = OpenBolt(path, DefaultPools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, c := range made {
+		got, err := s.Get(context.Background(), c.ID)
+		if err != nil || got.ClientID != c.ClientID || got.V4 != c.V4 || got.PublicKey != c.PublicKey {
+			t.Fatalf("after reopen %s: %+v %v, want %+v", c.ID, got, err, c)
+		}
+	}
+}
+
+// BenchmarkBoltCreate: registrations a second into the embedded store,
+// one at a time and from many callers at once (their commits batched):
+// go test -run '^$' -bench BoltCreate ./server/registry/
+func BenchmarkBoltCreate(b *testing.B) {
+	for _, par := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("callers=%d", par), func(b *testing.B) {
+			s, err := OpenBolt(filepath.Join(b.TempDir(), "reg.db"), DefaultPools)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			keys := make([]wgtypes.Key, b.N)
+			for i := range keys {
+				keys[i] = newKey(b)
+			}
+			var next atomic.Int64
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range par {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := next.Add(1) - 1
+						if i >= int64(b.N) {
+							return
+						}
+						if _, err := s.Create(context.Background(), Client{PublicKey: keys[i]}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
+		})
 	}
 }
 
