@@ -50,7 +50,7 @@ import (
 // session recovery from a packet (recover.go), no unauthenticated packet
 // can make a node send anything here.
 const (
-	replicateEvery = 4 * time.Second
+	replicateEvery = time.Second
 	replicateMin   = 250 * time.Millisecond
 	replicateAgain = time.Second
 	// inheritPace spreads a large inheritance: at most inheritBatch
