@@ -23,6 +23,7 @@
 package client
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,9 +47,12 @@ const DualEndpoint = "wedge-dual:0"
 const (
 	// DefaultHappyEyeballsDelay is how long an initiation over IPv6 gets
 	// before the same initiation is sent over IPv4 (RFC 8305's "Connection
-	// Attempt Delay"). The server accepts only the first copy it gets (the
+	// Attempt Delay"). A node accepts only the first copy it gets (the
 	// second has the same timestamp and is a replay), so with a working
-	// IPv6 path and an RTT under the delay IPv6 wins.
+	// IPv6 path and an RTT under the delay IPv6 wins. When the copies
+	// reach two nodes (fronts that disagree for a moment while a cluster
+	// starts), both answer; the Bind passes only the first answer on
+	// (Bind.firstAnswer).
 	DefaultHappyEyeballsDelay = 50 * time.Millisecond
 
 	// DefaultStaleAfter: a settled family is dropped when a message that
@@ -130,6 +134,10 @@ type Bind struct {
 	reason string
 
 	reopens atomic.Uint64
+
+	ansMu    sync.Mutex // guards answered
+	answered [answeredKept]uint32
+	ansNext  int
 
 	mu         sync.RWMutex // guards the fields below; Send holds it for reading
 	cur        *generation  // nil when closed
@@ -612,6 +620,10 @@ func (b *Bind) received(packets [][]byte, sizes []int, eps []conn.Endpoint, n in
 			continue
 		}
 		clientid.Zero(msg)
+		if msg[0] == msgResponse && !b.firstAnswer(msg) {
+			sizes[i] = 0 // wireguard-go skips messages shorter than any
+			continue
+		}
 		if b.dual == nil {
 			continue
 		}
@@ -632,6 +644,44 @@ func (b *Bind) received(packets [][]byte, sizes []int, eps []conn.Endpoint, n in
 			b.settle(pi)
 		}
 	}
+}
+
+// answeredKept is how many handshakes' answers firstAnswer remembers:
+// wireguard-go has one handshake in flight per peer, and a new initiation
+// gets a new index, so a few cover every late duplicate.
+const answeredKept = 8
+
+// firstAnswer reports whether response msg is the first one for its
+// initiation (its receiver index is the index the initiation carried).
+// A second one is another node's answer to a copy of the same initiation
+// sent over the other family while racing, which happens when the copies
+// reach two nodes: fronts that disagree for a moment while a cluster
+// starts. It must not reach wireguard-go: its two handshake workers can
+// consume both responses to one initiation (each passes the state check
+// under a read lock before either writes), and the second
+// BeginSymmetricSession then makes a current keypair whose local index is
+// 0 (the first one cleared the handshake's), while the index table still
+// maps the real index to the first keypair. The client sends under the
+// second node's keys and decrypts nothing that node answers: its
+// connections stall until the next handshake, 15 s on (seen in the
+// cold-start test: two responses, two keepalives, then only SYN
+// retransmissions). The first answer wins, as Happy Eyeballs picks the
+// first connection.
+func (b *Bind) firstAnswer(msg []byte) bool {
+	if len(msg) < 12 {
+		return true // wireguard-go rejects it
+	}
+	r := binary.LittleEndian.Uint32(msg[8:12])
+	b.ansMu.Lock()
+	defer b.ansMu.Unlock()
+	for _, a := range b.answered {
+		if a == r && r != 0 {
+			return false
+		}
+	}
+	b.answered[b.ansNext] = r
+	b.ansNext = (b.ansNext + 1) % answeredKept
+	return true
 }
 
 // pathOf returns the index of the path whose endpoint ep is, or -1.

@@ -3,6 +3,7 @@ package client
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"net"
@@ -474,5 +475,53 @@ func TestNoAllocs(t *testing.T) {
 	}
 	if clientid.Read(bufs[0]) != 0 || eps[0] != ep {
 		t.Errorf("received message not zeroed (% x) or endpoint %v not the dual one", bufs[0][:4], eps[0])
+	}
+}
+
+// TestSecondAnswerDropped: two nodes that answered copies of one
+// initiation (sent over both families while racing) must not both reach
+// wireguard-go, which would consume both responses concurrently and keep
+// either node's keys. The Bind passes the first response for an
+// initiation's index, drops later ones, and passes responses to other
+// initiations.
+func TestSecondAnswerDropped(t *testing.T) {
+	b, err := NewBind(nopBind{}, Options{ClientID: testID, Endpoints: []netip.AddrPort{srv4, srv6}})
+	must(t, err)
+	resp := func(receiver uint32) []byte {
+		m := make([]byte, device.MessageResponseSize)
+		m[0] = msgResponse
+		m[1], m[2], m[3] = 0xde, 0xad, 0x01 // stamped by the node's front: zeroed on receipt
+		binary.LittleEndian.PutUint32(m[4:], 0x01000000|receiver)
+		binary.LittleEndian.PutUint32(m[8:], receiver)
+		return m
+	}
+	deliver := func(m []byte, from netip.AddrPort) int {
+		pk, sizes := [][]byte{m}, []int{len(m)}
+		eps := []conn.Endpoint{memEndpoint{ap: from}}
+		b.received(pk, sizes, eps, 1)
+		return sizes[0]
+	}
+	if n := deliver(resp(7), srv6); n != device.MessageResponseSize {
+		t.Fatalf("first response to initiation 7: size %d after receive, want it passed", n)
+	}
+	if n := deliver(resp(7), srv4); n != 0 {
+		t.Fatalf("second response to initiation 7 (another node's answer over IPv4) passed on (size %d)", n)
+	}
+	if n := deliver(resp(8), srv4); n != device.MessageResponseSize {
+		t.Fatalf("response to a new initiation 8 dropped")
+	}
+	// Transport data is never deduplicated here (wireguard-go's counters do it).
+	d := make([]byte, 64)
+	d[0] = msgTransport
+	binary.LittleEndian.PutUint32(d[4:], 7)
+	if n := deliver(d, srv6); n != 64 {
+		t.Fatalf("transport message dropped")
+	}
+	// The window is bounded, and the oldest answers leave it.
+	for r := uint32(100); r < 100+answeredKept; r++ {
+		deliver(resp(r), srv6)
+	}
+	if n := deliver(resp(7), srv6); n != device.MessageResponseSize {
+		t.Fatalf("response to an initiation %d handshakes ago still dropped", answeredKept+1)
 	}
 }
