@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,12 +21,35 @@ type BenchOpts struct {
 	Rounds  int           // measurements per side, interleaved; 0: 3
 	CPS     time.Duration // each connections-per-second run; 0: 3 s
 	CPSConc int           // concurrent connections in it; 0: 8
-	Logf    func(format string, args ...any)
+	Streams int           // the parallel TCP run's streams; 0: 8
+	// UDPSteps is how many iperf3 UDP runs (of UDPSeconds each) the search
+	// for the highest rate with < 1% loss makes per direction; 0: 6 and 2.
+	// UDPStart is the rate it tries first (bits/s); 0: 500 Mbit/s.
+	UDPSteps, UDPSeconds int
+	UDPStart             float64
+	// Echo is each latency run: 512-byte messages at 100/s; 0: 5 s.
+	Echo time.Duration
+	// IdleFlows is how many idle TCP connections the memory measurement
+	// holds open at once; 0: 500.
+	IdleFlows int
+	Logf      func(format string, args ...any)
 }
 
 // BenchSide is what one server measured, one value per round.
 type BenchSide struct {
 	Up, Down, CPS []float64 // bits/s, bits/s, connections/s
+	// UpN and DownN are BenchOpts.Streams parallel TCP streams (bits/s).
+	UpN, DownN []float64
+	// UDPUp and UDPDown are the highest UDP rates (bits/s received) with
+	// less than 1% loss.
+	UDPUp, UDPDown []float64
+	// RTTP50 and RTTP99 are a 512-byte TCP echo's round trips at 100/s
+	// (µs).
+	RTTP50, RTTP99 []float64
+	// IdleFlowRSS is the server's resident memory per idle open TCP flow
+	// (bytes), ActiveFlowRSS its growth during a single-stream download
+	// (bytes), ActiveFlowRate that download's rate (bits/s). Measured once.
+	IdleFlowRSS, ActiveFlowRSS, ActiveFlowRate float64
 	// CPU time spent by the server process (wedged or the baseline's
 	// wireguard-go) and by the client's wireguard-go: seconds per GB moved
 	// (received by iperf3) up and down, µs per connection. All zero when
@@ -84,6 +108,24 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 	}
 	if o.CPSConc == 0 {
 		o.CPSConc = 8
+	}
+	if o.Streams == 0 {
+		o.Streams = 8
+	}
+	if o.UDPSteps == 0 {
+		o.UDPSteps = 6
+	}
+	if o.UDPSeconds == 0 {
+		o.UDPSeconds = 2
+	}
+	if o.UDPStart == 0 {
+		o.UDPStart = 500e6
+	}
+	if o.Echo == 0 {
+		o.Echo = 5 * time.Second
+	}
+	if o.IdleFlows == 0 {
+		o.IdleFlows = 500
 	}
 	logf := o.Logf
 	if logf == nil {
@@ -163,6 +205,7 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 
 	origin := Origin4.Addr()
 	url := fmt.Sprintf("http://%s/ip", netip.AddrPortFrom(origin, HTTPPort))
+	dir := map[bool]string{false: "up", true: "down"}
 	for round := 1; round <= o.Rounds; round++ {
 		for _, sd := range []side{wedged, plan, baseline} {
 			for _, reverse := range []bool{false, true} {
@@ -185,7 +228,30 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 					sd.out.ServerUp = append(sd.out.ServerUp, sCPU)
 					sd.out.ClientUp = append(sd.out.ClientUp, cCPU)
 				}
-				logf("round %d %-8s %-4s %s", round, sd.name, map[bool]string{false: "up", true: "down"}[reverse], r)
+				logf("round %d %-8s %-4s %s", round, sd.name, dir[reverse], r)
+
+				r, err = sd.s.Client.Iperf3(origin, IperfOpts{Seconds: o.Seconds, Reverse: reverse, Parallel: o.Streams})
+				if err != nil {
+					return res, fmt.Errorf("%s iperf3 -P %d (reverse %v): %w", sd.name, o.Streams, reverse, err)
+				}
+				if reverse {
+					sd.out.DownN = append(sd.out.DownN, r.BitsPerSecond)
+				} else {
+					sd.out.UpN = append(sd.out.UpN, r.BitsPerSecond)
+				}
+				logf("round %d %-8s %-4s %d streams %s", round, sd.name, dir[reverse], o.Streams, r)
+
+				u, err := sd.s.Client.IperfUDPMax(origin, reverse, o.UDPStart, o.UDPSteps, o.UDPSeconds, 1, logf)
+				if err != nil {
+					return res, fmt.Errorf("%s iperf3 UDP (reverse %v): %w", sd.name, reverse, err)
+				}
+				if reverse {
+					sd.out.UDPDown = append(sd.out.UDPDown, u.BitsPerSecond)
+				} else {
+					sd.out.UDPUp = append(sd.out.UDPUp, u.BitsPerSecond)
+				}
+				logf("round %d %-8s %-4s UDP %.2f Gbit/s with %.2f%% loss (offered %.2f, %d runs)",
+					round, sd.name, dir[reverse], u.BitsPerSecond/1e9, u.LostPercent, u.Offered/1e9, u.Steps)
 			}
 			s0, c0 := procCPU(sd.server), procCPU(sd.client)
 			c, err := sd.probe.CPS(url, o.CPS, o.CPSConc)
@@ -200,9 +266,91 @@ func Bench(owner Cleaner, bins Bins, o BenchOpts) (BenchResult, error) {
 			}
 			sd.out.CPS = append(sd.out.CPS, c.Rate)
 			logf("round %d %-8s cps  %.0f/s", round, sd.name, c.Rate)
+			if sd.name == "plan" {
+				continue
+			}
+			e, err := sd.probe.Echo(netip.AddrPortFrom(origin, EchoPort), 512, 10*time.Millisecond, o.Echo)
+			if err != nil {
+				return res, fmt.Errorf("%s echo: %w", sd.name, err)
+			}
+			if e.Broken || e.Echoed == 0 {
+				return res, fmt.Errorf("%s echo: session broken: %+v", sd.name, e)
+			}
+			sd.out.RTTP50 = append(sd.out.RTTP50, float64(e.RTTP50US))
+			sd.out.RTTP99 = append(sd.out.RTTP99, float64(e.RTTP99US))
+			logf("round %d %-8s echo RTT p50 %d µs, p99 %d µs, max %d µs (%d echoes)", round, sd.name, e.RTTP50US, e.RTTP99US, e.RTTMaxUS, e.Echoed)
+		}
+	}
+	for _, sd := range []side{wedged, baseline} {
+		if err := benchMemory(sd.s, sd.probe, sd.server, origin, o, sd.out, logf); err != nil {
+			return res, fmt.Errorf("%s memory: %w", sd.name, err)
 		}
 	}
 	return res, nil
+}
+
+// benchMemory measures the server's resident memory per idle TCP flow (n
+// connections held open at once, sampled while they are) and its growth
+// during one single-stream download.
+func benchMemory(s *SingleNode, p Probe, pid int, origin netip.Addr, o BenchOpts, out *BenchSide, logf func(string, ...any)) error {
+	runtime.GC() // ours, not the server's: keep the lab's own noise down
+	before := RSS(pid)
+	hold := 6 * time.Second
+	url := fmt.Sprintf("http://%s/hold", netip.AddrPortFrom(origin, HTTPPort))
+	type held struct {
+		ok  int
+		err error
+	}
+	done := make(chan held, 1)
+	go func() {
+		ok, err := p.Hold(url, o.IdleFlows, hold)
+		done <- held{ok, err}
+	}()
+	var peak int64
+	for deadline := time.Now().Add(hold - time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		peak = max(peak, RSS(pid))
+	}
+	h := <-done
+	if h.ok == 0 {
+		return h.err
+	}
+	if h.err != nil { // some were refused or timed out: count the held ones
+		logf("idle flows: %v", h.err)
+	}
+	if before > 0 && peak > 0 {
+		out.IdleFlowRSS = float64(peak-before) / float64(h.ok)
+	}
+	logf("%d idle flows: RSS %d → %d KiB", h.ok, before>>10, peak>>10)
+
+	time.Sleep(2 * time.Second) // let the held flows close
+	before, peak = RSS(pid), 0
+	type run struct {
+		r   IperfResult
+		err error
+	}
+	ran := make(chan run, 1)
+	go func() {
+		r, err := s.Client.Iperf3(origin, IperfOpts{Seconds: o.Seconds, Reverse: true})
+		ran <- run{r, err}
+	}()
+	var r run
+sample:
+	for {
+		select {
+		case r = <-ran:
+			break sample
+		case <-time.After(250 * time.Millisecond):
+			peak = max(peak, RSS(pid))
+		}
+	}
+	if r.err != nil {
+		return r.err
+	}
+	if before > 0 && peak > 0 {
+		out.ActiveFlowRSS, out.ActiveFlowRate = float64(peak-before), r.r.BitsPerSecond
+	}
+	logf("one download at %.2f Gbit/s: RSS %d → %d KiB", r.r.BitsPerSecond/1e9, before>>10, peak>>10)
+	return nil
 }
 
 // Ratios are wedged/baseline for the medians of each measurement.
@@ -214,6 +362,14 @@ func (r BenchResult) Ratios() (up, down, cps float64) {
 		return median(a) / median(b)
 	}
 	return ratio(r.Wedged.Up, r.Baseline.Up), ratio(r.Wedged.Down, r.Baseline.Down), ratio(r.Wedged.CPS, r.Baseline.CPS)
+}
+
+// ratioOf is median(a)/median(b), 0 without b.
+func ratioOf(a, b []float64) float64 {
+	if median(b) == 0 {
+		return 0
+	}
+	return median(a) / median(b)
 }
 
 // PlanCPSRatio is wedged with an egress plan over the baseline, medians of
@@ -236,6 +392,22 @@ func (r BenchResult) Print(w io.Writer) {
 	if len(r.Plan.CPS) > 0 {
 		fmt.Fprintf(tw, "new TCP connections/s, egress plan\t%.0f\t%.0f\t%.2f\t\n", median(r.Plan.CPS), median(r.Baseline.CPS), r.PlanCPSRatio())
 	}
+	gbit := func(what string, a, b []float64) {
+		fmt.Fprintf(tw, "%s (Gbit/s)\t%.2f\t%.2f\t%.2f\t\n", what, median(a)/1e9, median(b)/1e9, ratioOf(a, b))
+	}
+	gbit(fmt.Sprintf("TCP up, %d streams", r.Opts.Streams), r.Wedged.UpN, r.Baseline.UpN)
+	gbit(fmt.Sprintf("TCP down, %d streams", r.Opts.Streams), r.Wedged.DownN, r.Baseline.DownN)
+	gbit("UDP up, highest rate < 1% loss", r.Wedged.UDPUp, r.Baseline.UDPUp)
+	gbit("UDP down, highest rate < 1% loss", r.Wedged.UDPDown, r.Baseline.UDPDown)
+	fmt.Fprintf(tw, "512 B echo RTT p50 (µs)\t%.0f\t%.0f\t%+.0f µs\t\n", median(r.Wedged.RTTP50), median(r.Baseline.RTTP50), median(r.Wedged.RTTP50)-median(r.Baseline.RTTP50))
+	fmt.Fprintf(tw, "512 B echo RTT p99 (µs)\t%.0f\t%.0f\t%+.0f µs\t\n", median(r.Wedged.RTTP99), median(r.Baseline.RTTP99), median(r.Wedged.RTTP99)-median(r.Baseline.RTTP99))
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "server memory (RSS)\twedged\tbaseline server\t\n")
+	fmt.Fprintf(tw, "per idle TCP flow (%d open, KiB)\t%.1f\t%.1f\t\n", r.Opts.IdleFlows, r.Wedged.IdleFlowRSS/1024, r.Baseline.IdleFlowRSS/1024)
+	fmt.Fprintf(tw, "growth during one download (MiB)\t%.1f at %.2f Gbit/s\t%.1f at %.2f Gbit/s\t\n",
+		r.Wedged.ActiveFlowRSS/(1<<20), r.Wedged.ActiveFlowRate/1e9, r.Baseline.ActiveFlowRSS/(1<<20), r.Baseline.ActiveFlowRate/1e9)
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)

@@ -31,6 +31,15 @@ func TestParseIperf(t *testing.T) {
 			json:    `{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}`,
 			wantErr: "Connection refused",
 		},
+		{
+			name: "udp",
+			json: `{"start":{"test_start":{"protocol":"UDP"}},"end":{
+				"sum":{"seconds":1.000465,"bytes":62486400,"bits_per_second":499742276.8,"jitter_ms":0.0066,"lost_percent":38.6,"sender":true},
+				"sum_sent":{"seconds":1.000298,"bytes":62486400,"bits_per_second":499742276.8,"lost_percent":0,"sender":true},
+				"sum_received":{"seconds":1.000465,"bytes":38354400,"bits_per_second":306692587.9,"jitter_ms":0.0066,"lost_percent":38.6,"sender":false}}}`,
+			want: IperfResult{BitsPerSecond: 306692587.9, BytesSent: 62486400, BytesReceived: 38354400, Seconds: 1.000465, LostPercent: 38.6, JitterMS: 0.0066},
+		},
+		{name: "udp-no-sums", json: `{"start":{"test_start":{"protocol":"UDP"}},"end":{}}`, wantErr: "UDP report has no end sums"},
 		{name: "no-sums", json: `{"end":{}}`, wantErr: "no end sums"},
 		{name: "not-json", json: `iperf3: error`, wantErr: "bad JSON"},
 	} {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,6 +17,11 @@ type IperfOpts struct {
 	Reverse  bool // -R: the server sends
 	Parallel int  // -P; 0: 1
 	Port     int  // -p; 0: IperfPort
+	// UDPRate, if set, makes it a UDP test (-u) sending at this many
+	// bits per second (-b), Length bytes a datagram (-l; 0: 1200, which
+	// fits the tunnel's MTU without fragments).
+	UDPRate float64
+	Length  int
 	// Extra arguments, appended as they are.
 	Extra []string
 }
@@ -27,6 +34,9 @@ type IperfResult struct {
 	BytesSent, BytesReceived int64
 	Seconds                  float64
 	Retransmits              int64
+	// UDP tests: the receiver's loss and jitter.
+	LostPercent float64
+	JitterMS    float64
 }
 
 func (r IperfResult) String() string {
@@ -48,6 +58,12 @@ func (ns *NS) Iperf3(server netip.Addr, o IperfOpts) (IperfResult, error) {
 	}
 	if o.Parallel > 1 {
 		args = append(args, "-P", fmt.Sprint(o.Parallel))
+	}
+	if o.UDPRate > 0 {
+		if o.Length == 0 {
+			o.Length = 1200
+		}
+		args = append(args, "-u", "-b", fmt.Sprintf("%.0f", o.UDPRate), "-l", fmt.Sprint(o.Length))
 	}
 	args = append(args, o.Extra...)
 	// iperf3 -s runs one test at a time: it answers "busy", or refuses
@@ -89,12 +105,20 @@ func parseIperf(out []byte) (IperfResult, error) {
 		Bytes         int64   `json:"bytes"`
 		BitsPerSecond float64 `json:"bits_per_second"`
 		Retransmits   int64   `json:"retransmits"`
+		LostPercent   float64 `json:"lost_percent"`
+		JitterMS      float64 `json:"jitter_ms"`
 	}
 	var rep struct {
 		Error string `json:"error"`
-		End   struct {
+		Start struct {
+			Test struct {
+				Protocol string `json:"protocol"`
+			} `json:"test_start"`
+		} `json:"start"`
+		End struct {
 			SumSent     *sum `json:"sum_sent"`
 			SumReceived *sum `json:"sum_received"`
+			Sum         *sum `json:"sum"` // UDP: the receiver's view
 		} `json:"end"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
@@ -102,6 +126,25 @@ func parseIperf(out []byte) (IperfResult, error) {
 	}
 	if rep.Error != "" {
 		return IperfResult{}, fmt.Errorf("%s", rep.Error)
+	}
+	if rep.Start.Test.Protocol == "UDP" {
+		// The receiver's sum has its loss and jitter (iperf3 3.12 puts
+		// them in "sum" too, with the sender's bytes).
+		rx := rep.End.SumReceived
+		if rx == nil {
+			rx = rep.End.Sum
+		}
+		if rx == nil || rep.End.SumSent == nil {
+			return IperfResult{}, fmt.Errorf("UDP report has no end sums: %.300s", out)
+		}
+		return IperfResult{
+			BitsPerSecond: rx.BitsPerSecond,
+			BytesSent:     rep.End.SumSent.Bytes,
+			BytesReceived: rx.Bytes,
+			Seconds:       rx.Seconds,
+			LostPercent:   rx.LostPercent,
+			JitterMS:      rx.JitterMS,
+		}, nil
 	}
 	if rep.End.SumSent == nil || rep.End.SumReceived == nil {
 		return IperfResult{}, fmt.Errorf("report has no end sums: %.300s", out)
@@ -220,4 +263,127 @@ func (p Probe) CPS(url string, d time.Duration, conc int) (CPSResult, error) {
 		return r, fmt.Errorf("lab: cps: %w: %s", err, out)
 	}
 	return r, nil
+}
+
+// UDPMaxResult is the highest UDP rate a path carried with little loss.
+type UDPMaxResult struct {
+	// BitsPerSecond is what the receiver got at the highest offered rate
+	// that lost less than MaxLoss percent; 0 if even the lowest lost more.
+	BitsPerSecond float64
+	LostPercent   float64 // at that rate
+	Offered       float64 // that offered rate
+	Steps         int     // iperf3 runs made
+}
+
+// IperfUDPMax looks for the highest rate iperf3 UDP (1200-byte datagrams)
+// carries from ns to server (reverse: from server to ns) with less than
+// maxLoss percent lost, in steps runs of seconds each: from start bits/s
+// it doubles while the rate passes and halves while it fails, then, once
+// one rate passed and one failed, bisects between them. logf, if set, gets
+// every step.
+func (ns *NS) IperfUDPMax(server netip.Addr, reverse bool, start float64, steps, seconds int, maxLoss float64, logf func(string, ...any)) (UDPMaxResult, error) {
+	var res UDPMaxResult
+	pass, fail := 0.0, 0.0 // the highest passing and lowest failing rates
+	rate := start
+	for range steps {
+		r, err := ns.Iperf3(server, IperfOpts{Seconds: seconds, Reverse: reverse, UDPRate: rate})
+		if err != nil {
+			return res, err
+		}
+		res.Steps++
+		if logf != nil {
+			logf("  UDP offered %.3f Gbit/s: received %.3f Gbit/s, %.2f%% lost", rate/1e9, r.BitsPerSecond/1e9, r.LostPercent)
+		}
+		if r.LostPercent < maxLoss {
+			if r.BitsPerSecond > res.BitsPerSecond {
+				res.BitsPerSecond, res.LostPercent, res.Offered = r.BitsPerSecond, r.LostPercent, rate
+			}
+			pass = max(pass, rate)
+		} else if fail == 0 || rate < fail {
+			fail = rate
+		}
+		switch {
+		case fail == 0:
+			rate = pass * 2
+		case pass == 0:
+			rate = fail / 2
+		default:
+			rate = (pass + fail) / 2
+		}
+	}
+	return res, nil
+}
+
+// Echo runs an interactive session (originsrv echo: size bytes every
+// interval for d) from p's namespace to to, directly (no proxy).
+func (p Probe) Echo(to netip.AddrPort, size int, every, d time.Duration) (EchoResult, error) {
+	out, err := p.NS.Run(p.Bin, "echo", "-to", to.String(), "-size", fmt.Sprint(size),
+		"-every", every.String(), "-d", d.String())
+	if err != nil {
+		return EchoResult{}, err
+	}
+	var r EchoResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return r, fmt.Errorf("lab: echo: %w: %s", err, out)
+	}
+	return r, nil
+}
+
+// EchoResult is what `originsrv echo` prints (originsrv.EchoResult).
+type EchoResult struct {
+	Sent     int    `json:"sent"`
+	Echoed   int    `json:"echoed"`
+	MaxGapMS int64  `json:"max_gap_ms"`
+	GapAtMS  int64  `json:"gap_at_ms"`
+	RTTP50US int64  `json:"rtt_p50_us"`
+	RTTP99US int64  `json:"rtt_p99_us"`
+	RTTMaxUS int64  `json:"rtt_max_us"`
+	Broken   bool   `json:"broken"`
+	Err      string `json:"err"`
+}
+
+// RSS returns the resident memory of process pid in bytes (VmRSS); 0 if
+// it cannot be read.
+func RSS(pid int) int64 {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 2 && f[1] == "kB" {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				if err == nil {
+					return kb << 10
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// Hold opens n connections at once through p's namespace to url (originsrv
+// hold: the origin's /hold answers after ms) and returns once they have
+// all been answered or failed; ok counts the answered.
+func (p Probe) Hold(url string, n int, hold time.Duration) (ok int, err error) {
+	out, err := p.NS.Run(p.Bin, "hold", "-n", fmt.Sprint(n), "-ms", fmt.Sprint(hold.Milliseconds()), url)
+	if err != nil {
+		return 0, err
+	}
+	var r struct {
+		OK         int    `json:"ok"`
+		Failed     int    `json:"failed"`
+		FirstError string `json:"first_error"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return 0, fmt.Errorf("lab: hold: %w: %s", err, out)
+	}
+	if r.Failed > 0 {
+		return r.OK, fmt.Errorf("lab: hold: %d of %d failed, e.g. %s", r.Failed, n, r.FirstError)
+	}
+	return r.OK, nil
 }

@@ -68,15 +68,23 @@ func labBench(args []string) error {
 	seconds := fs.Int("seconds", 5, "length of each iperf3 run")
 	rounds := fs.Int("rounds", 3, "measurements per side, interleaved; the median is reported")
 	cps := fs.Duration("cps", 3*time.Second, "length of each connections-per-second run")
+	streams := fs.Int("streams", 8, "streams of the parallel TCP run")
+	udpSteps := fs.Int("udp-steps", 6, "iperf3 UDP runs the search for the highest rate with < 1% loss makes per direction")
+	echo := fs.Duration("echo", 5*time.Second, "length of each latency run (512-byte TCP echo at 100/s)")
+	idle := fs.Int("idle-flows", 500, "idle TCP connections held open for the memory measurement")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: wedge-lab bench [flags]
 
 Builds two single-node netns labs from this source tree (run it from the
 repository, as root): one with wedged, one with the baseline (a plain
 wireguard-go server with kernel forwarding and NAT). Each has a wg-quick
-client. Measures iperf3 TCP throughput both ways and new TCP connections per
-second through each, alternating between them, and prints medians and the
-wedged/baseline ratios. Everything is removed afterwards.
+client. Measures through each, alternating between them: iperf3 TCP
+throughput both ways (one stream and --streams), the highest iperf3 UDP rate
+with less than 1% loss both ways (a bisection), new TCP connections per
+second with the CPU each costs, and the round trip of a 512-byte TCP echo at
+100/s (p50, p99); then once each, the server's memory per idle TCP flow and
+its growth during one download. Prints medians and the wedged/baseline
+ratios. Everything is removed afterwards.
 
 `)
 		fs.PrintDefaults()
@@ -87,6 +95,7 @@ wedged/baseline ratios. Everything is removed afterwards.
 	return runLab(slices.Concat(lab.ToolsOrigin, lab.ToolsClient), func(cl *lab.Cleanups, bins lab.Bins) (func(io.Writer), error) {
 		res, err := lab.Bench(cl, bins, lab.BenchOpts{
 			Seconds: *seconds, Rounds: *rounds, CPS: *cps, Logf: stderrf,
+			Streams: *streams, UDPSteps: *udpSteps, Echo: *echo, IdleFlows: *idle,
 		})
 		return res.Print, err
 	})

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -43,6 +44,11 @@ type EchoResult struct {
 	MaxGapMS int64 `json:"max_gap_ms"`
 	// GapAtMS is when the longest gap began, in ms since the start.
 	GapAtMS int64 `json:"gap_at_ms"`
+	// RTTs of the echoes, in microseconds: from writing a message to
+	// reading its echo back in full.
+	RTTP50US int64 `json:"rtt_p50_us"`
+	RTTP99US int64 `json:"rtt_p99_us"`
+	RTTMaxUS int64 `json:"rtt_max_us"`
 	// Broken: the connection failed (reset, closed, corrupted echo).
 	Broken bool   `json:"broken"`
 	Err    string `json:"err,omitempty"`
@@ -98,6 +104,10 @@ func runEcho(c net.Conn, size int, every, d time.Duration) EchoResult {
 	)
 	start := time.Now()
 	last := start
+	// sentAt[seq] is when message seq was written (guarded by mu); the
+	// reader turns it into an RTT.
+	var sentAt []time.Time
+	var rtts []time.Duration
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	fail := func(err error) {
@@ -125,6 +135,9 @@ func runEcho(c net.Conn, size int, every, d time.Duration) EchoResult {
 			}
 			now := time.Now()
 			mu.Lock()
+			if seq < uint64(len(sentAt)) {
+				rtts = append(rtts, now.Sub(sentAt[seq]))
+			}
 			if gap := now.Sub(last).Milliseconds(); gap > res.MaxGapMS {
 				res.MaxGapMS, res.GapAtMS = gap, last.Sub(start).Milliseconds()
 			}
@@ -146,6 +159,9 @@ loop:
 			break loop
 		case <-t.C:
 			binary.BigEndian.PutUint64(msg, uint64(sent))
+			mu.Lock()
+			sentAt = append(sentAt, time.Now())
+			mu.Unlock()
 			c.SetWriteDeadline(time.Now().Add(d))
 			if _, err := c.Write(msg); err != nil {
 				fail(fmt.Errorf("write message %d: %w", sent, err))
@@ -177,8 +193,22 @@ loop:
 			res.MaxGapMS, res.GapAtMS = gap, last.Sub(start).Milliseconds()
 		}
 	}
+	res.RTTP50US, res.RTTP99US, res.RTTMaxUS = percentileUS(rtts, 50), percentileUS(rtts, 99), percentileUS(rtts, 100)
 	if res.Broken {
 		log.Printf("echo: %s", res.Err)
 	}
 	return res
+}
+
+// percentileUS is the p-th percentile (nearest rank) of ds in
+// microseconds; 0 for none.
+func percentileUS(ds []time.Duration, p int) int64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*p+99)/100 - 1
+	i = max(0, min(i, len(s)-1))
+	return s[i].Microseconds()
 }

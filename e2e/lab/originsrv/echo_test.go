@@ -55,6 +55,13 @@ func TestEcho(t *testing.T) {
 			if r.MaxGapMS < c.minGapMS || r.MaxGapMS > c.maxGapMS {
 				t.Errorf("max gap %d ms, want %d..%d", r.MaxGapMS, c.minGapMS, c.maxGapMS)
 			}
+			if r.RTTP50US <= 0 || r.RTTP50US > r.RTTP99US || r.RTTP99US > r.RTTMaxUS {
+				t.Errorf("RTTs p50 %d µs, p99 %d µs, max %d µs: want 0 < p50 ≤ p99 ≤ max", r.RTTP50US, r.RTTP99US, r.RTTMaxUS)
+			}
+			// The messages written during the pause waited for it.
+			if c.pause > 0 && r.RTTMaxUS < (c.pause-100*time.Millisecond).Microseconds() {
+				t.Errorf("RTT max %d µs after a %v stall", r.RTTMaxUS, c.pause)
+			}
 		})
 	}
 	t.Run("broken", func(t *testing.T) {
@@ -78,4 +85,25 @@ func TestEcho(t *testing.T) {
 			t.Errorf("got %+v, want a broken session", r)
 		}
 	})
+}
+
+func TestPercentileUS(t *testing.T) {
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- { // unsorted on purpose
+		ds = append(ds, time.Duration(i)*time.Microsecond)
+	}
+	for _, c := range []struct {
+		p    int
+		want int64
+	}{{50, 50}, {99, 99}, {100, 100}, {1, 1}} {
+		if got := percentileUS(ds, c.p); got != c.want {
+			t.Errorf("p%d = %d µs, want %d", c.p, got, c.want)
+		}
+	}
+	if got := percentileUS(nil, 50); got != 0 {
+		t.Errorf("p50 of nothing = %d", got)
+	}
+	if got := percentileUS(ds[:1], 99); got != 100 {
+		t.Errorf("p99 of one = %d", got)
+	}
 }
