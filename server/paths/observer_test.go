@@ -199,7 +199,7 @@ func TestTCPInfoLoopback(t *testing.T) {
 	}
 	buf := make([]byte, 64<<10)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	go c.Write(buf)
+	go c.Write(make([]byte, len(buf)))
 	if _, err := io.ReadFull(c, buf); err != nil {
 		t.Fatal(err)
 	}
