@@ -95,11 +95,13 @@ func run(c *config) error {
 		return err
 	}
 	defer st.close()
-	eg, err := startEgress(ctx, c, s, st.member)
+	pt, stopPaths := startPaths(ctx, st, s.log.With("component", "paths"))
+	defer stopPaths()
+	eg, err := startEgress(ctx, c, s, st.member, pt)
 	if err != nil {
 		return err
 	}
-	node, stack, err := startNode(ctx, c, s, key, st, eg)
+	node, stack, err := startNode(ctx, c, s, key, st, eg, pt)
 	if err != nil {
 		return err
 	}
