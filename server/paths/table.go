@@ -177,7 +177,7 @@ type Route struct {
 	ViaDC string
 	// Direct is rtt(here → prefix), 0 when not measured (or too old).
 	Direct time.Duration
-	// Age is the age of the oldest figure the decision rests on.
+	// Age is the age of the oldest of the figures in Via and Direct.
 	Age time.Duration
 	// Since is when the prefix took this exit (zero for direct).
 	Since time.Time
@@ -220,10 +220,10 @@ func (t *Table) decideLocked(p netip.Prefix, now time.Time) Route {
 		}
 	}
 	if best != nil {
-		r.Via, r.ViaDC = best.via, best.dc
+		r.Via, r.ViaDC, r.Age = best.via, best.dc, now.Sub(best.oldest)
 	}
 	if haveDirect {
-		r.Direct, r.Age = direct.RTT, now.Sub(direct.Updated)
+		r.Direct, r.Age = direct.RTT, max(r.Age, now.Sub(direct.Updated))
 	}
 	cur, relayed := t.state[p]
 	var curC *candidate
@@ -269,7 +269,10 @@ func (t *Table) decideLocked(p netip.Prefix, now time.Time) Route {
 	for i := range cands {
 		if c := cands[i]; c.dc == next {
 			r.Exit, r.Node, r.Relay, r.Via, r.ViaDC, r.Since = c.dc, c.node, c.relay, c.via, c.dc, cur.since
-			r.Age = max(r.Age, now.Sub(c.oldest))
+			r.Age = now.Sub(c.oldest)
+			if haveDirect {
+				r.Age = max(r.Age, now.Sub(direct.Updated))
+			}
 		}
 	}
 	return r
