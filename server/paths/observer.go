@@ -181,7 +181,11 @@ func (e *prefixEntry) heatNow(now time.Time, tau time.Duration) float64 {
 
 // ObserveDC adds one RTT sample of the path from this node to data center
 // dc (a relay connection's), and marks its relay up again.
-func (ob *Observer) ObserveDC(dc string, rtt time.Duration) {
+func (ob *Observer) ObserveDC(dc string, rtt time.Duration) { ob.observeDC(dc, rtt, true) }
+
+// observeDC adds a sample of the RTT to dc; up: from the relay itself,
+// which marks it up again (a probe's TCP handshake does not).
+func (ob *Observer) observeDC(dc string, rtt time.Duration, up bool) {
 	if rtt <= 0 || dc == "" {
 		return
 	}
@@ -197,7 +201,9 @@ func (ob *Observer) ObserveDC(dc string, rtt time.Duration) {
 		ob.dcs[dc] = e
 	}
 	e.add(rtt, now, ob.o.Tau, ob.o.MinWeight)
-	e.down = time.Time{}
+	if up {
+		e.down = time.Time{}
+	}
 }
 
 // DCDown marks data center dc's relay down (it refused, failed or timed
@@ -234,6 +240,16 @@ func (ob *Observer) Prefix(p netip.Prefix) (Measure, bool) {
 		return Measure{}, false
 	}
 	return Measure{RTT: time.Duration(e.rtt), Samples: e.samples, Updated: e.updated}, true
+}
+
+// dst returns the last destination sampled in prefix p.
+func (ob *Observer) dst(p netip.Prefix) netip.AddrPort {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	if e := ob.prefixes[p]; e != nil {
+		return e.dst
+	}
+	return netip.AddrPort{}
 }
 
 // DC returns this node's measurement of the RTT to data center dc and

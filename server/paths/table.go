@@ -71,9 +71,10 @@ type Table struct {
 	o   Options
 	obs *Observer
 
-	mu    sync.Mutex
-	sums  map[nodeKey]*remote
-	state map[netip.Prefix]choice
+	mu     sync.Mutex
+	sums   map[nodeKey]*remote
+	state  map[netip.Prefix]choice
+	probes probeState
 }
 
 type nodeKey struct{ dc, node string }
@@ -307,6 +308,13 @@ func (t *Table) dcRTTLocked(dc string, now time.Time) (m Measure, ok, down bool)
 	if !downAt.IsZero() && now.Sub(downAt) < t.o.DownFor {
 		return Measure{}, false, true
 	}
+	return t.pathRTTLocked(dc, now)
+}
+
+// pathRTTLocked is dcRTTLocked whether or not dc's relay is down: the RTT
+// of the path between the data centers.
+func (t *Table) pathRTTLocked(dc string, now time.Time) (m Measure, ok, down bool) {
+	m, _, ok = t.obs.DC(dc)
 	if ok && now.Sub(m.Updated) <= t.o.MaxAge {
 		return m, true, false
 	}
