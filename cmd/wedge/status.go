@@ -112,8 +112,11 @@ func printPaths(w io.Writer, p api.PathsStatus) {
 	}
 	fmt.Fprintln(w)
 	figure := func(ms float64) string {
-		if ms == 0 {
+		switch {
+		case ms == 0:
 			return "-"
+		case ms < 1:
+			return fmt.Sprintf("%.3fms", ms)
 		}
 		return fmt.Sprintf("%.1fms", ms)
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/wedge-edge/wedge/netstack"
 	"github.com/wedge-edge/wedge/server"
 	"github.com/wedge-edge/wedge/server/cluster"
-	"github.com/wedge-edge/wedge/server/paths"
 	"github.com/wedge-edge/wedge/server/registry"
 )
 
@@ -30,7 +29,7 @@ type egressParts struct {
 
 // startEgress opens the egress plan (if any), keeps it and the GeoIP
 // database up to date until ctx ends, and builds the dialer.
-func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Membership, pt *paths.Table) (*egressParts, error) {
+func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Membership, observe func(net.Conn, netip.AddrPort)) (*egressParts, error) {
 	// The node's own addresses the ACL must deny even if they are on no
 	// interface: the advertised endpoints and the API.
 	own := []netip.Addr{s.apiAddr.Addr()}
@@ -56,14 +55,11 @@ func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Me
 		eg.router, route = r, r.Route
 	}
 	var err error
-	ecfg := egress.Config{
+	eg.dialer, err = egress.New(egress.Config{
 		Sources: s.sources, PortLo: s.portLo, PortHi: s.portHi, Allow: s.allow, Own: own, Route: route, Logger: s.log.With("component", "egress"),
 		UDPPortShare: c.budget.udpPortShare(), ClientOf: eg.clients.of,
-	}
-	if pt != nil {
-		ecfg.ObserveTCP = pt.Observer().ObserveConn
-	}
-	eg.dialer, err = egress.New(ecfg)
+		ObserveTCP: observe,
+	})
 	if err != nil {
 		return nil, err
 	}
