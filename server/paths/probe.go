@@ -16,8 +16,9 @@ import (
 //     has no fresh figure for, when a relay through here could win there
 //     (its RTT there exceeds the RTT between the two data centers by
 //     MinGain): probed at the destination the summary names, so that the
-//     next summary from here offers the other data center a figure. No
-//     request travels through etcd: the summaries are the requests.
+//     next summary from here offers the other data center a figure, and
+//     again before that figure ages out there (MaxAge/2). No request
+//     travels through etcd: the summaries are the requests.
 //   - a prefix this node relays, whose direct figure is half MaxAge old
 //     (relayed flows do not measure the direct path): probed directly, so
 //     the route does not fall back to direct flows to re-measure it.
@@ -123,7 +124,8 @@ func (t *Table) probeCandidates(n int) []probe {
 			if !e.Dst.IsValid() || gain < t.o.MinGain || now.Sub(e.Updated) > t.o.MaxAge {
 				continue
 			}
-			if _, fresh := t.directLocked(e.Prefix, now); fresh {
+			// Probed again before the figure from here ages out there.
+			if m, ok := t.directLocked(e.Prefix, now); ok && now.Sub(m.Updated) < every {
 				continue
 			}
 			add(probe{dst: e.Dst, prefix: e.Prefix, gain: gain})
