@@ -18,7 +18,9 @@ import (
 //
 // A node's record vanishes with its lease; one whose node stopped
 // publishing without losing its lease is ignored once older than the
-// Table's Stale.
+// Table's Stale. Times in a record are the publisher's, relative to its
+// "at"; a reader takes a record that arrives as a change as made when it
+// arrived, so the nodes' clocks need not agree.
 const pathsDir = "paths/"
 
 // RunOptions are Run's.
@@ -93,6 +95,9 @@ func (h mirror) Reset(kvs []*mvccpb.KeyValue, _ int64) {
 			continue
 		}
 		if s, err := ParseSummary(kv.Value, h.t.o.MaxEntries); err == nil {
+			if now := h.t.o.Now(); s.At.After(now) {
+				s = s.rebase(now) // a publisher's clock ahead of this one's
+			}
 			all[nodeKey{dc, node}] = s
 		}
 	}
@@ -115,5 +120,8 @@ func (h mirror) Event(ev *clientv3.Event) {
 		h.t.DeleteSummary(dc, node)
 		return
 	}
-	h.t.SetSummary(dc, node, s)
+	// A change arrives as it is written (a few milliseconds): read its
+	// times on this node's clock. A snapshot (Reset) keeps the
+	// publisher's, since it may hold records written long ago.
+	h.t.SetSummary(dc, node, s.rebase(h.t.o.Now()))
 }

@@ -100,6 +100,18 @@ func TestPublishWatch(t *testing.T) {
 	if r, _ := cli.Get(context.Background(), "/w/paths/", clientv3.WithPrefix(), clientv3.WithKeysOnly()); len(r.Kvs) != 1 {
 		t.Fatalf("keys left under paths/: %v", r.Kvs)
 	}
+	// A publisher whose clock is an hour behind: its live records count
+	// as fresh.
+	old := Summary{At: time.Now().Add(-time.Hour), DCs: map[string]Measure{"dc1": {RTT: 3 * ms1, Samples: 1, Updated: time.Now().Add(-time.Hour)}}}
+	if _, err := cli.Put(context.Background(), "/w/paths/dc3/z", string(old.Encode())); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "a reads z's summary as fresh", func() bool {
+		st := a.tab.Snapshot(0)
+		return len(st.DCs) == 1 && st.DCs[0].DC == "dc3" && st.DCs[0].RTTMs == 3 && st.DCs[0].AgeS < 5
+	})
+	cli.Delete(context.Background(), "/w/paths/dc3/z")
+	testutil.WaitFor(t, 10*time.Second, "a forgets z", func() bool { return len(a.tab.Snapshot(0).DCs) == 0 })
 	// A record this version cannot read drops the node's summary.
 	a.tab.SetSummary("dc2", "c", Summary{At: time.Now(), Prefixes: []Entry{{Prefix: originP, Measure: Measure{RTT: time.Millisecond, Updated: time.Now()}}}})
 	if _, err := cli.Put(context.Background(), "/w/paths/dc2/c", "wedge-paths 9\n"); err != nil {

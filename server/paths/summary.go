@@ -139,3 +139,24 @@ func ParseSummary(v []byte, maxEntries int) (Summary, error) {
 	}
 	return s, nil
 }
+
+// rebase moves s to the clock of its reader: At becomes at, when the
+// reader received it, and every measurement's time moves with it, so
+// that the publisher's clock, however far off, does not make its figures
+// look older or newer than they are.
+func (s Summary) rebase(at time.Time) Summary {
+	d := at.Sub(s.At)
+	out := s
+	out.At = at
+	out.DCs = make(map[string]Measure, len(s.DCs))
+	for dc, m := range s.DCs {
+		m.Updated = m.Updated.Add(d)
+		out.DCs[dc] = m
+	}
+	out.Prefixes = make([]Entry, len(s.Prefixes))
+	for i, e := range s.Prefixes {
+		e.Updated = e.Updated.Add(d)
+		out.Prefixes[i] = e
+	}
+	return out
+}
