@@ -356,5 +356,31 @@ func TestSnapshot(t *testing.T) {
 	if st := w.tab.Snapshot(1); len(st.Routes) != 1 || st.Known != 2 {
 		t.Fatalf("limit 1: %+v", st)
 	}
-	_ = netip.Addr{}
+}
+
+// TestTableBounds: the relayed prefixes remembered for hysteresis and the
+// prefixes read from one summary are capped.
+func TestTableBounds(t *testing.T) {
+	w := newWorld(t, Options{MaxRoutes: 3, MaxEntries: 5})
+	w.ob.ObserveDC("dc2", 10*ms1)
+	now := w.c.Now()
+	s := Summary{At: now}
+	for i := range 8 {
+		dst := ap(fmt.Sprintf("10.0.%d.1:443", i))
+		w.ob.Observe(dst, 100*ms1)
+		s.Prefixes = append(s.Prefixes, Entry{Prefix: PrefixOf(dst.Addr()), Dst: dst, Measure: Measure{RTT: 20 * ms1, Samples: 1, Updated: now}})
+	}
+	w.tab.SetSummary("dc2", "n2", s)
+	relayed := 0
+	for i := range 8 {
+		if w.tab.Route(netip.MustParseAddr(fmt.Sprintf("10.0.%d.1", i))).Relayed() {
+			relayed++
+		}
+		if n := len(w.tab.state); n > 3 {
+			t.Fatalf("%d relayed prefixes remembered, want at most 3", n)
+		}
+	}
+	if relayed != 5 {
+		t.Fatalf("%d prefixes relayed, want the 5 read from the summary", relayed)
+	}
 }
