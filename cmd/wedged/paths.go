@@ -59,8 +59,18 @@ func (p *pathsParts) probe(eg *egressParts, sources []netip.Addr) {
 	if p.table == nil {
 		return
 	}
+	dial, node := probeDials(eg, sources)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.table.RunProbes(p.ctx, paths.ProbeOptions{Dial: dial, DialNode: node})
+	}()
+}
+
+// probeDials are paths.ProbeOptions' Dial and DialNode.
+func probeDials(eg *egressParts, sources []netip.Addr) (dial, node func(context.Context, netip.AddrPort) (net.Conn, error)) {
 	dns := eg.dnsDial()
-	dial := func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	dial = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 		if err := eg.dialer.ACL().Check(dst.Addr()); err != nil {
 			return nil, err
 		}
@@ -75,14 +85,10 @@ func (p *pathsParts) probe(eg *egressParts, sources []netip.Addr) {
 		}
 		return eg.dialer.DialNode(ctx, "tcp", src, dst)
 	}
-	node := func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	node = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 		return eg.dialer.DialNode(ctx, "tcp", egress.Source{}, dst)
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		p.table.RunProbes(p.ctx, paths.ProbeOptions{Dial: dial, DialNode: node})
-	}()
+	return dial, node
 }
 
 // observe is egress.Config.ObserveTCP: nil alone.
