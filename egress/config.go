@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -76,6 +77,14 @@ type Config struct {
 	// UDPPortShare; an address it returns false for is a client of its
 	// own. It must be quick and safe for concurrent use.
 	ClientOf func(netip.Addr) (uint64, bool)
+
+	// ObserveTCP, if set, is called with every TCP connection DialTCP
+	// made for a client, right after connect() succeeded, and dst, the
+	// address it was connected to (unmapped): the path table measures the
+	// kernel's RTT of the socket there (server/paths). It runs on the
+	// dialing goroutine, so it must be quick and must not keep c beyond
+	// reading its socket options. DialNode's connections are not passed.
+	ObserveTCP func(c net.Conn, dst netip.AddrPort)
 
 	// Logger receives the Dialer's log lines; nothing is logged per flow.
 	// Required.

@@ -53,6 +53,7 @@ type Dialer struct {
 	kernel         kernelRange // ip_local_port_range, read only with route
 	udpShare       int         // Config.UDPPortShare, defaulted
 	clientOf       func(netip.Addr) (uint64, bool)
+	observeTCP     func(net.Conn, netip.AddrPort)
 
 	udpMu    sync.Mutex
 	udpPorts map[udpHolder]int // UDP flows open per client and source address
@@ -128,19 +129,20 @@ func New(cfg Config) (*Dialer, error) {
 		cfg.UDPPortShare = DefaultUDPPortShare
 	}
 	d := &Dialer{
-		udpShare: cfg.UDPPortShare,
-		clientOf: cfg.ClientOf,
-		udpPorts: make(map[udpHolder]int),
-		log:      cfg.Logger,
-		acl:      acl,
-		src4:     src4,
-		src6:     src6,
-		portLo:   cfg.PortLo,
-		portHi:   cfg.PortHi,
-		timeout:  cfg.DialTimeout,
-		pinger:   newPinger(src4, src6),
-		route:    cfg.Route,
-		refusals: refusalLog{log: cfg.Logger, limit: ratelog.Limiter{Every: refusalLogEvery}},
+		udpShare:   cfg.UDPPortShare,
+		clientOf:   cfg.ClientOf,
+		observeTCP: cfg.ObserveTCP,
+		udpPorts:   make(map[udpHolder]int),
+		log:        cfg.Logger,
+		acl:        acl,
+		src4:       src4,
+		src6:       src6,
+		portLo:     cfg.PortLo,
+		portHi:     cfg.PortHi,
+		timeout:    cfg.DialTimeout,
+		pinger:     newPinger(src4, src6),
+		route:      cfg.Route,
+		refusals:   refusalLog{log: cfg.Logger, limit: ratelog.Limiter{Every: refusalLogEvery}},
 	}
 	d.kernel.r.Store(kernel.r.Load())
 	return d, nil
@@ -290,7 +292,11 @@ func (d *Dialer) dial(ctx context.Context, proto string, client netip.Addr, dst 
 		return nil, err
 	}
 	if proto != "udp" {
-		return d.connect(ctx, proto, src, dst)
+		c, err := d.connect(ctx, proto, src, dst)
+		if err == nil && d.observeTCP != nil {
+			d.observeTCP(c, dst)
+		}
+		return c, err
 	}
 	release, err := d.holdUDP(client, src.Addr, d.rangeSize(src))
 	if err != nil {

@@ -381,3 +381,47 @@ func TestUDPPortShare(t *testing.T) {
 		t.Fatalf("stats %+v, want 6 ok, 1 failed by the port share", got)
 	}
 }
+
+// TestObserveTCP: Config.ObserveTCP sees each client TCP connection once,
+// with the unmapped destination, and neither failed dials, UDP nor
+// DialNode's connections.
+func TestObserveTCP(t *testing.T) {
+	type seen struct {
+		dst   netip.AddrPort
+		local netip.AddrPort
+	}
+	var got []seen
+	d := newLoopbackDialer(t, Config{ObserveTCP: func(c net.Conn, dst netip.AddrPort) {
+		got = append(got, seen{dst, addrPort(c.LocalAddr())})
+	}})
+	ln := listenTCP(t, "127.0.0.1:0")
+	port := addrPort(ln.Addr()).Port()
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(netip.MustParseAddr("127.0.0.1").As16()), port)
+	ctx := context.Background()
+	c, err := d.DialTCP(ctx, clientSrc, mapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if len(got) != 1 || got[0].dst != addrPort(ln.Addr()) || got[0].local != addrPort(c.LocalAddr()) {
+		t.Fatalf("after one dial: observed %v, want [%v from %v]", got, addrPort(ln.Addr()), c.LocalAddr())
+	}
+	// Refused (nothing listens there), UDP and the node's own dials: not observed.
+	closed := listenTCP(t, "127.0.0.1:0")
+	cdst := addrPort(closed.Addr())
+	closed.Close()
+	if _, err := d.DialTCP(ctx, clientSrc, cdst); err == nil {
+		t.Fatal("dial to a closed port succeeded")
+	}
+	if u, err := d.DialUDP(ctx, clientSrc, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 9)); err == nil {
+		u.Close()
+	}
+	if n, err := d.DialNode(ctx, "tcp", Source{}, addrPort(ln.Addr())); err == nil {
+		n.Close()
+	} else {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("observed %d connections, want 1: %v", len(got), got)
+	}
+}

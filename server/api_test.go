@@ -21,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/internal/etcdtest"
 	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/server/registry"
@@ -186,6 +187,24 @@ func TestStatus(t *testing.T) {
 	}
 	if _, ok := body["bind"].(map[string]any)["socket"]; ok {
 		t.Errorf("socket counters with a Bind that is not udpbind: %v", body["bind"])
+	}
+	if _, ok := body["paths"]; ok {
+		t.Errorf("a path table without Config.Paths: %v", body["paths"])
+	}
+	// The path table, when the node keeps one.
+	np, _ := newTestNode(t, func(c *Config) {
+		c.Name = "wedgetestp"
+		c.Paths = func() api.PathsStatus {
+			return api.PathsStatus{DC: "dc1", Known: 1, Relayed: 1, DCs: []api.PathDC{{DC: "dc2", RTTMs: 10, Nodes: 1}},
+				Routes: []api.PathRoute{{Prefix: netip.MustParsePrefix("203.0.113.0/24"), Exit: "dc2", ViaMs: 50, DirectMs: 100, AgeS: 2}}}
+		}
+	})
+	_, body = do(t, np.routes(), "GET", "/v1/status", "")
+	paths, _ := body["paths"].(map[string]any)
+	routes, _ := paths["routes"].([]any)
+	if paths["dc"] != "dc1" || len(routes) != 1 || routes[0].(map[string]any)["prefix"] != "203.0.113.0/24" ||
+		routes[0].(map[string]any)["exit"] != "dc2" || routes[0].(map[string]any)["via_ms"] != 50.0 {
+		t.Errorf("paths in the status: %v", body["paths"])
 	}
 	// With wedge's own Bind the socket layer's counters are there too.
 	ub := udpbind.New()

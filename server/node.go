@@ -29,6 +29,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/server/cluster"
@@ -56,6 +57,9 @@ type Config struct {
 	UAPI bool
 	// Stats adds sections to the status report (netstack, egress...).
 	Stats map[string]func() any
+	// Paths, if set, returns the path table for the status report
+	// (server/paths: Table.Snapshot).
+	Paths func() api.PathsStatus
 	// Cluster, if set, is the node's membership of an etcd cluster whose
 	// registry Store is shared: registrations are refused while etcd is
 	// unreachable, the status reports the cluster, and drain is served.

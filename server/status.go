@@ -72,6 +72,10 @@ func (n *Node) Status() Status {
 	if m := n.cfg.Cluster; m != nil {
 		s.Cluster = &ClusterStatus{Node: m.Self(), Etcd: m.Health(), Nodes: m.Members()}
 	}
+	if f := n.cfg.Paths; f != nil {
+		p := f()
+		s.Paths = &p
+	}
 	n.mu.Lock()
 	stats := make(map[string]func() any, len(n.cfg.Stats)+len(n.extraStats))
 	for name, f := range n.cfg.Stats {

@@ -84,6 +84,9 @@ func printNodeStatus(w io.Writer, s api.Status) {
 	} else {
 		fmt.Fprint(w, "cluster: none (single node, embedded store)\n\n")
 	}
+	if s.Paths != nil {
+		printPaths(w, *s.Paths)
+	}
 	if len(s.Peers) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tCLIENTID\tSEEN\tENDPOINT\tHANDSHAKE\tRX\tTX")
@@ -98,6 +101,54 @@ func printNodeStatus(w io.Writer, s api.Status) {
 		b, _ := json.MarshalIndent(sec, "", "  ")
 		fmt.Fprintf(w, "%s: %s\n", name, b)
 	}
+}
+
+// printPaths writes the path table: the other data centers, then the
+// routes (relayed first).
+func printPaths(w io.Writer, p api.PathsStatus) {
+	fmt.Fprintf(w, "path table of %s: %d prefixes known, %d relayed; %d measured here", p.DC, p.Known, p.Relayed, p.Measured)
+	if p.Evicted > 0 {
+		fmt.Fprintf(w, " (%d evicted)", p.Evicted)
+	}
+	fmt.Fprintln(w)
+	figure := func(ms float64) string {
+		switch {
+		case ms == 0:
+			return "-"
+		case ms < 1:
+			return fmt.Sprintf("%.3fms", ms)
+		}
+		return fmt.Sprintf("%.1fms", ms)
+	}
+	age := func(s float64) string { return (time.Duration(s * float64(time.Second))).Round(time.Second).String() }
+	if len(p.DCs) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DC\tRTT\tAGE\tNODES\t")
+		for _, d := range p.DCs {
+			state := ""
+			if d.Down {
+				state = "relay down"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", d.DC, figure(d.RTTMs), age(d.AgeS), d.Nodes, state)
+		}
+		tw.Flush()
+	}
+	if len(p.Routes) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "PREFIX\tEXIT\tVIA\tDIRECT\tAGE")
+		for _, r := range p.Routes {
+			exit, via := r.Exit, figure(r.ViaMs)
+			if r.Node != "" {
+				exit += " (" + r.Node + ")"
+			}
+			if r.Exit == "direct" && r.ViaDC != "" {
+				via += " (" + r.ViaDC + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Prefix, exit, via, figure(r.DirectMs), age(r.AgeS))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(w)
 }
 
 // ago formats how long ago t was ("-" for never).

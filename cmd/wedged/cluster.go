@@ -23,6 +23,7 @@ import (
 // clusterParts is what a node in cluster mode runs on.
 type clusterParts struct {
 	cli    *clientv3.Client
+	prefix string
 	store  *registry.Etcd
 	member *cluster.Membership
 }
@@ -84,7 +85,7 @@ func joinCluster(ctx context.Context, c *config, key wgtypes.Key, pools registry
 		cli.Close()
 		return nil, err
 	}
-	return &clusterParts{cli: cli, store: store, member: m}, nil
+	return &clusterParts{cli: cli, prefix: prefix, store: store, member: m}, nil
 }
 
 // etcdExposure says what the way a node reaches etcd exposes: a warning to

@@ -29,7 +29,7 @@ type egressParts struct {
 
 // startEgress opens the egress plan (if any), keeps it and the GeoIP
 // database up to date until ctx ends, and builds the dialer.
-func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Membership) (*egressParts, error) {
+func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Membership, observe func(net.Conn, netip.AddrPort)) (*egressParts, error) {
 	// The node's own addresses the ACL must deny even if they are on no
 	// interface: the advertised endpoints and the API.
 	own := []netip.Addr{s.apiAddr.Addr()}
@@ -58,6 +58,7 @@ func startEgress(ctx context.Context, c *config, s *settings, member *cluster.Me
 	eg.dialer, err = egress.New(egress.Config{
 		Sources: s.sources, PortLo: s.portLo, PortHi: s.portHi, Allow: s.allow, Own: own, Route: route, Logger: s.log.With("component", "egress"),
 		UDPPortShare: c.budget.udpPortShare(), ClientOf: eg.clients.of,
+		ObserveTCP: observe,
 	})
 	if err != nil {
 		return nil, err

@@ -95,11 +95,14 @@ func run(c *config) error {
 		return err
 	}
 	defer st.close()
-	eg, err := startEgress(ctx, c, s, st.member)
+	pt := startPaths(ctx, st, s.log.With("component", "paths"))
+	defer pt.stop()
+	eg, err := startEgress(ctx, c, s, st.member, pt.observe())
 	if err != nil {
 		return err
 	}
-	node, stack, err := startNode(ctx, c, s, key, st, eg)
+	pt.probe(eg, s.sources)
+	node, stack, err := startNode(ctx, c, s, key, st, eg, pt.table)
 	if err != nil {
 		return err
 	}

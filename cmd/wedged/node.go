@@ -7,13 +7,16 @@ import (
 	"net/netip"
 	"path/filepath"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wedge-edge/wedge/egress"
+	"github.com/wedge-edge/wedge/internal/api"
 	"github.com/wedge-edge/wedge/netstack"
 	"github.com/wedge-edge/wedge/server"
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/front"
+	"github.com/wedge-edge/wedge/server/paths"
 	"github.com/wedge-edge/wedge/server/registry"
 	"github.com/wedge-edge/wedge/server/wgmsg"
 )
@@ -36,8 +39,14 @@ func serviceKey(c *config) (wgtypes.Key, error) {
 type nodeStore struct {
 	store  registry.Store
 	member *cluster.Membership // nil alone
+	cli    *clientv3.Client    // etcd's client, nil alone
+	prefix string              // the cluster's etcd prefix, with its "/"
 	close  func()
 }
+
+// pathsShown is how many routes of the path table the status report
+// lists (the relayed ones first).
+const pathsShown = 100
 
 func openStore(ctx context.Context, c *config, key wgtypes.Key, s *settings) (*nodeStore, error) {
 	if c.etcd != "" {
@@ -45,7 +54,7 @@ func openStore(ctx context.Context, c *config, key wgtypes.Key, s *settings) (*n
 		if err != nil {
 			return nil, err
 		}
-		return &nodeStore{store: cl.store, member: cl.member, close: cl.close}, nil
+		return &nodeStore{store: cl.store, member: cl.member, cli: cl.cli, prefix: cl.prefix, close: cl.close}, nil
 	}
 	bolt, err := registry.OpenBolt(filepath.Join(c.state, "registry.db"), s.pools)
 	if err != nil {
@@ -56,7 +65,7 @@ func openStore(ctx context.Context, c *config, key wgtypes.Key, s *settings) (*n
 
 // startNode builds the netstack the tunnel ends in and the WireGuard
 // device around it; the device closes the stack.
-func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st *nodeStore, eg *egressParts) (*server.Node, *netstack.Stack, error) {
+func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st *nodeStore, eg *egressParts, pt *paths.Table) (*server.Node, *netstack.Stack, error) {
 	gw4, gw6 := s.pools.Gateways()
 	var dns []netip.Addr
 	if s.dnsUp.IsValid() {
@@ -98,6 +107,9 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 			"netstack": func() any { return stack.Stats() },
 			"egress":   func() any { return eg.dialer.Stats() },
 		},
+	}
+	if pt != nil {
+		cfg.Paths = func() api.PathsStatus { return pt.Snapshot(pathsShown) }
 	}
 	eg.hook(&cfg)
 	node, err := server.New(ctx, cfg)

@@ -18,7 +18,10 @@ type Status struct {
 	Bind    BindStatus     `json:"bind"`
 	// Indexes is the report of the node's session-index routing (the
 	// server's IndexStatus), absent when the node routes by ClientID alone.
-	Indexes  any            `json:"indexes,omitempty"`
+	Indexes any `json:"indexes,omitempty"`
+	// Paths is the node's path table (WARP+ smart routing), absent when
+	// the node keeps none (not in a cluster).
+	Paths    *PathsStatus   `json:"paths,omitempty"`
 	Peers    []PeerStatus   `json:"peers"`
 	Sections map[string]any `json:"sections,omitempty"`
 }

@@ -662,3 +662,13 @@ func (m *Membership) notify() {
 		fn(slices.Clone(now))
 	}
 }
+
+// Lease returns the node's current lease, 0 while it has none (after an
+// outage longer than the TTL, until a new one is granted): other records
+// of the node that must vanish with it are written on it (the path
+// table's summary, server/paths).
+func (m *Membership) Lease() clientv3.LeaseID {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lease
+}
