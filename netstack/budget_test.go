@@ -169,7 +169,7 @@ func TestPendingFairShareStack(t *testing.T) {
 	// The hostile clients settle: every further dial of theirs is refused.
 	testutil.WaitFor(t, 10*time.Second, "hostile dials settle", func() bool {
 		st := h.stack.Stats()
-		return uint64(st.Pending)+st.TCP.CapHits == 32
+		return uint64(st.Pending)+st.TCP.CapHits >= 32 // refused SYNs come again: ≥
 	})
 	st := h.stack.Stats()
 	if st.Pending >= 16 || st.TCP.Refused.PendingShare == 0 {

@@ -304,12 +304,28 @@ func TestTCPPerClientCaps(t *testing.T) {
 			first <- err
 		}()
 		testutil.WaitFor(t, 2*time.Second, "first dial pending", func() bool { return h.stack.Stats().Pending == 1 })
+		// The second SYN finds no slot: it is dropped, not answered, so
+		// the client's TCP sends it again; once the first dial has ended
+		// (reset at the dial timeout), a retransmission is admitted and
+		// dialed in turn.
 		start := time.Now()
-		if _, err := h.dialTCP(t, 0, netip.AddrPortFrom(remote, 81), 5*time.Second); err == nil || time.Since(start) > time.Second {
-			t.Fatalf("second dial: got %v after %v, want a prompt RST", err, time.Since(start))
+		second := make(chan error, 1)
+		go func() {
+			_, err := h.dialTCP(t, 0, netip.AddrPortFrom(remote, 81), 15*time.Second)
+			second <- err
+		}()
+		testutil.WaitFor(t, 2*time.Second, "second SYN refused", func() bool { return h.stack.Stats().TCP.Refused.ClientPending >= 1 })
+		select {
+		case err := <-second:
+			t.Fatalf("second dial answered (%v) after %v while the slot was taken, want its SYN dropped for a retry", err, time.Since(start))
+		case <-time.After(300 * time.Millisecond):
 		}
 		if err := <-first; err == nil {
 			t.Fatal("first dial: got nil error, want reset at the dial timeout")
+		}
+		testutil.WaitFor(t, 10*time.Second, "a retransmitted SYN admitted", func() bool { return h.stack.Stats().Pending == 1 })
+		if err := <-second; err == nil {
+			t.Fatal("second dial: got nil error through a hanging dialer, want reset at its dial timeout")
 		}
 	})
 }

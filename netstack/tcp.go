@@ -66,7 +66,8 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 
 // serveTCP dials the real destination first and completes the client's
 // handshake only when that succeeded; any refusal, error, timeout or cap
-// answers RST. Then it splices the two until both directions end.
+// answers RST, except a SYN refused for want of a dial slot, which is
+// dropped for the client to send again (limits.go). Then it splices the two until both directions end.
 func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
@@ -87,7 +88,7 @@ func (s *Stack) serveTCP(r *tcp.ForwarderRequest) {
 	}
 	if why := s.limits.acquire(client); why != admitted {
 		s.refuse(c, why, "tcp", src, dst)
-		r.Complete(true)
+		r.Complete(!why.silent())
 		return
 	}
 
