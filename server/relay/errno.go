@@ -1,0 +1,5 @@
+package relay
+
+import "syscall"
+
+const syscallEMFILE = syscall.EMFILE
