@@ -60,7 +60,6 @@ const (
 	ReasonDenied     = "denied"      // 403: the exit's egress refused the destination (its ACL)
 	ReasonDial       = "dial"        // 502: the exit could not connect to the origin
 	ReasonTimeout    = "timeout"     // 504: the exit's connection to the origin timed out
-	ReasonClosing    = "closing"     // 503: the exit is shutting down
 )
 
 // Tags are the client's egress tags, as the entry resolved them: Country

@@ -394,7 +394,7 @@ func TestHalfClose(t *testing.T) {
 	if err := conn.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	got, err := io.ReadAll(conn)
+	got, err := readAllWithin(conn, 5*time.Second)
 	if err != nil || string(got) != "got hello" {
 		t.Fatalf("read %q, %v; want \"got hello\" then EOF", got, err)
 	}
@@ -417,19 +417,20 @@ func TestHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		got, err := io.ReadAll(conn)
-		if err != nil || string(got) != "banner" {
-			t.Errorf("read %q, %v; want \"banner\" then EOF", got, err)
-		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the origin's close did not reach the entry")
+	if got, err := readAllWithin(conn, 5*time.Second); err != nil || string(got) != "banner" {
+		t.Errorf("read %q, %v; want \"banner\" then EOF", got, err)
 	}
+}
+
+// readAllWithin reads c to EOF, closing it if that takes longer than d
+// (a relayed flow has no deadlines).
+func readAllWithin(c net.Conn, d time.Duration) ([]byte, error) {
+	t := time.AfterFunc(d, func() { c.Close() })
+	b, err := io.ReadAll(c)
+	if !t.Stop() {
+		return b, errors.Join(errors.New("no EOF within the time"), err)
+	}
+	return b, err
 }
 
 // TestManyStreamsOneConnection: concurrent flows to one exit share one
@@ -710,4 +711,87 @@ func TestExitDies(t *testing.T) {
 	if el := time.Since(start); el > time.Second {
 		t.Errorf("direct after %v, want under 1 s", el)
 	}
+}
+
+// freezer is a TCP proxy to an exit that can stop forwarding (both ways,
+// every connection), as a path that blackholes or a host that hangs.
+type freezer struct {
+	ln     net.Listener
+	frozen atomic.Bool
+}
+
+func newFreezer(t *testing.T, to string) *freezer {
+	f := &freezer{ln: listen(t)}
+	t.Cleanup(func() { f.ln.Close() })
+	go func() {
+		for {
+			a, err := f.ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", to)
+			if err != nil {
+				a.Close()
+				continue
+			}
+			t.Cleanup(func() { a.Close(); b.Close() })
+			copyUnlessFrozen := func(dst, src net.Conn) {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					if err != nil {
+						dst.Close()
+						return
+					}
+					if f.frozen.Load() {
+						continue // dropped
+					}
+					dst.Write(buf[:n])
+				}
+			}
+			go copyUnlessFrozen(a, b)
+			go copyUnlessFrozen(b, a)
+		}
+	}()
+	return f
+}
+
+// TestFrozenExit: the exit behind a warm connection stops answering: the
+// next flow goes direct within 1 s, the exit is put in backoff after its
+// PING goes unanswered, and taken back when it answers again.
+func TestFrozenExit(t *testing.T) {
+	cr := creds(t, 1, "n1")
+	x := startExit(t, cr, ServerConfig{})
+	f := newFreezer(t, x.addr)
+	exit := f.ln.Addr().String()
+	origin := echoOrigin(t)
+	c := newClient(t, cr, ClientConfig{MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	var n atomic.Int64
+	conn, relayed, err := c.DialOrDirect(ctxT(t, 5*time.Second), exit, origin, Meta{}, direct(origin, &n))
+	if err != nil || !relayed {
+		t.Fatal(relayed, err)
+	}
+	conn.Close()
+
+	f.frozen.Store(true)
+	start := time.Now()
+	conn, relayed, err = c.DialOrDirect(ctxT(t, 5*time.Second), exit, origin, Meta{}, direct(origin, &n))
+	if err != nil || relayed {
+		t.Fatal(relayed, err)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("direct after %v, want under 1 s", el)
+	}
+	testutil.CheckEcho(t, conn, 100)
+	conn.Close()
+	testutil.WaitFor(t, 3*time.Second, "the unanswered PING to put the exit in backoff", func() bool { return !c.Usable(exit) })
+
+	f.frozen.Store(false)
+	testutil.WaitFor(t, 8*time.Second, "the exit to be taken back", func() bool { return c.Usable(exit) })
+	conn, relayed, err = c.DialOrDirect(ctxT(t, 5*time.Second), exit, origin, Meta{}, direct(origin, &n))
+	if err != nil || !relayed {
+		t.Fatalf("after the thaw: relayed %v, %v", relayed, err)
+	}
+	testutil.CheckEcho(t, conn, 100)
+	conn.Close()
 }

@@ -1,0 +1,136 @@
+package relay
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// delayConn delays everything written to it by oneWay, in order, as a
+// path with that one-way latency would (Write returns at once, as into a
+// socket buffer).
+type delayConn struct {
+	net.Conn
+	q      chan delayed
+	mu     sync.Mutex
+	closed bool
+}
+
+type delayed struct {
+	at time.Time
+	b  []byte
+}
+
+func newDelayConn(c net.Conn, oneWay time.Duration) net.Conn {
+	d := &delayConn{Conn: c, q: make(chan delayed, 4096)}
+	go func() {
+		for p := range d.q {
+			time.Sleep(time.Until(p.at.Add(oneWay)))
+			if _, err := c.Write(p.b); err != nil {
+				c.Close()
+				for range d.q {
+				}
+				return
+			}
+		}
+	}()
+	return d
+}
+
+func (d *delayConn) Write(b []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, net.ErrClosed
+	}
+	d.q <- delayed{time.Now(), append([]byte(nil), b...)}
+	return len(b), nil
+}
+
+func (d *delayConn) Close() error {
+	d.mu.Lock()
+	if !d.closed {
+		d.closed = true
+		close(d.q)
+	}
+	d.mu.Unlock()
+	return d.Conn.Close()
+}
+
+type delayListener struct {
+	net.Listener
+	oneWay time.Duration
+}
+
+func (l delayListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return newDelayConn(c, l.oneWay), nil
+}
+
+// BenchmarkOpen measures opening a relayed flow (Dial returning: the
+// exit answered 200 and is connected to the origin) over a path of rtt,
+// cold (a new connection: TCP, TLS 1.3, HTTP/2, CONNECT) and warm (a
+// CONNECT stream on the connection already open). Run:
+//
+//	go test -run XXX -bench Open -benchtime 20x ./server/relay
+func BenchmarkOpen(b *testing.B) {
+	const rtt = 20 * time.Millisecond
+	cr := creds(b, 1, "n1")
+	srv, err := NewServer(ServerConfig{Credentials: cr, Dial: func(ctx context.Context, dst netip.AddrPort, _ Tags, _ time.Duration) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", dst.String())
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln := listen(b)
+	go srv.Serve(delayListener{ln, rtt / 2})
+	defer srv.Close()
+	exit := ln.Addr().String()
+	origin := echoOrigin(b)
+	cfg := ClientConfig{Credentials: cr, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		time.Sleep(rtt) // SYN, SYN-ACK
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newDelayConn(c, rtt/2), nil
+	}}
+	open := func(b *testing.B, c *Client) {
+		conn, err := c.Dial(context.Background(), exit, origin, Meta{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		conn.Close()
+	}
+	b.Run("cold", func(b *testing.B) {
+		for b.Loop() {
+			c, err := NewClient(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			open(b, c)
+			b.StopTimer()
+			c.Close()
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(b.Elapsed())/float64(b.N)/float64(rtt), "RTT/op")
+	})
+	b.Run("warm", func(b *testing.B) {
+		c, err := NewClient(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		open(b, c)
+		for b.Loop() {
+			open(b, c)
+		}
+		b.ReportMetric(float64(b.Elapsed())/float64(b.N)/float64(rtt), "RTT/op")
+	})
+}
