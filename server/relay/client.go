@@ -19,6 +19,11 @@ import (
 	"golang.org/x/net/http2"
 )
 
+// maxFrame is the largest HTTP/2 frame either side accepts: larger than
+// the default 16 KiB, so bulk data costs fewer frames (and fewer trips
+// through the HTTP/2 server's write loop).
+const maxFrame = 256 << 10
+
 // ClientConfig configures a Client.
 type ClientConfig struct {
 	Credentials *Credentials // required
@@ -132,6 +137,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		tls: cfg.Credentials.ClientTLS(),
 		tr: &http2.Transport{
 			DisableCompression: true,
+			MaxReadFrameSize:   maxFrame,
 			// Health checks of idle connections: a dead exit's connection
 			// is found and dropped before a flow needs it.
 			ReadIdleTimeout: 15 * time.Second,

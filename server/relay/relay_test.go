@@ -420,6 +420,21 @@ func TestHalfClose(t *testing.T) {
 	if got, err := readAllWithin(conn, 5*time.Second); err != nil || string(got) != "banner" {
 		t.Errorf("read %q, %v; want \"banner\" then EOF", got, err)
 	}
+	// The stream is over: writing fails rather than blocks.
+	werr := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := conn.Write(make([]byte, 64<<10)); err != nil {
+				werr <- err
+				return
+			}
+		}
+	}()
+	select {
+	case <-werr:
+	case <-time.After(5 * time.Second):
+		t.Error("writes to a flow whose origin closed block")
+	}
 }
 
 // readAllWithin reads c to EOF, closing it if that takes longer than d

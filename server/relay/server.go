@@ -111,6 +111,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			// fill only as data waits for the origin.
 			MaxUploadBufferPerStream:     4 << 20,
 			MaxUploadBufferPerConnection: 64 << 20,
+			MaxReadFrameSize:             maxFrame,
 			ReadIdleTimeout:              30 * time.Second,
 			PingTimeout:                  10 * time.Second,
 		},
@@ -317,7 +318,7 @@ func pipe(ctx context.Context, w io.Writer, rc *http.ResponseController, body io
 		}
 		up <- err
 	}()
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, 256<<10)
 	var derr error
 	for {
 		n, rerr := origin.Read(buf)
