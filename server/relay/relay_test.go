@@ -810,3 +810,106 @@ func TestFrozenExit(t *testing.T) {
 	testutil.CheckEcho(t, conn, 100)
 	conn.Close()
 }
+
+// TestEntryCloses: an entry that closes a flow (or loses its connection)
+// while the origin is idle closes the exit's connection to the origin.
+func TestEntryCloses(t *testing.T) {
+	cr := creds(t, 1, "n1")
+	x := startExit(t, cr, ServerConfig{})
+	ln := listen(t)
+	defer ln.Close()
+	ended := make(chan error, 2)
+	go func() {
+		for {
+			oc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer oc.Close()
+				_, err := io.Copy(io.Discard, oc) // idle: never writes
+				ended <- err
+			}()
+		}
+	}()
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	c := newClient(t, cr, ClientConfig{})
+	conn, err := c.Dial(ctxT(t, 5*time.Second), x.addr, dst, Meta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write([]byte("x"))
+	conn.Close()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the origin connection outlived the entry's close")
+	}
+	testutil.WaitFor(t, 2*time.Second, "the exit's stream to end", func() bool { return x.srv.Stats().StreamsOpen == 0 })
+
+	// The entry's whole client goes away.
+	if _, err = c.Dial(ctxT(t, 5*time.Second), x.addr, dst, Meta{}); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the origin connection outlived the entry's connection")
+	}
+}
+
+// TestNoLeaks: a client and a server, closed, leave no goroutine behind,
+// with flows open, an exit in backoff and its probe running.
+func TestNoLeaks(t *testing.T) {
+	testutil.CheckGoroutines(t, func() {
+		cr := creds(t, 1, "n1")
+		origin := listen(t)
+		go func() {
+			for {
+				oc, err := origin.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(oc, oc); oc.Close() }()
+			}
+		}()
+		srv, err := NewServer(ServerConfig{Credentials: cr, Dial: func(ctx context.Context, dst netip.AddrPort, _ Tags, _ time.Duration) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", dst.String())
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := listen(t)
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		c, err := NewClient(ClientConfig{Credentials: cr, MinBackoff: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := origin.Addr().(*net.TCPAddr).AddrPort()
+		var open []net.Conn
+		for range 5 {
+			conn, err := c.Dial(ctxT(t, 5*time.Second), ln.Addr().String(), dst, Meta{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.Write([]byte("x"))
+			open = append(open, conn)
+		}
+		var n atomic.Int64
+		if conn, _, err := c.DialOrDirect(ctxT(t, 5*time.Second), deadAddr(t), dst, Meta{}, direct(dst, &n)); err == nil {
+			conn.Close()
+		}
+		time.Sleep(50 * time.Millisecond) // a few probes
+		c.Close()
+		srv.Close()
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+		for _, conn := range open {
+			conn.Close()
+		}
+		origin.Close()
+	})
+}

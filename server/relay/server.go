@@ -309,12 +309,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // then (RST_STREAM NO_ERROR, RFC 9113 §8.1), as when an origin closes
 // rather than half-closes. A reset either way resets the other.
 func pipe(ctx context.Context, w io.Writer, rc *http.ResponseController, body io.Reader, origin net.Conn) {
+	// The stream's end (the entry's reset, its connection's loss, or the
+	// handler's return) closes the origin's connection, which ends both
+	// copies even while the origin is idle.
+	defer context.AfterFunc(ctx, func() { origin.Close() })()
 	up := make(chan error, 1)
 	go func() {
 		buf := make([]byte, 32<<10)
 		_, err := io.CopyBuffer(origin, body, buf)
 		if err == nil {
 			err = closeWrite(origin)
+		} else {
+			origin.Close()
 		}
 		up <- err
 	}()
