@@ -235,18 +235,73 @@ func (c *Client) Dial(ctx context.Context, exit string, dst netip.AddrPort, meta
 	if meta.Hops < 0 || meta.Hops >= hopsCeiling {
 		return nil, fmt.Errorf("relay: hops %d", meta.Hops)
 	}
-	cc, raddr, err := c.conn(ctx, exit)
-	if err != nil {
-		c.st.failed.Add(1)
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
-			c.markDown(exit, fmt.Errorf("no connection within the flow's deadline"))
-		}
-		return nil, err
+	if !dst.Addr().IsValid() || dst.Port() == 0 {
+		return nil, fmt.Errorf("relay: invalid destination %v", dst)
 	}
-	authority := dst.String()
-	req := Request{Dst: dst, Keepalive: meta.Keepalive.Truncate(time.Second), Tags: meta.Tags, Hops: meta.Hops + 1}
+	if err := meta.Tags.Validate(); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	ka := min(max(meta.Keepalive, 0), MaxKeepalive).Truncate(time.Second)
+	req := Request{Dst: dst, Keepalive: ka, Tags: meta.Tags, Hops: meta.Hops + 1}
+	var (
+		resp    *http.Response
+		pw      *io.PipeWriter
+		scancel context.CancelFunc
+		raddr   net.Addr
+	)
+	for attempt := 0; ; attempt++ {
+		var cc *http2.ClientConn
+		var err error
+		cc, raddr, err = c.conn(ctx, exit)
+		if err != nil {
+			c.st.failed.Add(1)
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+				c.markDown(exit, fmt.Errorf("no connection within the flow's deadline"))
+			}
+			return nil, err
+		}
+		resp, pw, scancel, err = roundTrip(ctx, cc, req)
+		if err == nil {
+			break
+		}
+		if ctx.Err() == nil && attempt == 0 && (cc.State().Closing || cc.State().Closed) {
+			// The connection was going away (GOAWAY, or it just broke):
+			// once more, on another.
+			continue
+		}
+		c.st.failed.Add(1)
+		if ctx.Err() == nil {
+			// The connection broke under the stream.
+			c.markDown(exit, err)
+		} else if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// No answer in time on a connection that was there: the exit
+			// may be slow to reach the origin, or gone. Ask it.
+			c.goTracked(func() { c.check(exit, cc) })
+		}
+		return nil, fmt.Errorf("relay: exit %s: %w", exit, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		scancel()
+		pw.Close()
+		c.st.refused.Add(1)
+		re := &RefusedError{Exit: exit, Status: resp.StatusCode, Reason: resp.Header.Get(HeaderError), Msg: strings.TrimSpace(string(body))}
+		if re.exitFault() {
+			c.markDown(exit, re)
+		}
+		return nil, re
+	}
+	c.st.relayed.Add(1)
+	return &streamConn{body: resp.Body, pw: pw, cancel: scancel, local: raddr, remote: net.TCPAddrFromAddrPort(dst)}, nil
+}
+
+// roundTrip sends req's CONNECT on cc and returns the answer, the request
+// body's writing end and the stream's cancel. ctx bounds the wait for the
+// answer only: the stream's own context lives until cancel.
+func roundTrip(ctx context.Context, cc *http2.ClientConn, req Request) (*http.Response, *io.PipeWriter, context.CancelFunc, error) {
+	authority := req.Dst.String()
 	pr, pw := io.Pipe()
-	// The stream lives on after ctx: its own context ends with Close.
 	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, scancel)
 	hr := (&http.Request{
@@ -269,31 +324,24 @@ func (c *Client) Dial(ctx context.Context, exit string, dst netip.AddrPort, meta
 	if err != nil {
 		scancel()
 		pw.CloseWithError(err)
-		c.st.failed.Add(1)
-		if ctx.Err() == nil {
-			// The connection broke under the stream.
-			c.markDown(exit, err)
-		} else if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			// No answer in time on a connection that was there: the exit
-			// may be slow to reach the origin, or gone. Ask it.
-			go c.check(exit, cc)
-		}
-		return nil, fmt.Errorf("relay: exit %s: %w", exit, err)
+		return nil, nil, nil, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		scancel()
-		pw.Close()
-		c.st.refused.Add(1)
-		re := &RefusedError{Exit: exit, Status: resp.StatusCode, Reason: resp.Header.Get(HeaderError), Msg: strings.TrimSpace(string(body))}
-		if re.exitFault() {
-			c.markDown(exit, re)
-		}
-		return nil, re
+	return resp, pw, scancel, nil
+}
+
+// goTracked runs f in a goroutine Close waits for, unless the Client is
+// closed.
+func (c *Client) goTracked(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx.Err() != nil {
+		return
 	}
-	c.st.relayed.Add(1)
-	return &streamConn{body: resp.Body, pw: pw, cancel: scancel, local: raddr, remote: net.TCPAddrFromAddrPort(dst)}, nil
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
 }
 
 // check pings cc after a stream on it timed out; no answer puts the exit

@@ -913,3 +913,39 @@ func TestNoLeaks(t *testing.T) {
 		origin.Close()
 	})
 }
+
+// TestExitRestarts: an exit that restarted on its address is used again
+// by the next flow, on a new connection, without a backoff.
+func TestExitRestarts(t *testing.T) {
+	cr := creds(t, 1, "n1")
+	origin := echoOrigin(t)
+	dial := func(ctx context.Context, dst netip.AddrPort, _ Tags, _ time.Duration) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", dst.String())
+	}
+	srv, _ := NewServer(ServerConfig{Credentials: cr, Dial: dial})
+	ln := listen(t)
+	addr := ln.Addr().String()
+	go srv.Serve(ln)
+	c := newClient(t, cr, ClientConfig{MinBackoff: time.Hour})
+	for i := range 3 {
+		conn, err := c.Dial(ctxT(t, 5*time.Second), addr, origin, Meta{})
+		if err != nil {
+			t.Fatalf("run %d: %v", i, err)
+		}
+		testutil.CheckEcho(t, conn, 100)
+		conn.Close()
+		srv.Close()
+		srv, _ = NewServer(ServerConfig{Credentials: cr, Dial: dial})
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			t.Skipf("the port was taken meanwhile: %v", err)
+		}
+		go srv.Serve(ln)
+	}
+	defer srv.Close()
+	if !c.Usable(addr) {
+		t.Error("a restart put the exit in backoff")
+	}
+	if s := c.Stats(); s.Conns != 3 || s.Relayed != 3 {
+		t.Errorf("stats %+v, want 3 flows on 3 connections", s)
+	}
+}
