@@ -949,3 +949,63 @@ func TestExitRestarts(t *testing.T) {
 		t.Errorf("stats %+v, want 3 flows on 3 connections", s)
 	}
 }
+
+// TestShutdown: a draining exit takes no new flow (the entry goes direct
+// at once) while the flows it carries go on, and Shutdown returns when
+// they end.
+func TestShutdown(t *testing.T) {
+	cr := creds(t, 1, "n1")
+	x := startExit(t, cr, ServerConfig{})
+	origin := echoOrigin(t)
+	c := newClient(t, cr, ClientConfig{MinBackoff: time.Hour})
+	conn, err := c.Dial(ctxT(t, 5*time.Second), x.addr, origin, Meta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- x.srv.Shutdown(ctxT(t, 10*time.Second)) }()
+	testutil.WaitFor(t, 2*time.Second, "the GOAWAY", func() bool { return c.Conns(x.addr) == 0 || !c.canTake(x.addr) })
+
+	var n atomic.Int64
+	start := time.Now()
+	c2, relayed, err := c.DialOrDirect(ctxT(t, 5*time.Second), x.addr, origin, Meta{}, direct(origin, &n))
+	if err != nil || relayed {
+		t.Fatalf("during the drain: relayed %v, %v", relayed, err)
+	}
+	c2.Close()
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("direct after %v", el)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) with a flow open", err)
+	default:
+	}
+	testutil.CheckEcho(t, conn, 1<<16) // the open flow still works
+	conn.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the last flow ended")
+	}
+}
+
+// canTake reports whether a connection to exit can take a new stream (for
+// tests).
+func (c *Client) canTake(exit string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.exits[exit]
+	if e == nil {
+		return false
+	}
+	for _, x := range e.conns {
+		if x.cc.CanTakeNewRequest() {
+			return true
+		}
+	}
+	return false
+}

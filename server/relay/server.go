@@ -49,10 +49,11 @@ type ServerConfig struct {
 // Server is a relay's exit side: it serves CONNECT over HTTP/2 over
 // mutually authenticated TLS 1.3 to the other nodes of the cluster.
 type Server struct {
-	cfg ServerConfig
-	tls *tls.Config
-	h2  *http2.Server
-	ctx context.Context
+	cfg  ServerConfig
+	tls  *tls.Config
+	h2   *http2.Server
+	base *http.Server // its Shutdown sends the HTTP/2 connections GOAWAY
+	ctx  context.Context
 
 	stop  context.CancelFunc
 	mu    sync.Mutex
@@ -102,9 +103,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	tc := cfg.Credentials.ServerTLS()
 	tc.NextProtos = []string{"h2"}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Server{
-		cfg: cfg,
-		tls: tc,
+	s := &Server{
+		cfg:  cfg,
+		tls:  tc,
+		base: &http.Server{},
 		h2: &http2.Server{
 			MaxConcurrentStreams: cfg.MaxStreams,
 			// Windows large enough for a long, fast path: the buffers
@@ -119,7 +121,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		stop:  stop,
 		lns:   map[net.Listener]struct{}{},
 		conns: map[net.Conn]struct{}{},
-	}, nil
+	}
+	if err := http2.ConfigureServer(s.base, s.h2); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // ErrServerClosed is what Serve returns after Close.
@@ -145,7 +151,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if s.ctx.Err() != nil {
+			if s.closing() {
 				return ErrServerClosed
 			}
 			var ne net.Error
@@ -200,16 +206,54 @@ func (s *Server) serveConn(c net.Conn) {
 		s.logf("relay: refused connection from %v: %v", c.RemoteAddr(), err)
 		return
 	}
+	if s.closing() {
+		return
+	}
 	s.st.conns.Add(1)
 	s.st.connsOpen.Add(1)
 	defer s.st.connsOpen.Add(-1)
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{Context: s.ctx, Handler: s, BaseConfig: &http.Server{}})
+	s.h2.ServeConn(tc, &http2.ServeConnOpts{Context: s.ctx, Handler: s, BaseConfig: s.base})
 }
 
 func (s *Server) logf(format string, args ...any) {
 	if s.cfg.Logf != nil {
 		s.cfg.Logf(format, args...)
 	}
+}
+
+func (s *Server) closing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done
+}
+
+// Shutdown drains the Server: it stops accepting connections, tells every
+// entry (HTTP/2 GOAWAY) to open no new flow on its connection, and waits
+// for the flows already relayed to end, or for ctx to; then it closes
+// what is left as Close does. An entry refused a new connection puts this
+// exit in backoff and goes direct (or to another exit) meanwhile.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.done = true
+	for ln := range s.lns {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.base.Shutdown(ctx) // no listener or connection of its own: returns at once
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	var err error
+	for s.st.connsOpen.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-t.C:
+			continue
+		}
+		break
+	}
+	s.Close()
+	return err
 }
 
 // Close stops every Serve, closes every connection (their relayed flows
