@@ -103,5 +103,10 @@
 // failures (502, 504) fall back too but leave the exit usable. Stats
 // counts relayed, direct (with fallbacks and skipped), refused and failed.
 //
+// An exit that stops (Server.Close, or its process dies) resets the flows
+// it carries; one that drains (Server.Shutdown) refuses new connections
+// and sends GOAWAY, so entries go elsewhere for new flows while the open
+// ones finish.
+//
 // UDP is not relayed: it goes direct from the entry.
 package relay
