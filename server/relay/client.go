@@ -429,7 +429,8 @@ func (c *Client) handshake(addr string) (*http2.ClientConn, net.Addr, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("relay: exit %s: %w", addr, err)
 	}
-	tc := tls.Client(raw, c.tls)
+	cork := &corkConn{Conn: raw}
+	tc := tls.Client(cork, c.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, nil, fmt.Errorf("relay: exit %s: TLS: %w", addr, err)
@@ -438,7 +439,7 @@ func (c *Client) handshake(addr string) (*http2.ClientConn, net.Addr, error) {
 		raw.Close()
 		return nil, nil, fmt.Errorf("relay: exit %s: negotiated %q, not h2", addr, p)
 	}
-	cc, err := c.tr.NewClientConn(tc)
+	cc, err := c.tr.NewClientConn(&corkedTLS{Conn: tc, raw: cork})
 	if err != nil {
 		raw.Close()
 		return nil, nil, fmt.Errorf("relay: exit %s: %w", addr, err)

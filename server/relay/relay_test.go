@@ -185,7 +185,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	testutil.CheckEcho(t, conn, 1<<20)
+	testutil.CheckEcho(t, conn, 8<<20)
 	if got := conn.RemoteAddr().String(); got != origin.String() {
 		t.Errorf("RemoteAddr %s, want %s", got, origin)
 	}

@@ -194,7 +194,8 @@ func (s *Server) untrack(c net.Conn) {
 }
 
 func (s *Server) serveConn(c net.Conn) {
-	tc := tls.Server(c, s.tls)
+	cork := &corkConn{Conn: c}
+	tc := tls.Server(cork, s.tls)
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -212,7 +213,7 @@ func (s *Server) serveConn(c net.Conn) {
 	s.st.conns.Add(1)
 	s.st.connsOpen.Add(1)
 	defer s.st.connsOpen.Add(-1)
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{Context: s.ctx, Handler: s, BaseConfig: s.base})
+	s.h2.ServeConn(&corkedTLS{Conn: tc, raw: cork}, &http2.ServeConnOpts{Context: s.ctx, Handler: s, BaseConfig: s.base})
 }
 
 func (s *Server) logf(format string, args ...any) {
