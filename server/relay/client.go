@@ -131,18 +131,30 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(cfg.MinBackoff, 30*time.Second)
 	}
+	// The receive windows: through a plain http.Transport's HTTP2 config,
+	// the only way to set them. They bound what a connection buffers for
+	// flows whose reader is slow: 4 MiB a flow, 64 MiB in all.
+	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
+		MaxReceiveBufferPerStream:     4 << 20,
+		MaxReceiveBufferPerConnection: 64 << 20,
+	}}
+	tr, err := http2.ConfigureTransports(t1)
+	if err != nil {
+		return nil, err
+	}
+	tr.DisableCompression = true
+	tr.MaxReadFrameSize = maxFrame
+	// Health checks of idle connections: a dead exit's connection is
+	// found and dropped before a flow needs it; so is one whose writes
+	// make no progress (the exit stopped reading its socket).
+	tr.ReadIdleTimeout = 15 * time.Second
+	tr.PingTimeout = 5 * time.Second
+	tr.WriteByteTimeout = 15 * time.Second
 	ctx, stop := context.WithCancel(context.Background())
 	return &Client{
-		cfg: cfg,
-		tls: cfg.Credentials.ClientTLS(),
-		tr: &http2.Transport{
-			DisableCompression: true,
-			MaxReadFrameSize:   maxFrame,
-			// Health checks of idle connections: a dead exit's connection
-			// is found and dropped before a flow needs it.
-			ReadIdleTimeout: 15 * time.Second,
-			PingTimeout:     5 * time.Second,
-		},
+		cfg:   cfg,
+		tls:   cfg.Credentials.ClientTLS(),
+		tr:    tr,
 		ctx:   ctx,
 		stop:  stop,
 		exits: map[string]*exitState{},

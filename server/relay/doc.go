@@ -57,6 +57,11 @@
 // connection is lost, matters on lossy last miles, less on paths between
 // data centers. HTTP/2 is golang.org/x/net/http2, already a dependency.
 //
+// Flow control bounds what either side buffers for flows whose reader is
+// slow: 4 MiB a flow, 64 MiB a connection. A connection whose peer stops
+// answering (no PING answer, or writes that make no progress for 15 s) is
+// closed and its flows reset.
+//
 // Half-close: the entry's CloseWrite ends its request (END_STREAM) and the
 // exit half-closes its connection to the origin, whose answer keeps
 // flowing. The origin's EOF ends the response, and with it the stream:

@@ -116,6 +116,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			MaxReadFrameSize:             maxFrame,
 			ReadIdleTimeout:              30 * time.Second,
 			PingTimeout:                  10 * time.Second,
+			WriteByteTimeout:             15 * time.Second,
 		},
 		ctx:   ctx,
 		stop:  stop,
