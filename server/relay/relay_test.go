@@ -589,10 +589,12 @@ func TestSlowExitOrigin(t *testing.T) {
 	x := startExit(t, cr, ServerConfig{})
 	release := make(chan struct{})
 	defer close(release)
+	gaveUp := make(chan struct{})
 	x.dial = func(ctx context.Context, dst netip.AddrPort, _ Tags, _ time.Duration) (net.Conn, error) {
 		select {
 		case <-release:
 		case <-ctx.Done():
+			close(gaveUp)
 		}
 		return nil, errors.New("slow")
 	}
@@ -604,6 +606,11 @@ func TestSlowExitOrigin(t *testing.T) {
 		t.Fatal(relayed, err)
 	}
 	conn.Close()
+	select {
+	case <-gaveUp: // the entry's reset ended the exit's dial
+	case <-time.After(2 * time.Second):
+		t.Error("the exit's dial went on after the entry gave up")
+	}
 	time.Sleep(300 * time.Millisecond) // the ping
 	if !c.Usable(x.addr) {
 		t.Error("an exit answering pings was put in backoff for a slow origin")
