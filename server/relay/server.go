@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -42,7 +43,9 @@ type ServerConfig struct {
 	// MaxStreams is how many relayed flows one connection carries at once
 	// (default 1000); an entry opens another connection past it.
 	MaxStreams uint32
-	// Logf, if set, receives one line per refused connection or request.
+	// Logf, if set, receives one line per refused connection or request:
+	// anyone who reaches the port can cause them, so rate-limit it (as
+	// internal/ratelog does).
 	Logf func(format string, args ...any)
 }
 
@@ -156,7 +159,7 @@ func (s *Server) Serve(ln net.Listener) error {
 				return ErrServerClosed
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				time.Sleep(delay)
 				continue

@@ -1,5 +1,0 @@
-package relay
-
-import "syscall"
-
-const syscallEMFILE = syscall.EMFILE
