@@ -525,7 +525,7 @@ func (c *Client) probe(e *exitState) {
 		}
 		var cc *http2.ClientConn
 		for _, x := range e.conns {
-			if !x.cc.State().Closed {
+			if x.cc.CanTakeNewRequest() { // not one going away (GOAWAY)
 				cc = x.cc
 				break
 			}
