@@ -1016,3 +1016,49 @@ func (c *Client) canTake(exit string) bool {
 	}
 	return false
 }
+
+// TestRelayChainAndLoop: an exit may relay once more (Wedge-Hops grows by
+// one a relay, the tags and keepalive go along); two exits that relay to
+// each other stop at the hop limit instead of looping.
+func TestRelayChainAndLoop(t *testing.T) {
+	cr := creds(t, 1, "n1")
+	origin := echoOrigin(t)
+	a := startExit(t, cr, ServerConfig{})
+	b := startExit(t, cr, ServerConfig{})
+	ca := newClient(t, cr, ClientConfig{})
+	cb := newClient(t, cr, ClientConfig{})
+	relayTo := func(c *Client, next *exitNode) DialFunc {
+		return func(ctx context.Context, dst netip.AddrPort, tags Tags, ka time.Duration) (net.Conn, error) {
+			req, _ := RequestFrom(ctx)
+			return c.Dial(ctx, next.addr, dst, Meta{Tags: tags, Keepalive: ka, Hops: req.Hops})
+		}
+	}
+	entry := newClient(t, cr, ClientConfig{})
+
+	// A chain: entry → a → b → origin.
+	a.dial = relayTo(ca, b)
+	conn, err := entry.Dial(ctxT(t, 5*time.Second), a.addr, origin, Meta{Tags: Tags{Country: "NL"}, Keepalive: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckEcho(t, conn, 1<<16)
+	conn.Close()
+	seen := b.calls()
+	if len(seen) != 1 || seen[0].req.Hops != 2 || seen[0].tags.Country != "NL" || seen[0].keepalive != 20*time.Second {
+		t.Fatalf("the second exit saw %+v, want hops 2, country NL, keepalive 20s", seen)
+	}
+
+	// A loop: a → b → a → ...
+	b.dial = relayTo(cb, a)
+	_, err = entry.Dial(ctxT(t, 5*time.Second), a.addr, origin, Meta{})
+	var re *RefusedError
+	if !errors.As(err, &re) {
+		t.Fatalf("a relay loop: %v, want a refusal", err)
+	}
+	if s := a.srv.Stats(); s.HopLimit != 1 {
+		t.Errorf("a's stats %+v, want 1 hop-limit refusal (hops 3)", s)
+	}
+	if !entry.Usable(a.addr) {
+		t.Error("the loop put the first exit in backoff")
+	}
+}
