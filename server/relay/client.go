@@ -42,6 +42,16 @@ type ClientConfig struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Logf, if set, receives a line when an exit goes down or comes back.
 	Logf func(format string, args ...any)
+	// OnRTT, if set, receives round-trip times to an exit measured on the
+	// relay connections themselves: the TCP handshake of each new one,
+	// and each PING (Client.Ping, the probes). The path table's
+	// Observer.ObserveDC takes them.
+	OnRTT func(exit string, rtt time.Duration)
+	// OnDown and OnUp, if set, are called when an exit goes into backoff
+	// and when it answers again (the path table's Observer.DCDown), one
+	// call at a time, never the same twice in a row for an exit, with no
+	// lock of the Client held.
+	OnDown, OnUp func(exit string)
 }
 
 // Meta is what a relayed flow carries besides its destination.
@@ -67,6 +77,8 @@ type Client struct {
 	mu    sync.Mutex
 	exits map[string]*exitState
 
+	hookMu sync.Mutex // one OnDown or OnUp call at a time
+
 	st clientCounters
 }
 
@@ -75,11 +87,12 @@ type exitState struct {
 	conns   []exitConn
 	dialing *dialCall
 
-	down    bool // in backoff: DialOrDirect goes direct
-	backoff time.Duration
-	retryAt time.Time
-	probing bool
-	since   time.Time // down since
+	down     bool // in backoff: DialOrDirect goes direct
+	reported bool // down, as last told OnDown/OnUp
+	backoff  time.Duration
+	retryAt  time.Time
+	probing  bool
+	since    time.Time // down since
 }
 
 // exitConn is one connection to an exit, with its local address
@@ -361,10 +374,15 @@ func (c *Client) goTracked(f func()) {
 func (c *Client) check(exit string, cc *http2.ClientConn) {
 	ctx, cancel := context.WithTimeout(c.ctx, time.Second)
 	defer cancel()
-	if err := cc.Ping(ctx); err != nil && c.ctx.Err() == nil {
-		cc.Close()
-		c.markDown(exit, fmt.Errorf("no answer to a ping after a stream timed out: %w", err))
+	start := time.Now()
+	if err := cc.Ping(ctx); err != nil {
+		if c.ctx.Err() == nil {
+			cc.Close()
+			c.markDown(exit, fmt.Errorf("no answer to a ping after a stream timed out: %w", err))
+		}
+		return
 	}
+	c.rtt(exit, time.Since(start))
 }
 
 // conn returns a connection to exit that can take a new stream, setting
@@ -432,15 +450,18 @@ func (c *Client) connect(e *exitState, call *dialCall) {
 		c.markDown(e.addr, err)
 	}
 	close(call.done)
+	c.notify(e)
 }
 
 func (c *Client) handshake(addr string) (*http2.ClientConn, net.Addr, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ConnectTimeout)
 	defer cancel()
+	start := time.Now()
 	raw, err := c.cfg.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("relay: exit %s: %w", addr, err)
 	}
+	c.rtt(addr, time.Since(start))
 	cork := &corkConn{Conn: raw}
 	tc := tls.Client(cork, c.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -463,11 +484,13 @@ func (c *Client) handshake(addr string) (*http2.ClientConn, net.Addr, error) {
 // a probe will try it when the backoff ends.
 func (c *Client) markDown(exit string, why error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.ctx.Err() != nil {
+		c.mu.Unlock()
 		return
 	}
 	e := c.exit(exit)
+	defer c.notify(e)
+	defer c.mu.Unlock()
 	now := time.Now()
 	if e.down {
 		return // the probe doubles the backoff as it fails
@@ -490,6 +513,54 @@ func (c *Client) markUpLocked(e *exitState) {
 		c.logf("relay: exit %s answers again after %v", e.addr, time.Since(e.since).Round(time.Millisecond))
 	}
 	e.down = false
+}
+
+// notify tells OnDown or OnUp of e's state if it changed since last told.
+func (c *Client) notify(e *exitState) {
+	if c.cfg.OnDown == nil && c.cfg.OnUp == nil {
+		return
+	}
+	c.hookMu.Lock()
+	defer c.hookMu.Unlock()
+	c.mu.Lock()
+	down := e.down
+	changed := down != e.reported
+	e.reported = down
+	c.mu.Unlock()
+	switch {
+	case !changed:
+	case down && c.cfg.OnDown != nil:
+		c.cfg.OnDown(e.addr)
+	case !down && c.cfg.OnUp != nil:
+		c.cfg.OnUp(e.addr)
+	}
+}
+
+func (c *Client) rtt(exit string, d time.Duration) {
+	if c.cfg.OnRTT != nil {
+		c.cfg.OnRTT(exit, d)
+	}
+}
+
+// Ping measures the round trip to exit with an HTTP/2 PING on its
+// connection (set up first if there is none), and reports it to OnRTT.
+// No answer puts the exit in backoff.
+func (c *Client) Ping(ctx context.Context, exit string) (time.Duration, error) {
+	cc, _, err := c.conn(ctx, exit)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := cc.Ping(ctx); err != nil {
+		if c.ctx.Err() == nil && !errors.Is(ctx.Err(), context.Canceled) {
+			cc.Close()
+			c.markDown(exit, fmt.Errorf("no answer to a ping: %w", err))
+		}
+		return 0, err
+	}
+	d := time.Since(start)
+	c.rtt(exit, d)
+	return d, nil
 }
 
 func (c *Client) logf(format string, args ...any) {
@@ -534,10 +605,13 @@ func (c *Client) probe(e *exitState) {
 		var err error
 		if cc != nil {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ConnectTimeout)
+			start := time.Now()
 			err = cc.Ping(ctx)
 			cancel()
 			if err != nil {
 				cc.Close()
+			} else {
+				c.rtt(e.addr, time.Since(start))
 			}
 		} else {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ConnectTimeout)
@@ -549,6 +623,7 @@ func (c *Client) probe(e *exitState) {
 			c.markUpLocked(e)
 			e.probing = false
 			c.mu.Unlock()
+			c.notify(e)
 			return
 		}
 		if c.ctx.Err() != nil {

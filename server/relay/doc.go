@@ -117,5 +117,14 @@
 // and sends GOAWAY, so entries go elsewhere for new flows while the open
 // ones finish.
 //
+// # Feeding the path table
+//
+// ClientConfig.OnRTT receives round trips measured on the relay
+// connections (each new connection's TCP handshake, every PING: the
+// probes', Client.Ping's), for the path table's Observer.ObserveDC;
+// OnDown and OnUp an exit's backoff and recovery, for Observer.DCDown.
+// The table's own probes of a relay listener (a TCP handshake, then
+// close) are counted as ServerStats.Probes, not as TLS refusals.
+//
 // UDP is not relayed: it goes direct from the entry.
 package relay

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -343,6 +344,16 @@ func TestMutualTLS(t *testing.T) {
 	pc.Close()
 	testutil.WaitFor(t, 2*time.Second, "the exit to count the third refusal", func() bool { return x.srv.Stats().TLSRefused == 3 })
 
+	// A TCP handshake alone (the path table's probe) is no refusal.
+	if pc, err = net.Dial("tcp", x.addr); err != nil {
+		t.Fatal(err)
+	}
+	pc.Close()
+	testutil.WaitFor(t, 2*time.Second, "the exit to count the probe", func() bool { return x.srv.Stats().Probes == 1 })
+	if s := x.srv.Stats(); s.TLSRefused != 3 {
+		t.Errorf("a probe counted as a TLS refusal: %+v", s)
+	}
+
 	// The exit of another cluster: the client refuses its certificate.
 	y := startExit(t, b, ServerConfig{})
 	c := newClient(t, a, ClientConfig{})
@@ -650,7 +661,17 @@ func TestBackoffRecovery(t *testing.T) {
 	cr := creds(t, 1, "n1")
 	origin := echoOrigin(t)
 	exit := deadAddr(t)
-	c := newClient(t, cr, ClientConfig{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	var evMu sync.Mutex
+	var events []string
+	event := func(s string) { evMu.Lock(); events = append(events, s); evMu.Unlock() }
+	var rtts atomic.Int64
+	c := newClient(t, cr, ClientConfig{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		OnDown: func(e string) { event("down " + e) }, OnUp: func(e string) { event("up " + e) },
+		OnRTT: func(e string, d time.Duration) {
+			if e == exit && d > 0 {
+				rtts.Add(1)
+			}
+		}})
 	var n atomic.Int64
 	conn, relayed, err := c.DialOrDirect(ctxT(t, 5*time.Second), exit, origin, Meta{}, direct(origin, &n))
 	if err != nil || relayed {
@@ -690,6 +711,18 @@ func TestBackoffRecovery(t *testing.T) {
 	conn.Close()
 	if s := c.Stats(); s.Conns != 1 || s.Relayed != 1 {
 		t.Errorf("stats %+v: want the flow on the probe's connection", s)
+	}
+	d, err := c.Ping(ctxT(t, 5*time.Second), exit)
+	if err != nil || d <= 0 {
+		t.Errorf("Ping: %v, %v", d, err)
+	}
+	evMu.Lock()
+	defer evMu.Unlock()
+	if want := []string{"down " + exit, "up " + exit}; !slices.Equal(events, want) {
+		t.Errorf("hooks saw %q, want %q", events, want)
+	}
+	if n := rtts.Load(); n < 2 { // the connection's TCP handshake, the Ping
+		t.Errorf("%d RTT samples, want 2 or more", n)
 	}
 }
 

@@ -73,6 +73,7 @@ type ServerStats struct {
 	Conns        uint64 `json:"conns"`         // connections accepted (TLS and HTTP/2 set up)
 	ConnsOpen    int64  `json:"conns_open"`    // of which open now
 	TLSRefused   uint64 `json:"tls_refused"`   // connections whose handshake failed (no cluster certificate, ...)
+	Probes       uint64 `json:"probes"`        // connections closed before a TLS hello: RTT probes (server/paths)
 	Streams      uint64 `json:"streams"`       // flows relayed (answered 200)
 	StreamsOpen  int64  `json:"streams_open"`  // of which open now
 	BadRequests  uint64 `json:"bad_requests"`  // 400
@@ -82,8 +83,8 @@ type ServerStats struct {
 }
 
 type serverCounters struct {
-	conns, tlsRefused, streams, bad, hops, denied, dialFailed atomic.Uint64
-	connsOpen, streamsOpen                                    atomic.Int64
+	conns, tlsRefused, probes, streams, bad, hops, denied, dialFailed atomic.Uint64
+	connsOpen, streamsOpen                                            atomic.Int64
 }
 
 // NewServer returns a Server; Serve starts it on a listener.
@@ -206,6 +207,12 @@ func (s *Server) serveConn(c net.Conn) {
 	if err == nil && tc.ConnectionState().NegotiatedProtocol != "h2" {
 		err = errors.New("no HTTP/2 (ALPN h2)")
 	}
+	if errors.Is(err, io.EOF) {
+		// Closed before a byte: the path table's probes measure the
+		// RTT to this listener with a TCP handshake alone.
+		s.st.probes.Add(1)
+		return
+	}
 	if err != nil {
 		s.st.tlsRefused.Add(1)
 		s.logf("relay: refused connection from %v: %v", c.RemoteAddr(), err)
@@ -281,7 +288,7 @@ func (s *Server) Close() error {
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() ServerStats {
 	return ServerStats{
-		Conns: s.st.conns.Load(), ConnsOpen: s.st.connsOpen.Load(), TLSRefused: s.st.tlsRefused.Load(),
+		Conns: s.st.conns.Load(), ConnsOpen: s.st.connsOpen.Load(), TLSRefused: s.st.tlsRefused.Load(), Probes: s.st.probes.Load(),
 		Streams: s.st.streams.Load(), StreamsOpen: s.st.streamsOpen.Load(),
 		BadRequests: s.st.bad.Load(), HopLimit: s.st.hops.Load(), Denied: s.st.denied.Load(),
 		DialFailures: s.st.dialFailed.Load(),
