@@ -417,8 +417,7 @@ func pipe(ctx context.Context, w io.Writer, rc *http.ResponseController, body io
 			panic(http.ErrAbortHandler)
 		}
 	default:
-		origin.Close()
-		go func() { <-up }()
+		origin.Close() // the upload ends with it (up is buffered)
 	}
 }
 
