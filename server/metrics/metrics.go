@@ -1,8 +1,8 @@
 // Package metrics serves a node's numbers in Prometheus's text format
 // (wedged --metrics). Its collector holds no counters of its own: each
 // scrape reads the functions in Sources (the node's, the XDP front's, the
-// egress dialer's, the netstack's and the cluster membership's own
-// counters) and reports what they say then.
+// egress dialer's, the netstack's, the cluster membership's and the
+// relay's own counters) and reports what they say then.
 //
 // Cardinality is bounded whatever the number of clients: no metric has a
 // per-client or per-key label. Every label takes its values from a fixed
@@ -23,6 +23,7 @@ import (
 	"github.com/wedge-edge/wedge/server"
 	"github.com/wedge-edge/wedge/server/cluster"
 	"github.com/wedge-edge/wedge/server/front"
+	"github.com/wedge-edge/wedge/server/relay"
 )
 
 // Sources are what a scrape reads. A nil function leaves its metrics out
@@ -38,6 +39,10 @@ type Sources struct {
 	// the caller copies them).
 	Stack   func() Stack
 	Cluster func() Cluster
+	// RelayClient and RelayServer are the WARP+ relay's counters: the
+	// flows this node relayed to exits, and those it served as an exit.
+	RelayClient func() relay.Stats
+	RelayServer func() relay.ServerStats
 }
 
 // Stack is what the metrics report of the netstack.
@@ -167,6 +172,17 @@ var (
 	draining = desc("cluster_draining", "1 while this node drains.")
 	revision = desc("cluster_revision", "The etcd revision this node's membership view is complete up to.")
 	watchLag = desc("cluster_watch_lag_revisions", "How many etcd revisions the newest change to the membership (at the last once-a-second probe) is ahead of this node's view.")
+
+	relayFlows     = desc("relay_flows_total", "Flows that could be relayed (the path table named an exit, or none), by the route they took: relayed or direct.", "route")
+	relayFallbacks = desc("relay_fallbacks_total", "Of the direct flows, those whose exit was tried and failed, refused or was too slow.")
+	relaySkipped   = desc("relay_skipped_total", "Of the direct flows, those whose exit was in backoff after a failure, not tried.")
+	relayRefused   = desc("relay_refused_total", "Relay attempts an exit answered other than 200.")
+	relayFailures  = desc("relay_failures_total", "Relay attempts that got no answer (the connection to the exit failed or timed out).")
+	relayDown      = desc("relay_exits_down", "Exits in backoff after a failure.")
+	relayServed    = desc("relay_served_total", "CONNECT requests this node served as an exit, by outcome: relayed, bad_request, hop_limit, denied (its ACL), dial_failed (the origin).", "outcome")
+	relayStreams   = desc("relay_streams_open", "Flows relayed through this node as an exit, open now.")
+	relayConns     = desc("relay_connections_open", "Connections from other nodes to this node's relay listener, open now.")
+	relayTLS       = desc("relay_tls_refused_total", "Connections to the relay listener refused in the TLS handshake (no certificate of this cluster).")
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -216,6 +232,27 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Front != nil {
 		c.front(ch)
+	}
+	if c.src.RelayClient != nil {
+		r := c.src.RelayClient()
+		counter(ch, relayFlows, r.Relayed, "relayed")
+		counter(ch, relayFlows, r.Direct, "direct")
+		counter(ch, relayFallbacks, r.Fallbacks)
+		counter(ch, relaySkipped, r.Skipped)
+		counter(ch, relayRefused, r.Refused)
+		counter(ch, relayFailures, r.Failed)
+		gauge(ch, relayDown, float64(r.ExitsDown))
+	}
+	if c.src.RelayServer != nil {
+		r := c.src.RelayServer()
+		counter(ch, relayServed, r.Streams, "relayed")
+		counter(ch, relayServed, r.BadRequests, "bad_request")
+		counter(ch, relayServed, r.HopLimit, "hop_limit")
+		counter(ch, relayServed, r.Denied, "denied")
+		counter(ch, relayServed, r.DialFailures, "dial_failed")
+		gauge(ch, relayStreams, float64(r.StreamsOpen))
+		gauge(ch, relayConns, float64(r.ConnsOpen))
+		counter(ch, relayTLS, r.TLSRefused)
 	}
 	if c.src.Cluster != nil {
 		cl := c.src.Cluster()

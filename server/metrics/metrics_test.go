@@ -26,6 +26,7 @@ import (
 	"github.com/wedge-edge/wedge/server"
 	"github.com/wedge-edge/wedge/server/front"
 	"github.com/wedge-edge/wedge/server/registry"
+	"github.com/wedge-edge/wedge/server/relay"
 )
 
 // verdicts stand for lb's counter names (a fixed set).
@@ -72,6 +73,12 @@ func fakes() Sources {
 		Front: func() (front.Counters, error) { return fc, nil },
 		Cluster: func() Cluster {
 			return Cluster{EtcdReachable: true, ActiveNodes: 3, Draining: 1, SelfDraining: true, Revision: 1234, WatchLag: 5}
+		},
+		RelayClient: func() relay.Stats {
+			return relay.Stats{Relayed: 501, Direct: 502, Fallbacks: 503, Skipped: 504, Refused: 505, Failed: 506, Conns: 507, ExitsDown: 2}
+		},
+		RelayServer: func() relay.ServerStats {
+			return relay.ServerStats{Conns: 601, ConnsOpen: 602, TLSRefused: 603, Streams: 604, StreamsOpen: 605, BadRequests: 606, HopLimit: 607, Denied: 608, DialFailures: 609}
 		},
 	}
 }
@@ -205,6 +212,21 @@ func TestValues(t *testing.T) {
 		`wedge_cluster_draining`:                                                  1,
 		`wedge_cluster_revision`:                                                  1234,
 		`wedge_cluster_watch_lag_revisions`:                                       5,
+		`wedge_relay_flows_total{route="relayed"}`:                                501,
+		`wedge_relay_flows_total{route="direct"}`:                                 502,
+		`wedge_relay_fallbacks_total`:                                             503,
+		`wedge_relay_skipped_total`:                                               504,
+		`wedge_relay_refused_total`:                                               505,
+		`wedge_relay_failures_total`:                                              506,
+		`wedge_relay_exits_down`:                                                  2,
+		`wedge_relay_served_total{outcome="relayed"}`:                             604,
+		`wedge_relay_served_total{outcome="bad_request"}`:                         606,
+		`wedge_relay_served_total{outcome="hop_limit"}`:                           607,
+		`wedge_relay_served_total{outcome="denied"}`:                              608,
+		`wedge_relay_served_total{outcome="dial_failed"}`:                         609,
+		`wedge_relay_streams_open`:                                                605,
+		`wedge_relay_connections_open`:                                            602,
+		`wedge_relay_tls_refused_total`:                                           603,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok {
@@ -213,7 +235,7 @@ func TestValues(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, g, v)
 		}
 	}
-	if n := len(got); n != 4+2+1+4+1+3+2+1+6+2*(2+len(RefusalReasons)+2)+6+3*(1+5)+2+len(verdicts)+4+2+6 {
+	if n := len(got); n != 4+2+1+4+1+3+2+1+6+2*(2+len(RefusalReasons)+2)+6+3*(1+5)+2+len(verdicts)+4+2+6+7+8 {
 		t.Errorf("%d series; a metric was added or lost? (update this test and the README)", n)
 	}
 }
