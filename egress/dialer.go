@@ -165,6 +165,52 @@ func (d *Dialer) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn
 	return c, err
 }
 
+// DialTCPFor is DialTCP for a flow that is not one of this node's own
+// clients': one relayed here from another data center (server/relay),
+// whose client's tags came with it. route picks the source for dst (nil:
+// the configured sources, as without Config.Route), checked as
+// Config.Route's choice is; the ACL, the dial timeout, the counters and
+// Config.ObserveTCP apply as to DialTCP.
+func (d *Dialer) DialTCPFor(ctx context.Context, route func(dst netip.AddrPort) (Source, error), dst netip.AddrPort) (net.Conn, error) {
+	c, err := d.dialFor(ctx, route, dst)
+	d.tcp.count(err)
+	if err != nil {
+		d.refusals.note("tcp", netip.Addr{}, dst, err)
+	}
+	return c, err
+}
+
+func (d *Dialer) dialFor(ctx context.Context, route func(netip.AddrPort) (Source, error), dst netip.AddrPort) (net.Conn, error) {
+	addr := dst.Addr().Unmap()
+	if !addr.IsValid() || dst.Port() == 0 {
+		return nil, fmt.Errorf("egress: invalid tcp destination %s", dst)
+	}
+	dst = netip.AddrPortFrom(addr, dst.Port())
+	if err := checkDst(d.acl, dst); err != nil {
+		return nil, err
+	}
+	var src Source
+	if route == nil {
+		src, _ = d.configured(dst)
+	} else {
+		s, err := route(dst)
+		if err != nil {
+			if !errors.Is(err, ErrNoEgress) {
+				err = fmt.Errorf("%w: %w", ErrNoEgress, err)
+			}
+			return nil, err
+		}
+		if src, err = checkRoute(s, netip.Addr{}, dst, d.portLo, d.portHi, &d.kernel); err != nil {
+			return nil, err
+		}
+	}
+	c, err := d.connect(ctx, "tcp", src, dst)
+	if err == nil && d.observeTCP != nil {
+		d.observeTCP(c, dst)
+	}
+	return c, err
+}
+
 // DialUDP returns a connected UDP socket to dst, like DialTCP. Unlike TCP,
 // a UDP source port is not shared between destinations: each flow holds
 // its port until the connection is closed, and the range is exhausted
@@ -355,17 +401,7 @@ func (d *Dialer) connect(ctx context.Context, proto string, src Source, dst neti
 // its port range is the effective one (both zero: the kernel's).
 func (d *Dialer) source(client netip.Addr, dst netip.AddrPort) (Source, error) {
 	if d.route == nil {
-		s := Source{Addr: d.src4, PortLo: d.portLo, PortHi: d.portHi}
-		if dst.Addr().Is6() {
-			s.Addr = d.src6
-		}
-		if !s.Addr.IsValid() {
-			s.Addr = netip.IPv4Unspecified()
-			if dst.Addr().Is6() {
-				s.Addr = netip.IPv6Unspecified()
-			}
-		}
-		return s, nil
+		return d.configured(dst)
 	}
 	s, err := d.route(client, dst)
 	if err != nil {
@@ -375,6 +411,23 @@ func (d *Dialer) source(client netip.Addr, dst netip.AddrPort) (Source, error) {
 		return Source{}, err
 	}
 	return checkRoute(s, client, dst, d.portLo, d.portHi, &d.kernel)
+}
+
+// configured is the Source of a flow to dst without Config.Route: the
+// configured source of dst's family (the wildcard address without one)
+// and the node's slice.
+func (d *Dialer) configured(dst netip.AddrPort) (Source, error) {
+	s := Source{Addr: d.src4, PortLo: d.portLo, PortHi: d.portHi}
+	if dst.Addr().Is6() {
+		s.Addr = d.src6
+	}
+	if !s.Addr.IsValid() {
+		s.Addr = netip.IPv4Unspecified()
+		if dst.Addr().Is6() {
+			s.Addr = netip.IPv6Unspecified()
+		}
+	}
+	return s, nil
 }
 
 // checkRoute validates the Source that Route picked for a flow from client

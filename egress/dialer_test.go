@@ -425,3 +425,47 @@ func TestObserveTCP(t *testing.T) {
 		t.Fatalf("observed %d connections, want 1: %v", len(got), got)
 	}
 }
+
+// TestDialTCPFor: a relayed flow's dial leaves from the source its route
+// picks (port range included) or, without a route, as a client's would;
+// it is observed and counted; the ACL refuses what it refuses to clients;
+// a route's refusal is ErrNoEgress.
+func TestDialTCPFor(t *testing.T) {
+	lo, hi := testSlice(t, 64)
+	var observed int
+	d := newLoopbackDialer(t, Config{ObserveTCP: func(net.Conn, netip.AddrPort) { observed++ }})
+	ln := listenTCP(t, "127.0.0.1:0")
+	dst := addrPort(ln.Addr())
+	ctx := context.Background()
+	c, err := d.DialTCPFor(ctx, func(got netip.AddrPort) (Source, error) {
+		if got != dst {
+			t.Errorf("route asked for %v, want %v", got, dst)
+		}
+		return Source{Addr: netip.MustParseAddr("127.0.0.1"), PortLo: lo, PortHi: hi}, nil
+	}, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := addrPort(c.LocalAddr()).Port(); p < lo || p > hi {
+		t.Errorf("relayed flow left from port %d, want %d-%d", p, lo, hi)
+	}
+	c.Close()
+	c, err = d.DialTCPFor(ctx, nil, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if observed != 2 || d.Stats().TCP.OK != 2 {
+		t.Errorf("observed %d, counted %+v; want 2 each", observed, d.Stats().TCP)
+	}
+	if _, err := d.DialTCPFor(ctx, func(netip.AddrPort) (Source, error) { return Source{}, errors.New("no DE address") }, dst); !errors.Is(err, ErrNoEgress) {
+		t.Errorf("a route's refusal: %v, want ErrNoEgress", err)
+	}
+	strict, err := New(Config{Logger: discardLogger(), Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := strict.DialTCPFor(ctx, nil, dst); !errors.Is(err, ErrDenied) {
+		t.Errorf("loopback through the default ACL: %v, want ErrDenied", err)
+	}
+}

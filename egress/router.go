@@ -338,15 +338,56 @@ func (r *Router) store(c Client, t clientTags) {
 	}
 }
 
+// Tags are what a flow's source is chosen by: the client's country (its
+// registration's override, else the GeoIP country of the address it
+// handshook from; "" when neither), its pool, and a key that spreads
+// clients over a pool's addresses (the ClientID). A relayed flow carries
+// its client's country and pool to the exit (server/relay).
+type Tags struct {
+	Country, Pool string
+	Key           uint32
+}
+
+// TagsOf returns the tags of the client at inner address client, and
+// whether it has handshaken here (if not: the node's pool, no country).
+func (r *Router) TagsOf(client netip.Addr) (Tags, bool) {
+	t, ok := r.lookup(client)
+	return Tags{Country: t.country, Pool: t.pool, Key: t.key}, ok
+}
+
+func (r *Router) lookup(client netip.Addr) (clientTags, bool) {
+	v, ok := r.tags.Load(client)
+	t, _ := v.(clientTags)
+	if !ok {
+		s := client.AsSlice()
+		if len(s) < 4 {
+			return clientTags{pool: r.pool}, false
+		}
+		t = clientTags{pool: r.pool, key: binary.BigEndian.Uint32(s[len(s)-4:])}
+	}
+	return t, ok
+}
+
 // Route picks the source of a flow of the client at inner address client
 // to dst (a Config.Route). A client not seen handshaking here (none should
 // send without one) gets no country: its pool's default.
 func (r *Router) Route(client netip.Addr, dst netip.AddrPort) (Source, error) {
-	v, ok := r.tags.Load(client)
-	t, _ := v.(clientTags)
-	if !ok {
-		t = clientTags{pool: r.pool, key: binary.BigEndian.Uint32(client.AsSlice()[len(client.AsSlice())-4:])}
+	t, _ := r.lookup(client)
+	return r.route(t, dst)
+}
+
+// RouteTags picks the source of a flow with tags t to dst: a flow relayed
+// here, whose client is another data center's. An empty pool is the
+// node's (RouterConfig.Pool); the plan's fallbacks apply as to Route.
+func (r *Router) RouteTags(t Tags, dst netip.AddrPort) (Source, error) {
+	ct := clientTags{country: t.Country, pool: t.Pool, key: t.Key}
+	if ct.pool == "" {
+		ct.pool = r.pool
 	}
+	return r.route(ct, dst)
+}
+
+func (r *Router) route(t clientTags, dst netip.AddrPort) (Source, error) {
 	p := r.plan.Load()
 	if dst.Addr().Unmap().Is4() {
 		ch, err := p.Select4(t.country, t.pool, r.dc, t.key)

@@ -331,3 +331,32 @@ func TestRouterForcedReload(t *testing.T) {
 		t.Fatalf("Reload of a broken plan: %v, %v, ams %d addresses; want an error and the old plan kept", reloaded, err, len(r.Plan().Addrs4("ams")))
 	}
 }
+
+// TestRouterTags: a client's tags read back as they route (GeoIP country,
+// pool, key), and a relayed flow's tags route as the client's own would:
+// a DE flow from another data center leaves from ams's DE address.
+func TestRouterTags(t *testing.T) {
+	r, _ := newTestRouter(t)
+	nl := routerClient(0x10, "100.64.0.2", "fd00::2")
+	r.OnHandshake(nl, netip.MustParseAddrPort("203.0.113.7:4000"))
+	got, ok := r.TagsOf(nl.V4)
+	if !ok || got != (Tags{Country: "NL", Pool: "trusted", Key: 0x10}) {
+		t.Fatalf("TagsOf(NL client) = %+v, %v; want NL, trusted, key 0x10", got, ok)
+	}
+	if _, ok := r.TagsOf(netip.MustParseAddr("100.64.0.99")); ok {
+		t.Fatal("TagsOf an unseen client says it handshook here")
+	}
+	origin4 := netip.MustParseAddrPort("198.18.0.2:80")
+	own, _ := r.Route(nl.V4, origin4)
+	relayed, err := r.RouteTags(got, origin4)
+	if err != nil || relayed != own {
+		t.Fatalf("RouteTags(the client's tags) = %+v, %v; want the client's own route %+v", relayed, err, own)
+	}
+	de, err := r.RouteTags(Tags{Country: "DE", Key: 7}, origin4) // empty pool: the node's
+	if err != nil || de.Addr != netip.MustParseAddr("198.51.100.6") {
+		t.Fatalf("RouteTags(DE) = %+v, %v; want ams's DE address 198.51.100.6", de, err)
+	}
+	if _, err := r.RouteTags(Tags{Pool: "acme"}, origin4); !errors.Is(err, ErrNoEgress) {
+		t.Fatalf("RouteTags(a pool the plan lacks): %v, want ErrNoEgress", err)
+	}
+}
