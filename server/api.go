@@ -383,7 +383,7 @@ func (n *Node) PatchRegistration(ctx context.Context, id string, p RegPatch) (re
 	if held && old.Tags != c.Tags && n.cfg.OnTags != nil {
 		n.cfg.OnTags(c)
 	}
-	if held && old.QuotaBytes != c.QuotaBytes {
+	if held && (old.QuotaBytes != c.QuotaBytes || old.Plus != c.Plus) {
 		n.checkOver()
 	}
 	n.log.Info("registration changed", "id", c.ID, "pool", c.Tags.Pool, "country", c.Tags.Country,

@@ -48,8 +48,12 @@ type usageState struct {
 	// mirror is every client's usage as this node knows it, by
 	// registration id; guarded by Node.mu.
 	mirror map[string]registry.Usage
-	// over is the set of ClientIDs over their quota, replaced whole.
-	over atomic.Pointer[map[clientid.ID]bool]
+	// over is the set of free clients' ClientIDs over their quota (their
+	// new flows are refused), plus the set of plus clients' within theirs
+	// (their flows may be relayed: WARP+); both replaced whole. A plus
+	// client over its quota is in neither: it falls back to the free
+	// tier, as WARP+ data did, and is not refused.
+	over, plus atomic.Pointer[map[clientid.ID]bool]
 	// flushes and flushErrors count AddUsage calls and their failures.
 	flushes, flushErrors atomic.Uint64
 }
@@ -75,8 +79,9 @@ func (n *Node) startUsage() {
 	n.mu.Lock()
 	n.usage.mirror = map[string]registry.Usage{}
 	n.mu.Unlock()
-	empty := map[clientid.ID]bool{}
+	empty, none := map[clientid.ID]bool{}, map[clientid.ID]bool{}
 	n.usage.over.Store(&empty)
+	n.usage.plus.Store(&none)
 	if w, ok := n.cfg.Store.(registry.UsageWatcher); ok {
 		ctx, cancel := context.WithCancel(context.Background())
 		n.wg.Add(2)
@@ -167,6 +172,7 @@ func (n *Node) countUsage() {
 	defer flush.Stop()
 	check := time.NewTicker(min(overCheckEvery, every))
 	defer check.Stop()
+	n.checkOver() // the plus tier from the start, not after the first tick
 	for {
 		select {
 		case <-n.done:
@@ -278,15 +284,20 @@ func (n *Node) finalFlush() {
 	}
 }
 
-// checkOver recomputes the set of clients over their quota.
+// checkOver recomputes the free clients over their quota and the plus
+// clients within theirs.
 func (n *Node) checkOver() {
 	if n.usage.store == nil {
 		return
 	}
-	over := map[clientid.ID]bool{}
+	over, plus := map[clientid.ID]bool{}, map[clientid.ID]bool{}
 	n.mu.Lock()
 	for _, c := range n.clients {
-		if c.QuotaBytes > 0 && n.usage.mirror[c.ID].Over(c.QuotaBytes) {
+		exceeded := c.QuotaBytes > 0 && n.usage.mirror[c.ID].Over(c.QuotaBytes)
+		switch {
+		case c.Plus && !exceeded:
+			plus[c.ClientID] = true
+		case !c.Plus && exceeded:
 			over[c.ClientID] = true
 		}
 	}
@@ -295,6 +306,7 @@ func (n *Node) checkOver() {
 		n.log.Info("usage: clients over quota", "count", len(over))
 	}
 	n.usage.over.Store(&over)
+	n.usage.plus.Store(&plus)
 }
 
 func sameSet(a, b map[clientid.ID]bool) bool {
@@ -309,11 +321,21 @@ func sameSet(a, b map[clientid.ID]bool) bool {
 	return true
 }
 
-// OverQuota reports whether the client with ClientID id is over its
-// quota: its new flows are to be refused (the netstack asks it once per
-// new flow, through wedged).
+// OverQuota reports whether the client with ClientID id is a free client
+// over its quota: its new flows are to be refused (the netstack asks it
+// once per new flow, through wedged). A plus client over its quota is not:
+// it loses the plus tier instead (Plus).
 func (n *Node) OverQuota(id clientid.ID) bool {
 	p := n.usage.over.Load()
+	return p != nil && (*p)[id]
+}
+
+// Plus reports whether the client with ClientID id has the plus tier now:
+// registered plus and within its quota, as of the last check (every
+// overCheckEvery, and when usage or a registration changes). Only plus
+// clients' flows are relayed to another data center (WARP+).
+func (n *Node) Plus(id clientid.ID) bool {
+	p := n.usage.plus.Load()
 	return p != nil && (*p)[id]
 }
 

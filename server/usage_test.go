@@ -189,6 +189,38 @@ func TestUsageAndQuota(t *testing.T) {
 	}
 }
 
+// TestPlusTier: a plus client has the plus tier (its flows may be
+// relayed) while within its quota; over it, it falls back to the free
+// tier: not relayed, and its new flows are not refused either (as WARP+
+// data ran out). Taking plus away or a reset applies at once.
+func TestPlusTier(t *testing.T) {
+	l := newUsageLab(t, 100*time.Millisecond)
+	id := l.reg.ClientID
+	if l.n.Plus(id) {
+		t.Fatal("a free registration has the plus tier")
+	}
+	l.patch(t, `{"plus": true}`)
+	if !l.n.Plus(id) || l.n.OverQuota(id) {
+		t.Fatalf("after plus: Plus %v, OverQuota %v; want true, false", l.n.Plus(id), l.n.OverQuota(id))
+	}
+	l.traffic(t, 10)
+	testutil.WaitFor(t, 5*time.Second, "usage counted", func() bool { u := l.get(t).Usage; return u.RxBytes+u.TxBytes > 100 })
+	if r := l.patch(t, `{"quota_bytes": 100}`); !r.Usage.OverQuota {
+		t.Fatalf("after a quota below the usage: %+v", r.Usage)
+	}
+	if l.n.Plus(id) || l.n.OverQuota(id) {
+		t.Fatalf("plus client over its quota: Plus %v, OverQuota %v; want false, false (the free tier)", l.n.Plus(id), l.n.OverQuota(id))
+	}
+	l.patch(t, `{"usage_reset": true}`)
+	if !l.n.Plus(id) {
+		t.Fatal("plus not back after a usage reset")
+	}
+	l.patch(t, `{"plus": false}`)
+	if l.n.Plus(id) {
+		t.Fatal("plus kept after it was taken away")
+	}
+}
+
 // TestUsageFlushOnClose: bytes counted since the last flush are added to
 // the registry when the node closes.
 func TestUsageFlushOnClose(t *testing.T) {
