@@ -69,6 +69,17 @@ func (ci *clientIndex) of(a netip.Addr) (uint64, bool) {
 	return uint64(id), ok
 }
 
+// plus reports whether the client at inner address a has the plus tier
+// now (server.Node.Plus): its TCP flows may be relayed (relay.go).
+func (ci *clientIndex) plus(a netip.Addr) bool {
+	n := ci.node.Load()
+	if n == nil {
+		return false
+	}
+	id, ok := n.ClientOf(a)
+	return ok && n.Plus(id)
+}
+
 // overQuota is the netstack's OverQuota: whether the client's usage
 // passed its quota (server: usage.go), so its new flows are refused.
 func (ci *clientIndex) overQuota(id uint64) bool {

@@ -65,6 +65,7 @@ type config struct {
 	egressPlan   string
 	geoip        string
 	egressPool   string
+	relay        string
 
 	budget budgetFlags
 	apis   apiFlags
@@ -172,6 +173,7 @@ func (c *config) clusterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.egressPlan, "egress-plan", "", "egress plan `FILE` (JSON, the same on every node; re-read when it changes): each client's flows leave from an address of its country and pool owned by this node's --dc, in this node's port slice; replaces --egress and --egress-ports for TCP and UDP (README: Egress plan)")
 	fs.StringVar(&c.geoip, "geoip", "", "MaxMind-format GeoIP `FILE` (.mmdb, country or city; re-read when it changes): a client's country is that of the address it handshakes from (with --egress-plan)")
 	fs.StringVar(&c.egressPool, "egress-pool", "trusted", "the egress plan's `POOL` clients are in (with --egress-plan)")
+	fs.StringVar(&c.relay, "relay", "", "WARP+ relay (cluster only): listen on `ADDR` (ip:port, mutual TLS from --service-key; 0.0.0.0:PORT publishes --underlay's address) for TCP flows other data centers' nodes relay here, and relay this node's plus clients' TCP flows through another data center when the path table finds it faster; keep the port open to the nodes only (README: WARP+)")
 }
 
 // applyConfigFile sets the flags the --config file sets and the command

@@ -95,14 +95,27 @@ func run(c *config) error {
 		return err
 	}
 	defer st.close()
-	pt := startPaths(ctx, st, s.log.With("component", "paths"))
+	relayAt, relayPub, err := relayListen(c, st.member)
+	if err != nil {
+		return err
+	}
+	pt := startPaths(ctx, st, relayPub, s.log.With("component", "paths"))
 	defer pt.stop()
 	eg, err := startEgress(ctx, c, s, st.member, pt.observe())
 	if err != nil {
 		return err
 	}
 	pt.probe(eg, s.sources)
-	node, stack, err := startNode(ctx, c, s, key, st, eg, pt.table)
+	var nodeID string
+	if st.member != nil {
+		nodeID = st.member.Self().ID
+	}
+	rl, err := startRelay(relayAt, key, nodeID, eg, pt.table, s.log.With("component", "relay"))
+	if err != nil {
+		return err
+	}
+	defer rl.close()
+	node, stack, err := startNode(ctx, c, s, key, st, eg, pt.table, rl.dialer(eg, pt.table))
 	if err != nil {
 		return err
 	}
@@ -120,10 +133,10 @@ func run(c *config) error {
 	if err := servePprof(c.pprof); err != nil {
 		return err
 	}
-	if err := serveMetrics(c.metrics, metricsSources(node, stack, eg, st, x)); err != nil {
+	if err := serveMetrics(c.metrics, metricsSources(node, stack, eg, st, x, rl)); err != nil {
 		return err
 	}
-	rl := &reloader{c: c, s: s, router: eg.router}
-	go rl.serveHUP(ctx, hup)
+	hupr := &reloader{c: c, s: s, router: eg.router}
+	go hupr.serveHUP(ctx, hup)
 	return serve(ctx, c, s, node)
 }

@@ -29,7 +29,7 @@ func serveMetrics(addr string, src metrics.Sources) error {
 
 // metricsSources are the parts' stats functions the metrics read; x and
 // eg.router may be nil (no --xdp, no --egress-plan), as may the cluster.
-func metricsSources(node *server.Node, stack *netstack.Stack, eg *egressParts, st *nodeStore, x *front.Front) metrics.Sources {
+func metricsSources(node *server.Node, stack *netstack.Stack, eg *egressParts, st *nodeStore, x *front.Front, rl *relayParts) metrics.Sources {
 	src := metrics.Sources{
 		Node:   node.Counters,
 		Stack:  func() metrics.Stack { return stackMetrics(stack.Stats()) },
@@ -44,6 +44,9 @@ func metricsSources(node *server.Node, stack *netstack.Stack, eg *egressParts, s
 	}
 	if st.member != nil {
 		src.Cluster = metrics.ClusterOf(st.member)
+	}
+	if rl != nil {
+		src.RelayClient, src.RelayServer = rl.client.Stats, rl.server.Stats
 	}
 	return src
 }

@@ -65,7 +65,7 @@ func openStore(ctx context.Context, c *config, key wgtypes.Key, s *settings) (*n
 
 // startNode builds the netstack the tunnel ends in and the WireGuard
 // device around it; the device closes the stack.
-func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st *nodeStore, eg *egressParts, pt *paths.Table) (*server.Node, *netstack.Stack, error) {
+func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st *nodeStore, eg *egressParts, pt *paths.Table, dialer netstack.Dialer) (*server.Node, *netstack.Stack, error) {
 	gw4, gw6 := s.pools.Gateways()
 	var dns []netip.Addr
 	if s.dnsUp.IsValid() {
@@ -73,7 +73,7 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 	}
 	stack, err := netstack.New(netstack.Config{
 		MTU:         c.mtu,
-		Dialer:      eg.dialer,
+		Dialer:      dialer,
 		Logger:      s.log.With("component", "netstack"),
 		Local:       []netip.Addr{gw4, gw6},
 		DNSUpstream: s.dnsUp,

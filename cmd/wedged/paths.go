@@ -29,14 +29,18 @@ type pathsParts struct {
 // egress dialer's TCP connections feed its Observer, and its summary is
 // published on the node's lease and the other nodes' mirrored until
 // stop. Alone: no table.
-func startPaths(ctx context.Context, st *nodeStore, log *slog.Logger) *pathsParts {
+func startPaths(ctx context.Context, st *nodeStore, relayAddr netip.AddrPort, log *slog.Logger) *pathsParts {
 	p := &pathsParts{}
 	if st.member == nil {
 		return p
 	}
 	self := st.member.Self()
-	p.table = paths.NewTable(paths.Options{DC: self.DC, Node: self.ID,
-		Observer: paths.NewObserver(paths.ObserverOptions{Resample: pathsResample})})
+	o := paths.Options{DC: self.DC, Node: self.ID,
+		Observer: paths.NewObserver(paths.ObserverOptions{Resample: pathsResample})}
+	if relayAddr.IsValid() {
+		o.Relay = relayAddr.String()
+	}
+	p.table = paths.NewTable(o)
 	p.ctx, p.cancel = context.WithCancel(ctx)
 	lim := &ratelog.Limiter{}
 	p.wg.Add(1)

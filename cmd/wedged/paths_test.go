@@ -20,7 +20,7 @@ import (
 // lease and feeds the table from egress; alone it keeps none.
 func TestStartPaths(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	alone := startPaths(context.Background(), &nodeStore{}, log)
+	alone := startPaths(context.Background(), &nodeStore{}, netip.AddrPort{}, log)
 	if alone.table != nil || alone.observe() != nil {
 		t.Fatal("a node alone keeps a path table")
 	}
@@ -34,7 +34,7 @@ func TestStartPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	pt := startPaths(context.Background(), &nodeStore{member: m, cli: cli, prefix: "/w/"}, log)
+	pt := startPaths(context.Background(), &nodeStore{member: m, cli: cli, prefix: "/w/"}, netip.AddrPort{}, log)
 	defer pt.stop()
 	if pt.table == nil || pt.observe() == nil {
 		t.Fatal("no path table in a cluster")
