@@ -128,8 +128,9 @@ type demand struct {
 	idle   time.Duration
 	now    func() time.Time
 
-	// forceLoad makes the door ask for cookies (tests).
-	forceLoad atomic.Bool
+	// forceLoad makes the door ask for cookies, sweepOff stops the
+	// periodic sweep (tests).
+	forceLoad, sweepOff atomic.Bool
 
 	mu        sync.Mutex // guards what follows
 	held      map[wgtypes.Key]*heldPeer
@@ -316,8 +317,9 @@ func srcPrefix(a netip.Addr) netip.Addr {
 	return a
 }
 
-// tai64nNanos is a TAI64N timestamp as nanoseconds (ordered as the
-// timestamps are; its epoch is TAI64's, ten seconds off Unix's).
+// tai64nNanos is a TAI64N timestamp as wireguard-go makes them (its
+// label's base is 2^62 + 10, and the rest Unix seconds) in Unix
+// nanoseconds: 8 bytes instead of 12, ordered as the timestamps are.
 func tai64nNanos(ts tai64n.Timestamp) int64 {
 	const base = uint64(0x400000000000000a)
 	secs := binary.BigEndian.Uint64(ts[:8]) - base
@@ -325,7 +327,7 @@ func tai64nNanos(ts tai64n.Timestamp) int64 {
 }
 
 // unixNanosTAI is t in tai64nNanos's scale.
-func unixNanosTAI(t time.Time) int64 { return t.UnixNano() + 10e9 }
+func unixNanosTAI(t time.Time) int64 { return t.UnixNano() }
 
 // victimLocked pops the idlest peer that carried no traffic within
 // peerBusy. d.mu is held.
@@ -509,7 +511,9 @@ func (n *Node) sweepPeers() {
 		case <-n.done:
 			return
 		case <-t.C:
-			n.sweepOnce(n.door.now())
+			if !n.door.sweepOff.Load() {
+				n.sweepOnce(n.door.now())
+			}
 		}
 	}
 }
