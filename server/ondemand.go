@@ -114,7 +114,7 @@ const (
 	removedDeleted    = "deleted"
 	removedIdle       = "idle"
 	removedUnfinished = "unfinished"
-	removedEvicted    = "evicted"
+	removedEvicted    = "full" // evicted for a new client while full
 )
 
 // demand is the node's peer table: which registered clients have a peer in
@@ -578,7 +578,7 @@ type PeersStatus struct {
 	Added       uint64  `json:"added"`
 	// Removed counts peers taken out, by why: deleted (the
 	// registration), idle, unfinished (handshake never completed),
-	// evicted (for a new client while full).
+	// full (evicted for a new client while the node was full).
 	Removed map[string]uint64 `json:"removed"`
 	// Refused counts handshakes of registered clients not let in: full
 	// (every peer busy) and replay (not newer than an evicted peer's).
