@@ -81,7 +81,7 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 		for i := range n {
 			id := clientid.Zero(packets[i][:sizes[i]])
 			if door != nil && sizes[i] == wgmsg.InitiationSize && packets[i][0] == msgInitiation &&
-				!door.admit(packets[i][:sizes[i]], eps[i]) {
+				!door.admit(packets[i][:sizes[i]], eps[i], id != 0) {
 				sizes[i] = 0 // wireguard-go skips it
 				if id == 0 {
 					unstamped++

@@ -15,6 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/tai64n"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/udpbind"
 	"github.com/wedge-edge/wedge/server/registry"
 	"github.com/wedge-edge/wedge/server/wgmsg"
 )
@@ -193,9 +194,10 @@ func newDemand(n *Node, max int, idle time.Duration) (*demand, error) {
 	return d, nil
 }
 
-// admit decides about one initiation (reserved bytes already zeroed) on its
-// way to wireguard-go: false drops it. It runs on the receive goroutine.
-func (d *demand) admit(msg []byte, ep conn.Endpoint) bool {
+// admit decides about one initiation (reserved bytes already zeroed; stamped:
+// they held a ClientID) on its way to wireguard-go: false drops it. It runs
+// on the receive goroutine.
+func (d *demand) admit(msg []byte, ep conn.Endpoint, stamped bool) bool {
 	if len(msg) != wgmsg.InitiationSize || !wgmsg.CheckMAC1(&d.mac1, msg) {
 		return true // wireguard-go drops it, at no cost to the door
 	}
@@ -277,6 +279,18 @@ func (d *demand) admit(msg []byte, ep conn.Endpoint) bool {
 	if evicted && tsn <= last {
 		d.st.refusedReplay.Add(1)
 		return false
+	}
+	if hs := d.n.bind.hs.Load(); hs != nil && hs.fwd != nil && !stamped {
+		// A standard client another node owns (handshakes.go): its
+		// initiation goes there, and this node adds no peer for it.
+		var dst netip.Addr
+		if e, ok := ep.(*udpbind.Endpoint); ok {
+			dst = e.Src().Unmap()
+		}
+		if hs.fwd(c.ClientID, src, dst, msg) {
+			hs.forwarded.Add(1)
+			return false
+		}
 	}
 	if err := d.n.addPeer(c, now, unfinishedOnDemand, tsn); err != nil {
 		if !errors.Is(err, ErrPeersFull) {

@@ -18,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/server/registry"
 	"github.com/wedge-edge/wedge/server/wgmsg"
 )
@@ -414,7 +415,7 @@ func TestDoorUnknownKeyRemembered(t *testing.T) {
 	init1 := initiationFrom(t, ck, l.n.PublicKey())
 	init2 := initiationFrom(t, ck, l.n.PublicKey())
 	for i, m := range [][]byte{init1, init2, init1} {
-		if d.admit(bytes.Clone(m), l.clientEP) {
+		if d.admit(bytes.Clone(m), l.clientEP, false) {
 			t.Fatalf("initiation %d of an unregistered key let through", i)
 		}
 	}
@@ -423,7 +424,7 @@ func TestDoorUnknownKeyRemembered(t *testing.T) {
 	}
 	// From elsewhere it costs an open again (a miss is remembered by
 	// source: another source proves nothing about this one).
-	if d.admit(bytes.Clone(init2), bindtest.ChannelEndpoint(3)) {
+	if d.admit(bytes.Clone(init2), bindtest.ChannelEndpoint(3), false) {
 		t.Fatal("let through from another source")
 	}
 	// Registered now: the next initiation is opened and let in at once.
@@ -431,7 +432,7 @@ func TestDoorUnknownKeyRemembered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !d.admit(bytes.Clone(init2), l.clientEP) {
+	if !d.admit(bytes.Clone(init2), l.clientEP, false) {
 		t.Fatal("a client registered after its miss was remembered is still refused")
 	}
 	if !hasPeer(l.n, c.PublicKey) {
@@ -447,12 +448,13 @@ func TestDoorUnknownKeyRemembered(t *testing.T) {
 func TestDoorRateLimit(t *testing.T) {
 	n, _ := newTestNode(t)
 	d := n.door
+	d.sweepOff.Store(true) // before the clock is replaced
 	t0 := time.Now()
 	d.now = func() time.Time { return t0 }
 	ep := bindtest.ChannelEndpoint(4)
 	let := 0
 	for range doorSrcBurst + 50 {
-		if d.admit(randomInitiation(n.PublicKey()), ep) {
+		if d.admit(randomInitiation(n.PublicKey()), ep, false) {
 			let++
 		}
 	}
@@ -465,7 +467,7 @@ func TestDoorRateLimit(t *testing.T) {
 	d.now = func() time.Time { return t1 }
 	before := d.st.opens.Load()
 	for range doorSrcRate + 10 {
-		d.admit(randomInitiation(n.PublicKey()), ep)
+		d.admit(randomInitiation(n.PublicKey()), ep, false)
 	}
 	if got := d.st.opens.Load() - before; got != doorSrcRate {
 		t.Fatalf("%d opens a second later, want %d", got, doorSrcRate)
@@ -474,7 +476,7 @@ func TestDoorRateLimit(t *testing.T) {
 	// drops it), unopened and uncounted.
 	bad := randomInitiation(n.PublicKey())
 	bad[wgmsg.OffsetInitiationMAC1] ^= 1
-	if !d.admit(bad, ep) || d.st.opens.Load() != before+doorSrcRate {
+	if !d.admit(bad, ep, false) || d.st.opens.Load() != before+doorSrcRate {
 		t.Fatal("a bad MAC1 was opened")
 	}
 }
@@ -493,7 +495,7 @@ func TestDoorCookieUnderLoad(t *testing.T) {
 	var g device.CookieGenerator
 	g.Init(device.NoisePublicKey(l.n.PublicKey()))
 	g.AddMacs(msg) // as the client did: no cookie yet, no MAC2
-	if d.admit(bytes.Clone(msg), l.clientEP) {
+	if d.admit(bytes.Clone(msg), l.clientEP, false) {
 		t.Fatal("under load an initiation without MAC2 was let through")
 	}
 	if s := d.status(); s.CookiesSent != 1 || s.Opens != 0 {
@@ -523,7 +525,7 @@ func TestDoorCookieUnderLoad(t *testing.T) {
 		t.Fatal("the client cannot use the cookie reply")
 	}
 	g.AddMacs(msg) // the client's retry: now with MAC2
-	if !d.admit(bytes.Clone(msg), l.clientEP) {
+	if !d.admit(bytes.Clone(msg), l.clientEP, false) {
 		t.Fatalf("under load an initiation with a valid MAC2 was refused: %+v", d.status())
 	}
 	if !hasPeer(l.n, c.PublicKey) {
@@ -532,11 +534,11 @@ func TestDoorCookieUnderLoad(t *testing.T) {
 	// The client now has a peer: under load its initiations (with
 	// wireguard-go's own cookie, or none) go to wireguard-go unopened.
 	opens := d.st.opens.Load()
-	if !d.admit(initiationFrom(t, ck, l.n.PublicKey()), l.clientEP) || d.st.opens.Load() != opens {
+	if !d.admit(initiationFrom(t, ck, l.n.PublicKey()), l.clientEP, false) || d.st.opens.Load() != opens {
 		t.Fatal("under load an initiation from a client with a peer was not passed on unopened")
 	}
 	// A stranger under load with a forged MAC2 gets a cookie, not an open.
-	if d.admit(randomInitiation(l.n.PublicKey()), bindtest.ChannelEndpoint(3)) || d.st.opens.Load() != opens {
+	if d.admit(randomInitiation(l.n.PublicKey()), bindtest.ChannelEndpoint(3), false) || d.st.opens.Load() != opens {
 		t.Fatal("a stranger was opened under load")
 	}
 }
@@ -591,4 +593,65 @@ func TestTAI64NOrder(t *testing.T) {
 	if !ok || rec != want {
 		t.Fatalf("record %d %v, want %d (the client's clock at the removal, less the slack)", rec, ok, want)
 	}
+}
+
+// TestDoorForwardsWithoutPeer: with tagged indexes and forwarding, a
+// standard client another node owns has its initiation forwarded there by
+// the door, and gets no peer here; a stamped one (the front already routed
+// it by its ClientID) is served here.
+func TestDoorForwardsWithoutPeer(t *testing.T) {
+	l := newODLab(t)
+	var mu sync.Mutex
+	var fwd []clientid.ID
+	if err := l.n.EnableIndexes(IndexConfig{Slot: 7, Forward: func(cid clientid.ID, _ netip.AddrPort, _ netip.Addr, _ []byte) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		fwd = append(fwd, cid)
+		return true
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	ck, c := registerKey(t, l.n)
+	if l.n.door.admit(initiationFrom(t, ck, l.n.PublicKey()), l.clientEP, false) {
+		t.Fatal("an initiation forwarded to its owner was also let in")
+	}
+	mu.Lock()
+	got := append([]clientid.ID(nil), fwd...)
+	mu.Unlock()
+	if len(got) != 1 || got[0] != c.ClientID || hasPeer(l.n, c.PublicKey) {
+		t.Fatalf("forwarded %v (want [%v]); peer here: %v", got, c.ClientID, hasPeer(l.n, c.PublicKey))
+	}
+	if is := l.n.indexStatus(); is == nil || is.Forwarded != 1 {
+		t.Fatalf("index status %+v, want 1 forwarded", is)
+	}
+	time.Sleep(40 * time.Millisecond) // a newer TAI64N
+	if !l.n.door.admit(initiationFrom(t, ck, l.n.PublicKey()), l.clientEP, true) || !hasPeer(l.n, c.PublicKey) {
+		t.Fatal("a stamped initiation was not served here")
+	}
+}
+
+// FuzzAdmit: whatever an initiation holds (its MAC1 made valid, so the door
+// opens it), the door neither panics nor lets in a key it cannot open.
+func FuzzAdmit(f *testing.F) {
+	n, _ := newTestNode(f)
+	ck, _ := wgtypes.GeneratePrivateKey()
+	f.Add(make([]byte, wgmsg.InitiationSize), false)
+	f.Add(randomInitiation(ck.PublicKey()), true)
+	var g device.CookieGenerator
+	g.Init(device.NoisePublicKey(n.PublicKey()))
+	// A second between initiations: the rate limits do not hide the rest.
+	clock := time.Now()
+	n.door.now = func() time.Time { clock = clock.Add(time.Second); return clock }
+	n.door.sweepOff.Store(true)
+	f.Fuzz(func(t *testing.T, b []byte, stamped bool) {
+		m := make([]byte, wgmsg.InitiationSize)
+		copy(m, b)
+		m[0], m[1], m[2], m[3] = 1, 0, 0, 0
+		g.AddMacs(m)
+		held := n.door.status().Held
+		n.door.admit(m, bindtest.ChannelEndpoint(4), stamped)
+		if n.door.status().Held != held {
+			t.Fatal("a peer was added for an initiation of no registered key")
+		}
+	})
 }
