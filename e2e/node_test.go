@@ -258,7 +258,8 @@ func configMeta(conf, key string) string {
 }
 
 type nodeStatus struct {
-	Peers []map[string]any `json:"peers"`
+	Clients int              `json:"clients"`
+	Peers   []map[string]any `json:"peers"`
 	Bind  struct {
 		Stamped    uint64 `json:"stamped"`
 		Unstamped  uint64 `json:"unstamped"`
