@@ -98,6 +98,8 @@ const (
 	missTTL       = 30 * time.Second
 	missMax       = 1 << 16
 	knownEPMax    = 1 << 16
+	// addWait: how long the receive goroutine waits for a peer's add.
+	addWait = time.Second
 	// replayMax bounds each of the replay store's two generations.
 	replayMax = 1 << 18
 	// replaySlack is taken off a removed peer's extrapolated timestamp:
@@ -168,6 +170,7 @@ type demandCounters struct {
 	removed                                            [4]atomic.Uint64 // by removedReasons
 	opens, known, unregistered, missRemembered         atomic.Uint64
 	openFailed, rateLimited, cookiesSent, passedUnload atomic.Uint64
+	addSlow                                            atomic.Uint64
 }
 
 var removedReasons = [4]string{removedDeleted, removedIdle, removedUnfinished, removedEvicted}
@@ -292,13 +295,30 @@ func (d *demand) admit(msg []byte, ep conn.Endpoint, stamped bool) bool {
 			return false
 		}
 	}
-	if err := d.n.addPeer(c, now, unfinishedOnDemand, tsn); err != nil {
-		if !errors.Is(err, ErrPeersFull) {
-			d.n.log.Warn("peer on demand not added", "id", c.ID, "err", err)
+	// The peer is added on another goroutine, waited for at most
+	// addWait: wireguard-go's configuration lock is held by whoever
+	// closes the device or rebinds its sockets while waiting for this
+	// receive goroutine to return, so taking it here could deadlock. A
+	// slow add drops this initiation; the client's retry finds the peer.
+	res := make(chan error, 1)
+	go func() { res <- d.n.addPeer(c, now, unfinishedOnDemand, tsn) }()
+	t := time.NewTimer(addWait)
+	defer t.Stop()
+	select {
+	case err := <-res:
+		if err != nil {
+			if !errors.Is(err, ErrPeersFull) {
+				d.n.log.Warn("peer on demand not added", "id", c.ID, "err", err)
+			}
+			return false
 		}
+		return true
+	case <-d.n.done:
+		return false
+	case <-t.C:
+		d.st.addSlow.Add(1)
 		return false
 	}
-	return true
 }
 
 // sendCookie answers msg with a cookie reply (MAC2's cookie for its source
@@ -610,6 +630,9 @@ type PeersStatus struct {
 	RateLimited    uint64 `json:"rate_limited"`
 	CookiesSent    uint64 `json:"cookie_replies"`
 	PassedLoaded   uint64 `json:"passed_under_load"`
+	// AddSlow counts initiations dropped because adding their peer took
+	// longer than a second (the device busy being reconfigured or closed).
+	AddSlow uint64 `json:"add_slow"`
 	// ReplayKeys are the removed clients whose timestamps are kept.
 	ReplayKeys int `json:"replay_keys"`
 }
@@ -622,7 +645,7 @@ func (d *demand) status() PeersStatus {
 		Opens: d.st.opens.Load(), Known: d.st.known.Load(), Unregistered: d.st.unregistered.Load(),
 		MissRemembered: d.st.missRemembered.Load(), OpenFailed: d.st.openFailed.Load(),
 		RateLimited: d.st.rateLimited.Load(), CookiesSent: d.st.cookiesSent.Load(),
-		PassedLoaded: d.st.passedUnload.Load(),
+		PassedLoaded: d.st.passedUnload.Load(), AddSlow: d.st.addSlow.Load(),
 	}
 	for i, r := range removedReasons {
 		s.Removed[r] = d.st.removed[i].Load()

@@ -131,7 +131,7 @@ var (
 	peersEvict = desc("peers_evicted_total", "Peers removed while their registration stays, by reason: idle (--peer-idle), unfinished (handshake never completed), full (for a new client while the node was full).", "reason")
 	peersRef   = desc("peers_refused_total", "Handshakes of registered clients without a peer that were refused, by reason: full (every peer busy), replay (not newer than the client's evicted peer's).", "reason")
 	peerOpens  = desc("peer_opens_total", "Initiations the Bind opened with the service key (one X25519) to find a client without a peer.")
-	peerDoor   = desc("peer_door_total", "What the Bind did with initiations before wireguard-go, by outcome: known (a client with a peer: passed on), unregistered (dropped, miss remembered), miss_remembered, rate_limited and cookie_sent (dropped unopened), passed_under_load (a client with a peer, unopened), open_failed.", "outcome")
+	peerDoor   = desc("peer_door_total", "What the Bind did with initiations before wireguard-go, by outcome: known (a client with a peer: passed on), unregistered (dropped, miss remembered), miss_remembered, rate_limited and cookie_sent (dropped unopened), passed_under_load (a client with a peer, unopened), open_failed, add_slow (dropped: adding the peer took over a second).", "outcome")
 	messages   = desc("messages_received_total", "WireGuard messages received, by whether they carried a ClientID.", "kind")
 	mismatches = desc("client_id_mismatches_total", "Messages whose ClientID differed from the one the session's client registered.")
 	responses  = desc("handshake_responses_total", "Handshake responses wireguard-go made, by what the node did with the initiation they answer: opened (then sent, or forwarded to the owner), rate_limited (dropped), open_failed and unrecorded (sent as they were).", "outcome")
@@ -257,7 +257,7 @@ func (c *collector) node(ch chan<- prometheus.Metric, n server.Counters) {
 		v    uint64
 	}{{"known", p.Known}, {"unregistered", p.Unregistered}, {"miss_remembered", p.MissRemembered},
 		{"rate_limited", p.RateLimited}, {"cookie_sent", p.CookiesSent}, {"passed_under_load", p.PassedLoaded},
-		{"open_failed", p.OpenFailed}} {
+		{"open_failed", p.OpenFailed}, {"add_slow", p.AddSlow}} {
 		counter(ch, peerDoor, o.v, o.name)
 	}
 	counter(ch, messages, n.Bind.Stamped, "stamped")

@@ -62,7 +62,7 @@ func fakes() Sources {
 			return server.Counters{Clients: 1000, Active: 400, PeersAdded: 1100, PeersRemoved: 100,
 				Peers: server.PeersStatus{Held: 500, Max: 65536, Removed: map[string]uint64{"deleted": 20, "idle": 21, "unfinished": 22, "full": 23},
 					RefusedFull: 24, RefusedReplay: 25, Opens: 26, Known: 27, Unregistered: 28, MissRemembered: 29,
-					RateLimited: 30, CookiesSent: 31, PassedLoaded: 32, OpenFailed: 33},
+					RateLimited: 30, CookiesSent: 31, PassedLoaded: 32, OpenFailed: 33, AddSlow: 34},
 				Bind:    server.BindStatus{Stamped: 1, Unstamped: 2, Mismatches: 3, HandshakesStarted: 4, RecoveriesRefused: 5, SessionsInherited: 6, CookieReplies: 7, InitiationsSent: 13, ResponsesSent: 14},
 				Indexes: &server.IndexStatus{Opened: 8, OpenFailed: 9, OpenLimited: 10, NotRecorded: 11, Forwarded: 12},
 			}
@@ -169,6 +169,7 @@ func TestValues(t *testing.T) {
 		`wedge_peer_door_total{outcome="cookie_sent"}`:                            31,
 		`wedge_peer_door_total{outcome="passed_under_load"}`:                      32,
 		`wedge_peer_door_total{outcome="open_failed"}`:                            33,
+		`wedge_peer_door_total{outcome="add_slow"}`:                               34,
 		`wedge_messages_received_total{kind="stamped"}`:                           1,
 		`wedge_messages_received_total{kind="unstamped"}`:                         2,
 		`wedge_client_id_mismatches_total`:                                        3,
@@ -231,8 +232,8 @@ func TestValues(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, g, v)
 		}
 	}
-	// The peers on demand: held, max, 3 evicted, 2 refused, opens, 7 door.
-	if n := len(got); n != 4+2+1+4+1+3+2+1+6+2*(2+len(RefusalReasons)+2)+6+3*(1+5)+2+len(verdicts)+4+2+6+2+3+2+1+7 {
+	// The peers on demand: held, max, 3 evicted, 2 refused, opens, 8 door.
+	if n := len(got); n != 4+2+1+4+1+3+2+1+6+2*(2+len(RefusalReasons)+2)+6+3*(1+5)+2+len(verdicts)+4+2+6+2+3+2+1+8 {
 		t.Errorf("%d series; a metric was added or lost? (update this test and the README)", n)
 	}
 }
