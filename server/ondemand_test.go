@@ -655,3 +655,73 @@ func FuzzAdmit(f *testing.F) {
 		}
 	})
 }
+
+// TestNoPeerPatchDelete: a client that never handshook here (no peer) is
+// changed and deleted through the API as any other.
+func TestNoPeerPatchDelete(t *testing.T) {
+	n, _ := newTestNode(t)
+	h := n.routes()
+	_, c := registerKey(t, n)
+	if code, body := do(t, h, "PATCH", "/v1/reg/"+c.ID, `{"country":"NL"}`); code != 200 {
+		t.Fatalf("PATCH of a client without a peer: %d %v", code, body)
+	}
+	if got, ok := n.client(c.PublicKey); !ok || got.Tags.Country != "NL" {
+		t.Fatalf("node view after the PATCH: %+v", got)
+	}
+	if hasPeer(n, c.PublicKey) {
+		t.Fatal("a PATCH added a peer")
+	}
+	if code, _ := do(t, h, "DELETE", "/v1/reg/"+c.ID, ""); code != 204 {
+		t.Fatalf("DELETE of a client without a peer: %d", code)
+	}
+	if n.registered(c.PublicKey) || n.door.status().Removed[removedDeleted] != 0 {
+		t.Fatalf("after DELETE: registered %v, peers removed %v", n.registered(c.PublicKey), n.door.status().Removed)
+	}
+}
+
+// TestEvictedUsage: what an evicted peer counted after the last usage
+// reading (as of the sweep before its eviction) is still added.
+func TestEvictedUsage(t *testing.T) {
+	n, _ := newTestNode(t, func(c *Config) { c.UsageInterval = time.Hour })
+	n.door.sweepOff.Store(true)
+	_, c := registerKey(t, n)
+	holdPeer(t, n, c)
+	n.mu.Lock()
+	n.usage.last[c.PublicKey] = [2]uint64{100, 200} // the last usage reading
+	n.mu.Unlock()
+	n.door.sweep(time.Now(), []peerState{{PublicKey: c.PublicKey, RxBytes: 150, TxBytes: 260, LastHandshake: time.Now()}})
+	n.peerMu.Lock()
+	n.removePeerLocked(c.PublicKey, time.Now(), removedIdle)
+	n.peerMu.Unlock()
+	n.readCounters()
+	n.mu.Lock()
+	d := n.usage.pending[c.ID]
+	_, still := n.usage.last[c.PublicKey]
+	n.mu.Unlock()
+	if d.Rx != 50 || d.Tx != 60 {
+		t.Fatalf("pending usage after the eviction: %+v, want rx 50, tx 60", d)
+	}
+	if still {
+		t.Fatal("the removed peer's last reading was kept")
+	}
+}
+
+// TestInheritAddsPeer: a handshake the node starts itself (an heir) adds
+// the client's peer, with the longer unfinished deadline.
+func TestInheritAddsPeer(t *testing.T) {
+	n, _ := newTestNode(t)
+	_, c := registerKey(t, n)
+	if err := n.handshakeAt(c.PublicKey, netip.MustParseAddrPort("127.0.0.1:1"), true); err != nil {
+		t.Fatal(err)
+	}
+	n.door.mu.Lock()
+	h := n.door.held[c.PublicKey]
+	n.door.mu.Unlock()
+	if h == nil || h.deadline != unfinishedInitiated || !hasPeer(n, c.PublicKey) {
+		t.Fatalf("held %+v, in the device %v", h, hasPeer(n, c.PublicKey))
+	}
+	ghost, _ := wgtypes.GeneratePrivateKey()
+	if err := n.handshakeAt(ghost.PublicKey(), netip.MustParseAddrPort("127.0.0.1:4"), true); err == nil {
+		t.Fatal("a handshake with an unregistered key was started")
+	}
+}
