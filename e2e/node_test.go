@@ -260,7 +260,7 @@ func configMeta(conf, key string) string {
 type nodeStatus struct {
 	Clients int              `json:"clients"`
 	Peers   []map[string]any `json:"peers"`
-	Bind  struct {
+	Bind    struct {
 		Stamped    uint64 `json:"stamped"`
 		Unstamped  uint64 `json:"unstamped"`
 		Mismatches uint64 `json:"client_id_mismatches"`
