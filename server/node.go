@@ -113,6 +113,9 @@ type Node struct {
 	// deleted is either removed by the delete or never added.
 	peerMu sync.Mutex
 	door   *demand // the peer table (ondemand.go)
+	// marking: StartExpiry records first handshakes; the peer sweep
+	// does too, for peers removed before its next look.
+	marking atomic.Bool
 
 	mu sync.Mutex // guards clients, byAddr, seen and extraStats
 	// clients is every registered client (the node's mirror of the

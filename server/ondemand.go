@@ -378,8 +378,8 @@ func (d *demand) victimLocked(now time.Time) (wgtypes.Key, bool) {
 
 // sweep takes in the device's peers: their activity, and which to remove
 // (idle, or never finished their handshake); it also orders the eviction
-// candidates.
-func (d *demand) sweep(now time.Time, peers []peerState) (drop map[wgtypes.Key]string) {
+// candidates. first are the peers whose first handshake it saw.
+func (d *demand) sweep(now time.Time, peers []peerState) (drop map[wgtypes.Key]string, first []peerState) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, p := range peers {
@@ -391,6 +391,9 @@ func (d *demand) sweep(now time.Time, peers []peerState) (drop map[wgtypes.Key]s
 			h.rx, h.tx, h.active = p.RxBytes, p.TxBytes, now
 		}
 		if !p.LastHandshake.IsZero() {
+			if !h.done {
+				first = append(first, p)
+			}
 			h.done = true
 			if p.LastHandshake.After(h.active) {
 				h.active = p.LastHandshake
@@ -415,7 +418,7 @@ func (d *demand) sweep(now time.Time, peers []peerState) (drop map[wgtypes.Key]s
 		}
 	}
 	slices.SortFunc(d.victims, func(a, b wgtypes.Key) int { return d.held[a].active.Compare(d.held[b].active) })
-	return drop
+	return drop, first
 }
 
 // forget takes k out of the table when its peer was removed, keeping the
@@ -557,7 +560,12 @@ func (n *Node) sweepOnce(now time.Time) {
 	if err != nil {
 		return
 	}
-	drop := n.door.sweep(now, peers)
+	drop, first := n.door.sweep(now, peers)
+	if len(first) > 0 && n.marking.Load() {
+		// A peer may be gone before the expiry's next look (every
+		// 15 s): record first handshakes as the sweep sees them.
+		n.markFrom(first)
+	}
 	if len(drop) == 0 {
 		return
 	}

@@ -347,14 +347,14 @@ func TestPeerActivityDefersIdle(t *testing.T) {
 	t0 := time.Now()
 	holdPeer(t, n, c)
 	d := n.door
-	drop := d.sweep(t0.Add(50*time.Second), []peerState{{PublicKey: c.PublicKey, LastHandshake: t0, RxBytes: 100}})
+	drop, _ := d.sweep(t0.Add(50*time.Second), []peerState{{PublicKey: c.PublicKey, LastHandshake: t0, RxBytes: 100}})
 	if len(drop) != 0 {
 		t.Fatalf("dropped %v", drop)
 	}
-	if drop := d.sweep(t0.Add(100*time.Second), []peerState{{PublicKey: c.PublicKey, LastHandshake: t0, RxBytes: 100}}); len(drop) != 0 {
+	if drop, _ := d.sweep(t0.Add(100*time.Second), []peerState{{PublicKey: c.PublicKey, LastHandshake: t0, RxBytes: 100}}); len(drop) != 0 {
 		t.Fatalf("a peer with data 50 s ago dropped: %v", drop)
 	}
-	if drop := d.sweep(t0.Add(111*time.Second), []peerState{{PublicKey: c.PublicKey, LastHandshake: t0, RxBytes: 100}}); drop[c.PublicKey] != removedIdle {
+	if drop, _ := d.sweep(t0.Add(111*time.Second), []peerState{{PublicKey: c.PublicKey, LastHandshake: t0, RxBytes: 100}}); drop[c.PublicKey] != removedIdle {
 		t.Fatalf("a peer idle 61 s with --peer-idle 1m: %v", drop)
 	}
 }
@@ -723,5 +723,28 @@ func TestInheritAddsPeer(t *testing.T) {
 	ghost, _ := wgtypes.GeneratePrivateKey()
 	if err := n.handshakeAt(ghost.PublicKey(), netip.MustParseAddrPort("127.0.0.1:4"), true); err == nil {
 		t.Fatal("a handshake with an unregistered key was started")
+	}
+}
+
+// TestSweepMarksFirstHandshake: the peer sweep records a client's first
+// handshake (for registration expiry) as soon as it sees it, since the
+// peer may be gone before the expiry's own look.
+func TestSweepMarksFirstHandshake(t *testing.T) {
+	l := newODLab(t)
+	l.n.door.sweepOff.Store(true)
+	l.n.StartExpiry(ExpiryConfig{MarkEvery: time.Hour})
+	ck, _ := wgtypes.GeneratePrivateKey()
+	c, err := l.n.RegisterClient(context.Background(), registry.Client{PublicKey: ck.PublicKey(), AwaitingHandshake: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, tun := l.client(t, ck)
+	if !l.reaches(tun, c, 4*time.Second) {
+		t.Fatal("the client's first packet did not arrive")
+	}
+	l.n.sweepOnce(time.Now())
+	got, err := l.n.cfg.Store.Get(context.Background(), c.ID)
+	if err != nil || got.AwaitingHandshake || got.FirstHandshake.IsZero() {
+		t.Fatalf("after the sweep saw the handshake: %+v, %v", got, err)
 	}
 }
