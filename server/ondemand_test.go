@@ -361,7 +361,7 @@ func TestPeerActivityDefersIdle(t *testing.T) {
 
 // initiationFrom captures a genuine initiation of client ck towards the
 // node, which the node never sees (a device whose packets go nowhere).
-func initiationFrom(t *testing.T, ck wgtypes.Key, server wgtypes.Key) []byte {
+func initiationFrom(t testing.TB, ck wgtypes.Key, server wgtypes.Key) []byte {
 	t.Helper()
 	binds := bindtest.NewChannelBinds()
 	got := make(chan []byte, 4)
@@ -747,4 +747,42 @@ func TestSweepMarksFirstHandshake(t *testing.T) {
 	if err != nil || got.AwaitingHandshake || got.FirstHandshake.IsZero() {
 		t.Fatalf("after the sweep saw the handshake: %+v, %v", got, err)
 	}
+}
+
+// BenchmarkDoorAdmit: what the door costs an initiation: cold (a
+// registered client without a peer: two X25519, the peer added) and known
+// (a client with a peer: one X25519).
+func BenchmarkDoorAdmit(b *testing.B) {
+	n, _ := newTestNode(b)
+	n.door.sweepOff.Store(true)
+	ck, _ := wgtypes.GeneratePrivateKey()
+	c, err := n.Register(context.Background(), ck.PublicKey(), registry.Tags{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg := initiationFrom(b, ck, n.PublicKey())
+	// One source per iteration (the per-source limit is not measured).
+	clock := time.Now()
+	n.door.now = func() time.Time { clock = clock.Add(time.Second); return clock }
+	ep := bindtest.ChannelEndpoint(4)
+	b.Run("cold", func(b *testing.B) {
+		for b.Loop() {
+			if !n.door.admit(msg, ep, false) {
+				b.Fatal("refused")
+			}
+			b.StopTimer()
+			n.peerMu.Lock()
+			n.removePeerLocked(c.PublicKey, clock, removedDeleted) // keeps no replay record
+			n.peerMu.Unlock()
+			b.StartTimer()
+		}
+	})
+	holdPeer(b, n, c)
+	b.Run("known", func(b *testing.B) {
+		for b.Loop() {
+			if !n.door.admit(msg, ep, false) {
+				b.Fatal("refused")
+			}
+		}
+	})
 }
