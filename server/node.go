@@ -340,8 +340,10 @@ func (n *Node) apply(ev registry.Event) {
 }
 
 // learn puts registrations into the node's view of the registry. A client
-// that has a peer and whose inner addresses changed (its key registered
-// again) has its peer rewritten; only tags changed: OnTags is told.
+// whose inner addresses changed (its key registered again) loses its peer,
+// if it has one: its next initiation adds it as registered now. A client
+// whose tags alone changed keeps it, and OnTags is told (rewriting the
+// peer would drop its allowed IPs for a moment, losing packets).
 func (n *Node) learn(cs []registry.Client) {
 	var retagged, readdressed []registry.Client
 	n.mu.Lock()
