@@ -36,9 +36,10 @@ import (
 //
 //   - per source address (IPv6: its /64), at most doorSrcRate opens a second
 //     (burst doorSrcBurst), and doorOpenRate in all;
-//   - under load (wireguard-go's own handshake queue is, or this node opened
-//     more than doorLoadRate a second within the last second), an initiation
-//     must carry a valid MAC2 before it is opened: the Bind answers it with a
+//   - under load (wireguard-go's own handshake queue is, or more than
+//     doorLoadRate opens a second were in vain: keys not registered, opens
+//     that failed, replays; real clients rarely miss, a flood does), an
+//     initiation must carry a valid MAC2 before it is opened: the Bind answers it with a
 //     cookie reply made by wireguard-go's own device.CookieChecker, as
 //     wireguard-go does for peers it holds (whose initiations the Bind then
 //     passes without opening: their endpoint was opened before, so
@@ -94,7 +95,7 @@ const (
 	doorSrcMax    = 1 << 16
 	doorOpenRate  = 4096
 	doorOpenBurst = 512
-	doorLoadRate  = 1024
+	doorLoadRate  = 128
 	missTTL       = 30 * time.Second
 	missMax       = 1 << 16
 	knownEPMax    = 1 << 16
@@ -235,9 +236,6 @@ func (d *demand) admit(msg []byte, ep conn.Endpoint, stamped bool) bool {
 		d.st.rateLimited.Add(1)
 		return false
 	}
-	if !d.load.take(now) {
-		d.loadUntil = now.Add(device.UnderLoadAfterTime)
-	}
 	d.mu.Unlock()
 
 	d.st.opens.Add(1)
@@ -254,6 +252,7 @@ func (d *demand) admit(msg []byte, ep conn.Endpoint, stamped bool) bool {
 	switch {
 	case err != nil:
 		d.st.openFailed.Add(1)
+		d.missed(now)
 		return false // wireguard-go would refuse it too
 	case !registered:
 		d.st.unregistered.Add(1)
@@ -263,6 +262,7 @@ func (d *demand) admit(msg []byte, ep conn.Endpoint, stamped bool) bool {
 		}
 		d.misses[src] = miss{key: key, until: now.Add(missTTL)}
 		d.mu.Unlock()
+		d.missed(now)
 		return false
 	}
 	d.mu.Lock()
@@ -281,6 +281,7 @@ func (d *demand) admit(msg []byte, ep conn.Endpoint, stamped bool) bool {
 	d.mu.Unlock()
 	if evicted && tsn <= last {
 		d.st.refusedReplay.Add(1)
+		d.missed(now)
 		return false
 	}
 	if hs := d.n.bind.hs.Load(); hs != nil && hs.fwd != nil && !stamped {
@@ -318,6 +319,16 @@ func (d *demand) admit(msg []byte, ep conn.Endpoint, stamped bool) bool {
 	case <-t.C:
 		d.st.addSlow.Add(1)
 		return false
+	}
+}
+
+// missed charges an open spent in vain to the load measure: beyond
+// doorLoadRate a second the door asks for cookies for a second.
+func (d *demand) missed(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.load.take(now) {
+		d.loadUntil = now.Add(device.UnderLoadAfterTime)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"encoding/hex"
 	"net/netip"
 	"regexp"
@@ -785,4 +786,38 @@ func BenchmarkDoorAdmit(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestDoorLoadFromMisses: a flood of initiations from many sources that
+// open to nothing puts the door under load after doorLoadRate of them;
+// the rest get cookie replies, unopened.
+func TestDoorLoadFromMisses(t *testing.T) {
+	n, _ := newTestNode(t, func(c *Config) { c.Bind = conn.NewStdNetBind(); c.ListenPort = 0 })
+	d := n.door
+	d.sweepOff.Store(true)
+	t0 := time.Now()
+	d.now = func() time.Time { return t0 }
+	parse := conn.NewStdNetBind()
+	const flood = doorLoadRate + 100
+	for i := range flood {
+		ep, err := parse.ParseEndpoint(fmt.Sprintf("192.0.2.%d:%d", 1+i%250, 1000+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.admit(randomInitiation(n.PublicKey()), ep, false) {
+			t.Fatal("a random initiation was let through")
+		}
+	}
+	s := d.status()
+	if s.Opens != doorLoadRate+1 || s.CookiesSent != flood-doorLoadRate-1 {
+		t.Fatalf("door after %d random initiations at once: %+v; want %d opens, the rest cookie replies", flood, s, doorLoadRate+1)
+	}
+	// A second later the load has passed.
+	t1 := t0.Add(device.UnderLoadAfterTime + time.Millisecond)
+	d.now = func() time.Time { return t1 }
+	ep, _ := parse.ParseEndpoint("198.51.100.1:1")
+	d.admit(randomInitiation(n.PublicKey()), ep, false)
+	if got := d.status(); got.Opens != s.Opens+1 {
+		t.Fatalf("after the load passed: %+v", got)
+	}
 }
