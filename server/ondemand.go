@@ -29,7 +29,10 @@ import (
 // decrypts its timestamp too (a second X25519: it proves the initiator holds
 // the key, or replays an initiation), adds the peer (allowed IPs as
 // registered) and hands the initiation on, so the first handshake succeeds
-// on the first try. wireguard-go then checks it all again as usual.
+// on the first try. wireguard-go then checks it all again as usual. A
+// client with a peer costs the one open and goes through; a standard
+// client another node owns (tagged indexes with forwarding) is forwarded
+// there and gets no peer here.
 //
 // The door is guarded before the open, since MAC1 proves nothing (anyone
 // knows the service public key):
@@ -39,11 +42,14 @@ import (
 //   - under load (wireguard-go's own handshake queue is, or more than
 //     doorLoadRate opens a second were in vain: keys not registered, opens
 //     that failed, replays; real clients rarely miss, a flood does), an
-//     initiation must carry a valid MAC2 before it is opened: the Bind answers it with a
-//     cookie reply made by wireguard-go's own device.CookieChecker, as
-//     wireguard-go does for peers it holds (whose initiations the Bind then
-//     passes without opening: their endpoint was opened before, so
-//     wireguard-go's own cookie exchange applies to them);
+//     initiation must carry a valid MAC2 before it is opened: the Bind
+//     answers it with a cookie reply made by wireguard-go's own
+//     device.CookieChecker, as wireguard-go does for the peers it holds.
+//     An initiation from an endpoint last opened as a client that has a
+//     peer goes to wireguard-go unopened, and wireguard-go's own cookie
+//     exchange applies to it (the door's cookie secret is not the
+//     device's: asking such a client for the door's cookie too would send
+//     it to and fro);
 //   - a key that is not registered costs one open; its source endpoint is
 //     remembered for missTTL (bounded), so that client's next initiations
 //     cost nothing until it registers.
