@@ -68,7 +68,10 @@ import (
 // by then (replayStore: its client's clock offset, learnt from the
 // initiation that added it, applied to the removal time), and refuses an
 // initiation for a peerless key that is not newer: a captured initiation
-// replayed after the eviction creates nothing.
+// replayed after the eviction creates nothing. (The node's clock stepping
+// forward between the add and the removal by more than replaySlack makes
+// the record too new by the step: the client is refused until its clock
+// passes it. TestPeerOnDemandFull found this with a fake clock.)
 const (
 	// DefaultMaxPeers is --max-peers' default: wireguard-go's limit per
 	// device. At about 35 KB a peer that is 2.2 GiB, which the 24 GiB

@@ -821,3 +821,47 @@ func TestDoorLoadFromMisses(t *testing.T) {
 		t.Fatalf("after the load passed: %+v", got)
 	}
 }
+
+// TestPeerOnDemandFull: with room for one peer, a second client's first
+// handshake evicts the first client once it is idle, and is refused
+// (counted, no response) while the peer it would evict is busy.
+func TestPeerOnDemandFull(t *testing.T) {
+	l := newODLab(t, func(c *Config) { c.MaxPeers = 1 })
+	l.n.door.sweepOff.Store(true)
+	ka, a := registerKey(t, l.n)
+	kb, b := registerKey(t, l.n)
+	da, tun := l.client(t, ka)
+	if !l.reaches(tun, a, 4*time.Second) {
+		t.Fatal("client a's first packet did not arrive")
+	}
+	da.Close()
+	l.n.sweepOnce(time.Now()) // sees a's bytes
+	// a has been quiet past peerBusy, as a later sweep would see it (the
+	// node's clock must not jump: a removed peer's replay record follows
+	// it).
+	d := l.n.door
+	d.mu.Lock()
+	d.held[a.PublicKey].active = time.Now().Add(-peerBusy - time.Second)
+	d.victims = append(d.victims[:0], a.PublicKey)
+	d.mu.Unlock()
+	db, tun := l.client(t, kb)
+	if !l.reaches(tun, b, 4*time.Second) {
+		t.Fatal("client b's first packet did not arrive on a full node with an idle peer")
+	}
+	if hasPeer(l.n, a.PublicKey) || !hasPeer(l.n, b.PublicKey) {
+		t.Fatalf("peers: a %v, b %v; want b alone", hasPeer(l.n, a.PublicKey), hasPeer(l.n, b.PublicKey))
+	}
+	db.Close()
+	// b just handshook: busy. a's handshake is refused, and counted.
+	l.n.sweepOnce(time.Now())
+	responses := l.n.bind.responses.Load()
+	time.Sleep(40 * time.Millisecond) // a newer TAI64N than a's last
+	_, tun = l.client(t, ka)
+	if l.reaches(tun, a, 500*time.Millisecond) {
+		t.Fatal("client a got in while the only peer was busy")
+	}
+	s := l.n.door.status()
+	if s.RefusedFull != 1 || s.Removed[removedEvicted] != 1 || s.Held != 1 || l.n.bind.responses.Load() != responses {
+		t.Fatalf("door: %+v, responses %d → %d; want 1 refused, 1 evicted, no response", s, responses, l.n.bind.responses.Load())
+	}
+}
