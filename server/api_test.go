@@ -273,6 +273,17 @@ func TestParsePeers(t *testing.T) {
 	if !ps[1].LastHandshake.IsZero() || ps[1].Endpoint.IsValid() {
 		t.Errorf("peer 1 = %+v", ps[1])
 	}
+	if ps[0].PublicKey != k1 || ps[1].PublicKey != k2 {
+		t.Errorf("keys %v %v", ps[0].PublicKey, ps[1].PublicKey)
+	}
+	for _, bad := range []string{"public_key=00\n", "public_key=" + strings.Repeat("zz", 32) + "\n", "public_key=" + hexKey(k1) + "0\n"} {
+		if _, err := parsePeers(bad); err == nil {
+			t.Errorf("parsePeers(%q) took a bad key", bad)
+		}
+	}
+	if ps, err := parsePeers("public_key=" + strings.ToUpper(hexKey(k1))); err != nil || len(ps) != 1 || ps[0].PublicKey != k1 {
+		t.Errorf("upper-case hex, no final newline: %v %v", ps, err)
+	}
 }
 
 // FuzzRegister: whatever the body, the API answers 200 or a 4xx with a JSON

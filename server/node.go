@@ -9,9 +9,7 @@
 package server
 
 import (
-	"bufio"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -639,7 +637,10 @@ func (n *Node) peers() ([]peerState, error) {
 }
 
 func parsePeers(uapi string) ([]peerState, error) {
-	var out []peerState
+	// A hand-written loop: this reads every peer of the device, every
+	// second or two, so it avoids what a Scanner and hex.DecodeString
+	// would copy and allocate per line.
+	out := make([]peerState, 0, strings.Count(uapi, "public_key="))
 	var sec, nsec int64
 	flush := func() {
 		if len(out) > 0 && sec != 0 {
@@ -647,19 +648,24 @@ func parsePeers(uapi string) ([]peerState, error) {
 		}
 		sec, nsec = 0, 0
 	}
-	sc := bufio.NewScanner(strings.NewReader(uapi))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
+	for len(uapi) > 0 {
+		line := uapi
+		if i := strings.IndexByte(uapi, '\n'); i >= 0 {
+			line, uapi = uapi[:i], uapi[i+1:]
+		} else {
+			uapi = ""
+		}
+		k, v, ok := strings.Cut(line, "=")
 		if !ok {
 			continue
 		}
 		if k == "public_key" {
 			flush()
-			raw, err := hex.DecodeString(v)
-			if err != nil || len(raw) != wgtypes.KeyLen {
+			key, ok := hexKey32(v)
+			if !ok {
 				return nil, fmt.Errorf("server: bad public_key in UAPI output")
 			}
-			out = append(out, peerState{PublicKey: wgtypes.Key(raw)})
+			out = append(out, peerState{PublicKey: key})
 			continue
 		}
 		if len(out) == 0 {
@@ -682,7 +688,35 @@ func parsePeers(uapi string) ([]peerState, error) {
 		}
 	}
 	flush()
-	return out, sc.Err()
+	return out, nil
+}
+
+// hexKey32 decodes 64 hex digits.
+func hexKey32(s string) (k wgtypes.Key, ok bool) {
+	if len(s) != 2*wgtypes.KeyLen {
+		return k, false
+	}
+	for i := range k {
+		hi, ok1 := unhex(s[2*i])
+		lo, ok2 := unhex(s[2*i+1])
+		if !ok1 || !ok2 {
+			return k, false
+		}
+		k[i] = hi<<4 | lo
+	}
+	return k, true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // deviceLogger adapts slog to wireguard-go's logger; its verbose lines are
