@@ -112,16 +112,26 @@ func pubOf(t *testing.T, ns *lab.NS, conf string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// reachesAll waits until every node's device holds pub and returns the
-// slowest node's time.
+// reachesAll waits until every node's view of the registry holds the
+// registration just made (of pub) and returns the slowest node's time. A
+// node adds a client's peer only when the client handshakes (peers on
+// demand), so this reads the views' counts: every node counts as many
+// registered clients as the one that made it, which counted it at once.
 func reachesAll(t *testing.T, nodes []*lab.Wedged, pub string, limit time.Duration, what string) time.Duration {
 	t.Helper()
 	start := time.Now()
+	want := 0
+	for _, w := range nodes {
+		if w != nil {
+			want = max(want, status(t, w).Clients)
+		}
+	}
 	for _, w := range nodes {
 		if w == nil {
 			continue
 		}
-		waitUntil(t, limit-time.Since(start), fmt.Sprintf("%s: peer on %s", what, w.NS.Name), func() bool { return hasPeer(t, w, pub) })
+		waitUntil(t, limit-time.Since(start), fmt.Sprintf("%s (%s…): %d registrations on %s", what, pub[:8], want, w.NS.Name),
+			func() bool { return status(t, w).Clients >= want })
 	}
 	return time.Since(start)
 }

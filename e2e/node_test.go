@@ -258,8 +258,9 @@ func configMeta(conf, key string) string {
 }
 
 type nodeStatus struct {
-	Peers []map[string]any `json:"peers"`
-	Bind  struct {
+	Clients int              `json:"clients"`
+	Peers   []map[string]any `json:"peers"`
+	Bind    struct {
 		Stamped    uint64 `json:"stamped"`
 		Unstamped  uint64 `json:"unstamped"`
 		Mismatches uint64 `json:"client_id_mismatches"`

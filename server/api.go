@@ -130,7 +130,7 @@ func (n *Node) create(w http.ResponseWriter, r *http.Request, want registry.Clie
 	case errors.Is(err, ErrOwnKey):
 		writeError(w, http.StatusBadRequest, "public_key is the server's own key")
 		return
-	case errors.Is(err, registry.ErrExhausted), errors.Is(err, ErrFull):
+	case errors.Is(err, registry.ErrExhausted):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	case errors.Is(err, registry.ErrUnavailable):

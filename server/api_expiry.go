@@ -38,6 +38,7 @@ var errKeep = errors.New("registration handshook or is not old enough")
 // StartExpiry records first handshakes and removes registrations that
 // never handshook, until the node closes.
 func (n *Node) StartExpiry(cfg ExpiryConfig) {
+	n.marking.Store(true)
 	if cfg.MarkEvery <= 0 {
 		cfg.MarkEvery = 15 * time.Second
 	}

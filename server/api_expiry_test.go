@@ -35,6 +35,7 @@ func TestExpiry(t *testing.T) {
 		return c
 	}
 	used, orphan, old, fresh := reg(true), reg(true), reg(false), registry.Client{}
+	holdPeer(t, n, used, orphan, old)
 	// used handshakes; the node records it once.
 	hs := time.Now().Add(-time.Minute)
 	n.markFrom([]peerState{{PublicKey: used.PublicKey, LastHandshake: hs}, {PublicKey: orphan.PublicKey}})
@@ -56,6 +57,7 @@ func TestExpiry(t *testing.T) {
 		t.Fatalf("%d registrations after an early sweep, want 3", len(all))
 	}
 	fresh = reg(true)
+	holdPeer(t, n, fresh)
 	// An hour later (the sweep's clock moved), with an expiry of 30 min:
 	// the orphan and the fresh one go, from the store and the device.
 	n.expire(time.Now().Add(time.Hour), 30*time.Minute)

@@ -99,9 +99,18 @@ func TestAPIRegisterLifecycle(t *testing.T) {
 	if !strings.HasSuffix(addrs["v4"].(string), "/32") || !strings.HasSuffix(addrs["v6"].(string), "/128") {
 		t.Fatalf("bad addresses %v", addrs)
 	}
-	// Applied to the running device at once.
-	cfg, _ := n.dev.IpcGet()
+	// Known to the node at once; its peer comes when it handshakes,
+	// with the registered addresses.
 	k, _ := ParsePublicKey(pub)
+	c, ok := n.client(k)
+	if !ok || c.ID != id {
+		t.Fatalf("registration not in the node's view: %+v", c)
+	}
+	if hasPeer(n, k) {
+		t.Fatal("a registration added a peer before any handshake")
+	}
+	holdPeer(t, n, c)
+	cfg, _ := n.dev.IpcGet()
 	if !strings.Contains(cfg, hexKey(k)) || !strings.Contains(cfg, "allowed_ip="+addrs["v4"].(string)) {
 		t.Fatalf("peer not in device:\n%s", cfg)
 	}
@@ -250,9 +259,15 @@ func TestNodeReloadsClients(t *testing.T) {
 	defer n.Close()
 	cfg, _ := n.dev.IpcGet()
 	for _, k := range keys {
-		if !strings.Contains(cfg, hexKey(k)) {
-			t.Fatalf("client %s not loaded into the device", k)
+		if !n.registered(k) {
+			t.Fatalf("client %s not loaded into the node's view", k)
 		}
+		if strings.Contains(cfg, hexKey(k)) {
+			t.Fatalf("client %s loaded into the device before it handshook", k)
+		}
+	}
+	if s := n.Status(); s.Clients != 3 || len(s.Peers) != 0 {
+		t.Fatalf("status: %d clients, %d peers; want 3 registered, none listed", s.Clients, len(s.Peers))
 	}
 }
 
@@ -276,6 +291,17 @@ func TestParsePeers(t *testing.T) {
 	}
 	if !ps[1].LastHandshake.IsZero() || ps[1].Endpoint.IsValid() {
 		t.Errorf("peer 1 = %+v", ps[1])
+	}
+	if ps[0].PublicKey != k1 || ps[1].PublicKey != k2 {
+		t.Errorf("keys %v %v", ps[0].PublicKey, ps[1].PublicKey)
+	}
+	for _, bad := range []string{"public_key=00\n", "public_key=" + strings.Repeat("zz", 32) + "\n", "public_key=" + hexKey(k1) + "0\n"} {
+		if _, err := parsePeers(bad); err == nil {
+			t.Errorf("parsePeers(%q) took a bad key", bad)
+		}
+	}
+	if ps, err := parsePeers("public_key=" + strings.ToUpper(hexKey(k1))); err != nil || len(ps) != 1 || ps[0].PublicKey != k1 {
+		t.Errorf("upper-case hex, no final newline: %v %v", ps, err)
 	}
 }
 
@@ -350,9 +376,12 @@ func TestRegisterUnregisterRace(t *testing.T) {
 			defer wg.Done()
 			for range 20 {
 				if c, err := n.Register(ctx, pub, registry.Tags{}); err == nil {
+					n.addPeer(c, time.Now(), unfinishedOnDemand, 0) // as a handshake would
 					n.Unregister(ctx, c.ID)
 				}
-				n.Register(ctx, pub, registry.Tags{})
+				if c, err := n.Register(ctx, pub, registry.Tags{}); err == nil {
+					n.addPeer(c, time.Now(), unfinishedOnDemand, 0)
+				}
 			}
 		}()
 	}
@@ -360,8 +389,9 @@ func TestRegisterUnregisterRace(t *testing.T) {
 	all, _ := st.List(ctx)
 	cfg, _ := n.dev.IpcGet()
 	inDevice := strings.Contains(cfg, hexKey(pub))
-	if (len(all) == 1) != inDevice || len(all) > 1 {
-		t.Fatalf("store has %d registrations, device has the peer: %v", len(all), inDevice)
+	// The last Register of the survivor, if any, came with its peer.
+	if (len(all) == 1) != inDevice || len(all) > 1 || (len(all) == 1) != n.registered(pub) {
+		t.Fatalf("store has %d registrations, device has the peer: %v, the node's view: %v", len(all), inDevice, n.registered(pub))
 	}
 }
 
@@ -501,6 +531,10 @@ func TestAPIPatchTags(t *testing.T) {
 	}
 	id := body["id"].(string)
 	addrs := body["addresses"].(map[string]any)
+	// The client handshook: the PATCHes below must leave its peer alone.
+	if c, ok := n.client(pub); ok {
+		holdPeer(t, n, c)
+	}
 	rewrites := strings.Count(log.String(), "Removing all allowedips")
 	// Run in order: each case starts from the tags the previous one left.
 	cases := []struct {
@@ -631,6 +665,10 @@ func TestClusterPatchTags(t *testing.T) {
 		}
 	}
 	waitView(b, registry.Tags{Pool: "trusted"}, "registration on a, view of b")
+	holdPeer(t, a, c) // the client handshook with both
+	if cb, ok := b.client(c.PublicKey); ok {
+		holdPeer(t, b, cb)
+	}
 	want := registry.Tags{Pool: "trusted", Country: "NL"}
 	code, body := do(t, b.routes(), http.MethodPatch, "/v1/reg/"+c.ID, `{"country":"NL"}`)
 	if code != 200 || tagsOf(t, body) != want {

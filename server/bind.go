@@ -9,6 +9,7 @@ import (
 
 	"github.com/wedge-edge/wedge/internal/clientid"
 	"github.com/wedge-edge/wedge/internal/udpbind"
+	"github.com/wedge-edge/wedge/server/wgmsg"
 )
 
 // Bind wraps the node's conn.Bind. On every received message it reads the
@@ -37,6 +38,9 @@ type Bind struct {
 	// node's own tagged ones back on receive, wireguard-go's to tagged
 	// ones in the handshake messages it sends.
 	hs atomic.Pointer[handshakes]
+	// door, once set (New), adds the peer of a registered client whose
+	// initiation arrives without one, and guards that (ondemand.go).
+	door atomic.Pointer[demand]
 }
 
 var _ conn.Bind = (*Bind)(nil)
@@ -73,8 +77,19 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 		var stamped, unstamped uint64
 		locked := false
 		hs := b.hs.Load()
+		door := b.door.Load()
 		for i := range n {
 			id := clientid.Zero(packets[i][:sizes[i]])
+			if door != nil && sizes[i] == wgmsg.InitiationSize && packets[i][0] == msgInitiation &&
+				!door.admit(packets[i][:sizes[i]], eps[i], id != 0) {
+				sizes[i] = 0 // wireguard-go skips it
+				if id == 0 {
+					unstamped++
+				} else {
+					stamped++
+				}
+				continue
+			}
 			if hs != nil {
 				hs.received(packets[i][:sizes[i]], eps[i], id != 0)
 			}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wedge-edge/wedge/internal/clientid"
@@ -260,15 +259,17 @@ func (n *Node) resume(why, from string, recs map[uint32]cluster.Session) {
 	n.log.Info("inheriting sessions: handshakes started", "why", why, "started", started, "skipped", skipped)
 }
 
-// handshakeAt makes wireguard-go start a handshake with peer key now,
+// handshakeAt makes wireguard-go start a handshake with registered client
+// key now (adding its peer if it has none),
 // dropping the keypairs it holds (a stale session the client no longer
 // has would otherwise be used instead). With at set, the peer's endpoint
 // becomes ep, reached from the VIP of its family (IndexConfig.VIPs);
 // otherwise the initiation goes to the endpoint the peer has.
 func (n *Node) handshakeAt(key wgtypes.Key, ep netip.AddrPort, at bool) error {
-	p := n.dev.LookupPeer(device.NoisePublicKey(key))
-	if p == nil {
-		return fmt.Errorf("server: no peer %s", key)
+	// An inherited client has no peer here yet: add it (ondemand.go).
+	p, err := n.ensurePeer(key)
+	if err != nil {
+		return fmt.Errorf("server: no peer %s: %w", key, err)
 	}
 	if at {
 		var e conn.Endpoint

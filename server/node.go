@@ -9,9 +9,7 @@
 package server
 
 import (
-	"bufio"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -92,6 +90,12 @@ type Config struct {
 	// UsageInterval is how often the node adds the bytes it counted per
 	// client to the registry (usage.go); 0: DefaultUsageInterval.
 	UsageInterval time.Duration
+	// MaxPeers is the most clients the device holds a peer for at once
+	// (ondemand.go); 0: DefaultMaxPeers. At most device.MaxPeers.
+	MaxPeers int
+	// PeerIdle removes a peer without a handshake or data for this long;
+	// 0: DefaultPeerIdle.
+	PeerIdle time.Duration
 }
 
 // Node is a running WireGuard side of a wedge node.
@@ -106,8 +110,18 @@ type Node struct {
 	// change together: a delete racing a re-registration of the same key
 	// cannot remove the new peer.
 	regMu sync.Mutex
+	// peerMu serializes the device's peer changes with the registry
+	// mirror's deletions: a peer added on demand for a client being
+	// deleted is either removed by the delete or never added.
+	peerMu sync.Mutex
+	door   *demand // the peer table (ondemand.go)
+	// marking: StartExpiry records first handshakes; the peer sweep
+	// does too, for peers removed before its next look.
+	marking atomic.Bool
 
-	mu         sync.Mutex // guards clients, seen and extraStats
+	mu sync.Mutex // guards clients, byAddr, seen and extraStats
+	// clients is every registered client (the node's mirror of the
+	// registry); the device holds peers only for some (door.held).
 	clients    map[wgtypes.Key]registry.Client
 	byAddr     map[netip.Addr]clientid.ID  // inner addresses of clients, for ClientOf
 	seen       map[wgtypes.Key]clientid.ID // ClientID last seen per peer
@@ -118,8 +132,8 @@ type Node struct {
 	refused    atomic.Uint64 // recoveries refused (recover.go)
 	inherited  atomic.Uint64 // handshakes started for inherited sessions
 
-	// peersAdded and peersRemoved count clients put into and taken out
-	// of the device (registrations applied, deleted or expired).
+	// peersAdded and peersRemoved count peers put into and taken out of
+	// the device (on demand; deleted, idle, unfinished or evicted).
 	peersAdded, peersRemoved atomic.Uint64
 
 	vips      []netip.Addr  // IndexConfig.VIPs; set once by EnableIndexes
@@ -138,19 +152,17 @@ type Node struct {
 	wg                sync.WaitGroup
 }
 
-// MaxPeers is the most clients one device holds (wireguard-go's limit).
-// Registrations beyond it are refused until peers are loaded on demand.
+// MaxPeers is the most peers one device holds (wireguard-go's limit), so
+// the most Config.MaxPeers may be.
 const MaxPeers = device.MaxPeers
-
-// ErrFull reports that the device holds MaxPeers clients.
-var ErrFull = fmt.Errorf("server: node holds its maximum of %d clients", MaxPeers)
 
 // ErrOwnKey reports an attempt to register the service's own public key,
 // which wireguard-go would silently refuse as a peer.
 var ErrOwnKey = errors.New("server: that is the server's own public key")
 
-// New builds the device and loads every registered client into it. The
-// device is up and listening when New returns.
+// New builds the device and reads the registry; peers are added when their
+// clients handshake (ondemand.go). The device is up and listening when New
+// returns.
 func New(ctx context.Context, cfg Config) (*Node, error) {
 	switch {
 	case cfg.Store == nil:
@@ -185,6 +197,25 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if err := n.observeHandshakes(); err != nil {
 		return nil, err
 	}
+	maxPeers, idle := cfg.MaxPeers, cfg.PeerIdle
+	if maxPeers == 0 {
+		maxPeers = DefaultMaxPeers
+	}
+	if idle == 0 {
+		idle = DefaultPeerIdle
+	}
+	if maxPeers < 0 || maxPeers > MaxPeers {
+		return nil, fmt.Errorf("server: max peers %d: one device holds 1..%d", maxPeers, MaxPeers)
+	}
+	if idle < 0 {
+		return nil, fmt.Errorf("server: negative peer idle time %v", idle)
+	}
+	door, err := newDemand(n, maxPeers, idle)
+	if err != nil {
+		return nil, err
+	}
+	n.door = door
+	n.bind.door.Store(door)
 	n.dev = device.NewDevice(cfg.TUN, n.bind, deviceLogger(cfg.Logger))
 	sk := cfg.PrivateKey
 	if err := n.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hexKey(sk), cfg.ListenPort)); err != nil {
@@ -199,10 +230,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			n.dev.Close()
 			return nil, fmt.Errorf("server: load clients: %w", err)
 		}
-		if err := n.addPeers(all); err != nil {
-			n.dev.Close()
-			return nil, fmt.Errorf("server: load %d clients into the device: %w", len(all), err)
-		}
+		n.learn(all)
 	}
 	if err := n.dev.Up(); err != nil {
 		n.dev.Close()
@@ -214,9 +242,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.watchClientIDs()
 	go n.recoverSessions()
+	go n.sweepPeers()
 	if shared {
 		if err := n.follow(ctx, watcher); err != nil {
 			n.Close()
@@ -227,7 +256,8 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	n.mu.Lock()
 	loaded := len(n.clients)
 	n.mu.Unlock()
-	n.log.Info("wireguard device up", "name", cfg.Name, "port", cfg.ListenPort, "clients", loaded, "public_key", sk.PublicKey().String())
+	n.log.Info("wireguard device up", "name", cfg.Name, "port", cfg.ListenPort, "clients", loaded,
+		"max_peers", maxPeers, "peer_idle", idle, "public_key", sk.PublicKey().String())
 	return n, nil
 }
 
@@ -291,14 +321,10 @@ func (n *Node) apply(ev registry.Event) {
 		for _, c := range gone {
 			n.dropPeer(c)
 		}
-		if err := n.addPeers(ev.Clients); err != nil {
-			n.log.Error("apply registry snapshot", "err", err)
-		}
+		n.learn(ev.Clients)
 		n.log.Info("registry synced", "clients", len(ev.Clients), "removed", len(gone))
 	case registry.EventPut:
-		if err := n.addPeers([]registry.Client{ev.Client}); err != nil {
-			n.log.Error("apply registration", "id", ev.Client.ID, "err", err)
-		}
+		n.learn([]registry.Client{ev.Client})
 	case registry.EventDelete:
 		n.mu.Lock()
 		var found *registry.Client
@@ -315,38 +341,29 @@ func (n *Node) apply(ev registry.Event) {
 	}
 }
 
-// addPeers puts clients into the device in one configuration change,
-// skipping those it already holds as they are, up to MaxPeers.
-func (n *Node) addPeers(cs []registry.Client) error {
-	var b strings.Builder
-	var added, retagged []registry.Client
-	full := false
+// learn puts registrations into the node's view of the registry. A client
+// whose inner addresses changed (its key registered again) loses its peer,
+// if it has one: its next initiation adds it as registered now. A client
+// whose tags alone changed keeps it, and OnTags is told (rewriting the
+// peer would drop its allowed IPs for a moment, losing packets).
+func (n *Node) learn(cs []registry.Client) {
+	var retagged, readdressed []registry.Client
 	n.mu.Lock()
-	count := len(n.clients)
 	for _, c := range cs {
 		old, ok := n.clients[c.PublicKey]
 		if ok && old == c {
 			continue
 		}
-		if ok && old.V4 == c.V4 && old.V6 == c.V6 {
-			// Only what the device does not hold changed (the tags):
-			// rewriting the peer would drop its allowed IPs for a
-			// moment (replace_allowed_ips), losing packets.
-			n.clients[c.PublicKey] = c
-			if old.Tags != c.Tags {
+		if ok {
+			n.forgetAddrs(old)
+			if old.V4 != c.V4 || old.V6 != c.V6 {
+				readdressed = append(readdressed, c)
+			} else if old.Tags != c.Tags {
 				retagged = append(retagged, c)
 			}
-			continue
 		}
-		if !ok && count >= MaxPeers {
-			full = true
-			break
-		}
-		if !ok {
-			count++
-		}
-		writePeer(&b, c)
-		added = append(added, c)
+		n.clients[c.PublicKey] = c
+		n.byAddr[c.V4], n.byAddr[c.V6] = c.ClientID, c.ClientID
 	}
 	n.mu.Unlock()
 	if n.cfg.OnTags != nil {
@@ -354,41 +371,32 @@ func (n *Node) addPeers(cs []registry.Client) error {
 			n.cfg.OnTags(c)
 		}
 	}
-	if full {
-		n.log.Error("more registered clients than one device holds; not loading the rest", "max", MaxPeers)
+	for _, c := range readdressed {
+		// Rewriting the peer in place would keep a session the new
+		// registration never made: remove it, the client's next
+		// initiation adds it as registered now.
+		n.peerMu.Lock()
+		n.removePeerLocked(c.PublicKey, time.Now(), removedDeleted)
+		n.peerMu.Unlock()
 	}
-	if len(added) == 0 {
-		return nil
-	}
-	if err := n.dev.IpcSet(b.String()); err != nil {
-		return err
-	}
-	n.mu.Lock()
-	for _, c := range added {
-		if old, ok := n.clients[c.PublicKey]; ok {
-			n.forgetAddrs(old)
-		} else {
-			n.peersAdded.Add(1)
-		}
-		n.clients[c.PublicKey] = c
-		n.byAddr[c.V4], n.byAddr[c.V6] = c.ClientID, c.ClientID
-	}
-	n.mu.Unlock()
-	return nil
 }
 
-// dropPeer removes a client from the device and the node's view.
+// dropPeer forgets a deleted registration and removes its peer, if it has
+// one.
 func (n *Node) dropPeer(c registry.Client) {
-	n.removePeer(c.PublicKey)
+	n.peerMu.Lock()
+	defer n.peerMu.Unlock()
 	n.mu.Lock()
-	if held, ok := n.clients[c.PublicKey]; ok {
+	held, ok := n.clients[c.PublicKey]
+	if ok && held.ID == c.ID {
 		n.forgetAddrs(held)
-		n.peersRemoved.Add(1)
+		delete(n.clients, c.PublicKey)
+		delete(n.usage.mirror, c.ID)
 	}
-	delete(n.clients, c.PublicKey)
-	delete(n.seen, c.PublicKey)
-	delete(n.usage.mirror, c.ID)
 	n.mu.Unlock()
+	if ok && held.ID == c.ID {
+		n.removePeerLocked(c.PublicKey, time.Now(), removedDeleted)
+	}
 }
 
 // forgetAddrs drops c's inner addresses from byAddr unless another client
@@ -441,16 +449,14 @@ func writePeer(b *strings.Builder, c registry.Client) {
 		hexKey(c.PublicKey), c.V4, c.V6)
 }
 
-// Register creates a registration with tags and adds the peer to the
-// running device (RegisterClient).
+// Register creates a registration with tags (RegisterClient).
 func (n *Node) Register(ctx context.Context, pub wgtypes.Key, tags registry.Tags) (registry.Client, error) {
 	return n.RegisterClient(ctx, registry.Client{PublicKey: pub, Tags: tags})
 }
 
 // RegisterClient creates a registration of want.PublicKey with want's
-// tags, token hash and grants (registry.Store.Create) and adds the peer
-// to the running device. If the device refuses the peer, the
-// registration is undone. Tags that fail registry.Tags.Validate are
+// tags, token hash and grants (registry.Store.Create); the client's peer
+// is added when it handshakes. Tags that fail registry.Tags.Validate are
 // refused with registry.ErrBadTags, ones Config.ValidTags vetoes with
 // ErrTagsRefused.
 func (n *Node) RegisterClient(ctx context.Context, want registry.Client) (registry.Client, error) {
@@ -462,12 +468,6 @@ func (n *Node) RegisterClient(ctx context.Context, want registry.Client) (regist
 	}
 	n.regMu.Lock()
 	defer n.regMu.Unlock()
-	n.mu.Lock()
-	full := len(n.clients) >= MaxPeers
-	n.mu.Unlock()
-	if full {
-		return registry.Client{}, ErrFull
-	}
 	if n.cfg.Cluster != nil && !n.cfg.Cluster.Connected() {
 		return registry.Client{}, fmt.Errorf("%w: etcd is not reachable from this node", registry.ErrUnavailable)
 	}
@@ -475,20 +475,14 @@ func (n *Node) RegisterClient(ctx context.Context, want registry.Client) (regist
 	if err != nil {
 		return registry.Client{}, err
 	}
-	if err := n.addPeers([]registry.Client{c}); err != nil {
-		n.removePeer(c.PublicKey)
-		if _, derr := n.cfg.Store.Delete(context.WithoutCancel(ctx), c.ID); derr != nil {
-			n.log.Error("undo registration after device error", "id", c.ID, "err", derr)
-		}
-		return registry.Client{}, fmt.Errorf("server: add peer: %w", err)
-	}
+	n.learn([]registry.Client{c})
 	n.log.Info("client registered", "id", c.ID, "client_id", c.ClientID.String(), "v4", c.V4, "v6", c.V6,
 		"pool", c.Tags.Pool, "country", c.Tags.Country)
 	return c, nil
 }
 
-// Unregister deletes a registration and removes the peer from the device at
-// once: its session ends with the call.
+// Unregister deletes a registration and removes its peer from the device
+// at once, if it has one: its session ends with the call.
 func (n *Node) Unregister(ctx context.Context, id string) (registry.Client, error) {
 	n.regMu.Lock()
 	defer n.regMu.Unlock()
@@ -647,7 +641,10 @@ func (n *Node) peers() ([]peerState, error) {
 }
 
 func parsePeers(uapi string) ([]peerState, error) {
-	var out []peerState
+	// A hand-written loop: this reads every peer of the device, every
+	// second or two, so it avoids what a Scanner and hex.DecodeString
+	// would copy and allocate per line.
+	out := make([]peerState, 0, strings.Count(uapi, "public_key="))
 	var sec, nsec int64
 	flush := func() {
 		if len(out) > 0 && sec != 0 {
@@ -655,19 +652,24 @@ func parsePeers(uapi string) ([]peerState, error) {
 		}
 		sec, nsec = 0, 0
 	}
-	sc := bufio.NewScanner(strings.NewReader(uapi))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
+	for len(uapi) > 0 {
+		line := uapi
+		if i := strings.IndexByte(uapi, '\n'); i >= 0 {
+			line, uapi = uapi[:i], uapi[i+1:]
+		} else {
+			uapi = ""
+		}
+		k, v, ok := strings.Cut(line, "=")
 		if !ok {
 			continue
 		}
 		if k == "public_key" {
 			flush()
-			raw, err := hex.DecodeString(v)
-			if err != nil || len(raw) != wgtypes.KeyLen {
+			key, ok := hexKey32(v)
+			if !ok {
 				return nil, fmt.Errorf("server: bad public_key in UAPI output")
 			}
-			out = append(out, peerState{PublicKey: wgtypes.Key(raw)})
+			out = append(out, peerState{PublicKey: key})
 			continue
 		}
 		if len(out) == 0 {
@@ -690,7 +692,35 @@ func parsePeers(uapi string) ([]peerState, error) {
 		}
 	}
 	flush()
-	return out, sc.Err()
+	return out, nil
+}
+
+// hexKey32 decodes 64 hex digits.
+func hexKey32(s string) (k wgtypes.Key, ok bool) {
+	if len(s) != 2*wgtypes.KeyLen {
+		return k, false
+	}
+	for i := range k {
+		hi, ok1 := unhex(s[2*i])
+		lo, ok2 := unhex(s[2*i+1])
+		if !ok1 || !ok2 {
+			return k, false
+		}
+		k[i] = hi<<4 | lo
+	}
+	return k, true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // deviceLogger adapts slog to wireguard-go's logger; its verbose lines are

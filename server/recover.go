@@ -222,10 +222,6 @@ func (n *Node) staleHere(id clientid.ID, last time.Time) bool {
 // last authenticated: at most recoverBurst of them. Data from any other
 // address proves nothing (see the comment at the top).
 func (n *Node) sessionless(seen []DataSeen, peers []peerState, now time.Time) []sessionCandidate {
-	hs := make(map[wgtypes.Key]peerState, len(peers))
-	for _, p := range peers {
-		hs[p.PublicKey] = p
-	}
 	want := make(map[clientid.ID]DataSeen, len(seen))
 	for _, s := range seen {
 		want[s.ClientID] = s
@@ -233,14 +229,20 @@ func (n *Node) sessionless(seen []DataSeen, peers []peerState, now time.Time) []
 	var out []sessionCandidate
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for key, c := range n.clients {
+	// Only clients with a peer: the others have no authenticated endpoint
+	// here (and the registry may be much larger than the device).
+	for _, p := range peers {
+		key := p.PublicKey
+		c, ok := n.clients[key]
+		if !ok {
+			continue
+		}
 		s, ok := want[c.ClientID]
 		if !ok {
 			continue
 		}
-		p, ok := hs[key]
-		if !ok || (!p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < device.RejectAfterTime && !n.staleHere(c.ClientID, p.LastHandshake)) {
-			continue // not in the device, or a live session
+		if !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < device.RejectAfterTime && !n.staleHere(c.ClientID, p.LastHandshake) {
+			continue // a live session
 		}
 		if !p.Endpoint.IsValid() || p.Endpoint != s.Endpoint {
 			n.refused.Add(1)

@@ -145,6 +145,7 @@ func TestRecoveryAuthenticatedEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	holdPeer(t, n, c)
 	var uapi strings.Builder
 	if err := n.dev.IpcGetOperation(&uapi); err != nil {
 		t.Fatal(err)

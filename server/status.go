@@ -85,11 +85,9 @@ func (n *Node) Status() Status {
 		stats[name] = f
 	}
 	n.mu.Unlock()
-	if len(stats) > 0 {
-		s.Sections = map[string]any{}
-		for name, f := range stats {
-			s.Sections[name] = f()
-		}
+	s.Sections = map[string]any{"peers": n.door.status()}
+	for name, f := range stats {
+		s.Sections[name] = f()
 	}
 	return s
 }
@@ -119,9 +117,10 @@ type Counters struct {
 	// Clients are the registered clients, Active those with a handshake
 	// in the last 3 minutes.
 	Clients, Active int
-	// PeersAdded and PeersRemoved count clients put into the device and
-	// taken out of it (a registration deleted or expired) since start.
+	// PeersAdded and PeersRemoved count peers put into the device and
+	// taken out of it since start; Peers has the details.
 	PeersAdded, PeersRemoved uint64
+	Peers                    PeersStatus
 	Bind                     BindStatus
 	// Indexes is nil while the node routes by ClientID alone.
 	Indexes *IndexStatus
@@ -131,7 +130,7 @@ type Counters struct {
 // once (to count the active ones), like Status, but builds no list.
 func (n *Node) Counters() Counters {
 	c := Counters{Bind: n.bindStatus(), Indexes: n.indexStatus(),
-		PeersAdded: n.peersAdded.Load(), PeersRemoved: n.peersRemoved.Load()}
+		PeersAdded: n.peersAdded.Load(), PeersRemoved: n.peersRemoved.Load(), Peers: n.door.status()}
 	peers, _ := n.peers()
 	now := time.Now()
 	for _, p := range peers {

@@ -48,6 +48,10 @@ type usageState struct {
 	// mirror is every client's usage as this node knows it, by
 	// registration id; guarded by Node.mu.
 	mirror map[string]registry.Usage
+	// gone holds the counters of peers removed since the last reading
+	// (as of the peer sweep before the removal), so what they counted
+	// since is not lost; guarded by Node.mu, nil without usage.
+	gone map[wgtypes.Key][2]uint64
 	// over is the set of free clients' ClientIDs over their quota (their
 	// new flows are refused), plus the set of plus clients' within theirs
 	// (their flows may be relayed: WARP+); both replaced whole. A plus
@@ -78,6 +82,7 @@ func (n *Node) startUsage() {
 	n.usage.pending = map[string]registry.Delta{}
 	n.mu.Lock()
 	n.usage.mirror = map[string]registry.Usage{}
+	n.usage.gone = map[wgtypes.Key][2]uint64{}
 	n.mu.Unlock()
 	empty, none := map[clientid.ID]bool{}, map[clientid.ID]bool{}
 	n.usage.over.Store(&empty)
@@ -195,27 +200,48 @@ func (n *Node) readCounters() {
 	u := &n.usage
 	seen := make(map[wgtypes.Key]bool, len(peers))
 	n.mu.Lock()
-	for _, p := range peers {
-		seen[p.PublicKey] = true
-		prev := u.last[p.PublicKey]
-		u.last[p.PublicKey] = [2]uint64{p.RxBytes, p.TxBytes}
-		// A peer removed and added again (or a device restarted)
-		// counts from zero: then all it counted is new.
-		rx, tx := p.RxBytes-prev[0], p.TxBytes-prev[1]
-		if p.RxBytes < prev[0] || p.TxBytes < prev[1] {
-			rx, tx = p.RxBytes, p.TxBytes
-		}
+	add := func(k wgtypes.Key, rx, tx uint64) {
 		if rx == 0 && tx == 0 {
-			continue
+			return
 		}
-		c, ok := n.clients[p.PublicKey]
+		c, ok := n.clients[k]
 		if !ok {
-			continue
+			return
 		}
 		d := u.pending[c.ID]
 		d.ID, d.Rx, d.Tx = c.ID, d.Rx+rx, d.Tx+tx
 		u.pending[c.ID] = d
 	}
+	// A peer removed since the last reading: what it counted until the
+	// sweep before its removal (the peers on demand).
+	tail := func(k wgtypes.Key, prev [2]uint64) {
+		if g, ok := u.gone[k]; ok && g[0] >= prev[0] && g[1] >= prev[1] {
+			add(k, g[0]-prev[0], g[1]-prev[1])
+		}
+	}
+	for _, p := range peers {
+		seen[p.PublicKey] = true
+		prev := u.last[p.PublicKey]
+		if _, ok := u.gone[p.PublicKey]; ok {
+			// Removed and added again: the old peer's tail, then
+			// the new one from zero.
+			tail(p.PublicKey, prev)
+			prev = [2]uint64{}
+			delete(u.gone, p.PublicKey)
+		}
+		u.last[p.PublicKey] = [2]uint64{p.RxBytes, p.TxBytes}
+		// A device restarted counts from zero: then all it counted
+		// is new.
+		rx, tx := p.RxBytes-prev[0], p.TxBytes-prev[1]
+		if p.RxBytes < prev[0] || p.TxBytes < prev[1] {
+			rx, tx = p.RxBytes, p.TxBytes
+		}
+		add(p.PublicKey, rx, tx)
+	}
+	for k := range u.gone {
+		tail(k, u.last[k])
+	}
+	clear(u.gone)
 	n.mu.Unlock()
 	for k := range u.last {
 		if !seen[k] {

@@ -60,7 +60,7 @@ func status(args []string) error {
 func printNodeStatus(w io.Writer, s api.Status) {
 	fmt.Fprintf(w, "node %s  public key %s  port %d\n", s.Name, s.PublicKey, s.ListenPort)
 	fmt.Fprintf(w, "endpoints: %s\n", strings.Join(s.Endpoints, ", "))
-	fmt.Fprintf(w, "clients registered: %d, with a session since start: %d, active (handshake < 3 min): %d\n", s.Clients, len(s.Peers), s.Active)
+	fmt.Fprintf(w, "clients registered: %d, peers held with a session: %d, active (handshake < 3 min): %d\n", s.Clients, len(s.Peers), s.Active)
 	fmt.Fprintf(w, "messages: %d stamped, %d unstamped; ClientID mismatches: %d\n\n", s.Bind.Stamped, s.Bind.Unstamped, s.Bind.Mismatches)
 	if c := s.Cluster; c != nil {
 		e := c.Etcd

@@ -21,6 +21,8 @@ type budgetFlags struct {
 	silent                       time.Duration
 	udpShare                     int
 	usageInterval                time.Duration
+	maxPeers                     int
+	peerIdle                     time.Duration
 }
 
 func (b *budgetFlags) register(fs *flag.FlagSet) {
@@ -31,6 +33,8 @@ func (b *budgetFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&b.bufferMiB, "buffer-per-client", netstack.DefaultBufferPerClient>>20, "buffer budget of one client's TCP flows, in `MiB`: what a client that stops reading can make the node hold (0: none, every flow gets the default buffers)")
 	fs.DurationVar(&b.silent, "silent-timeout", netstack.DefaultTCPSilentTimeout, "close a TCP flow that carried no byte either way for this long")
 	fs.IntVar(&b.udpShare, "udp-port-share", egress.DefaultUDPPortShare, "one client may hold at most 1/`N` of a source address's UDP ports (0: no limit)")
+	fs.IntVar(&b.maxPeers, "max-peers", server.DefaultMaxPeers, "the most clients this node holds a WireGuard peer for at once (about 35 KB each), 1..65536; when full a new client's handshake evicts the peer idle the longest, or is refused if every peer carried traffic in the last 10 s")
+	fs.DurationVar(&b.peerIdle, "peer-idle", server.DefaultPeerIdle, "remove a client's peer after this long without a handshake or data (it is added again at its next handshake)")
 	fs.DurationVar(&b.usageInterval, "usage-interval", server.DefaultUsageInterval, "how often this node adds the bytes it counted per client to the registry (usage and quotas; at most 30s for quotas to hold within 60s)")
 }
 

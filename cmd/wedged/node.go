@@ -103,6 +103,8 @@ func startNode(ctx context.Context, c *config, s *settings, key wgtypes.Key, st 
 		Owners:     front.Owners,
 
 		UsageInterval: c.budget.usageInterval,
+		MaxPeers:      c.budget.maxPeers,
+		PeerIdle:      c.budget.peerIdle,
 		Stats: map[string]func() any{
 			"netstack": func() any { return stack.Stats() },
 			"egress":   func() any { return eg.dialer.Stats() },

@@ -129,8 +129,14 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 var (
 	clients    = desc("clients_registered", "Clients registered (in the node's view of the registry).")
 	peersAct   = desc("peers_active", "Clients with a handshake on this node in the last 3 minutes.")
-	peersAdd   = desc("peers_added_total", "Clients put into the WireGuard device (registrations applied).")
-	peersDel   = desc("peers_removed_total", "Clients taken out of the WireGuard device (registrations deleted or expired).")
+	peersAdd   = desc("peers_added_total", "Peers put into the WireGuard device: a registered client's initiation arrived without one, or the node started a handshake (inheritance).")
+	peersDel   = desc("peers_removed_total", "Peers taken out of the WireGuard device: registrations deleted or expired, and the evictions counted by wedge_peers_evicted_total.")
+	peersHeld  = desc("peers_held", "Peers in the WireGuard device now.")
+	peersMax   = desc("peers_max", "The most peers the device holds (--max-peers).")
+	peersEvict = desc("peers_evicted_total", "Peers removed while their registration stays, by reason: idle (--peer-idle), unfinished (handshake never completed), full (for a new client while the node was full).", "reason")
+	peersRef   = desc("peers_refused_total", "Handshakes of registered clients without a peer that were refused, by reason: full (every peer busy), replay (not newer than the client's evicted peer's).", "reason")
+	peerOpens  = desc("peer_opens_total", "Initiations the Bind opened with the service key (one X25519) to find a client without a peer.")
+	peerDoor   = desc("peer_door_total", "What the Bind did with initiations before wireguard-go, by outcome: known (a client with a peer: passed on), unregistered (dropped, miss remembered), miss_remembered, rate_limited and cookie_sent (dropped unopened), passed_under_load (a client with a peer, unopened), open_failed, add_slow (dropped: adding the peer took over a second).", "outcome")
 	messages   = desc("messages_received_total", "WireGuard messages received, by whether they carried a ClientID.", "kind")
 	mismatches = desc("client_id_mismatches_total", "Messages whose ClientID differed from the one the session's client registered.")
 	responses  = desc("handshake_responses_total", "Handshake responses wireguard-go made, by what the node did with the initiation they answer: opened (then sent, or forwarded to the owner), rate_limited (dropped), open_failed and unrecorded (sent as they were).", "outcome")
@@ -190,6 +196,10 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 }
+
+// PeerEvictionReasons are wedge_peers_evicted_total's reasons (the
+// status's peers.removed, without deleted).
+var PeerEvictionReasons = []string{"idle", "unfinished", "full"}
 
 func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v uint64, labels ...string) {
 	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
@@ -270,6 +280,23 @@ func (c *collector) node(ch chan<- prometheus.Metric, n server.Counters) {
 	gauge(ch, peersAct, float64(n.Active))
 	counter(ch, peersAdd, n.PeersAdded)
 	counter(ch, peersDel, n.PeersRemoved)
+	p := n.Peers
+	gauge(ch, peersHeld, float64(p.Held))
+	gauge(ch, peersMax, float64(p.Max))
+	for _, r := range PeerEvictionReasons {
+		counter(ch, peersEvict, p.Removed[r], r)
+	}
+	counter(ch, peersRef, p.RefusedFull, "full")
+	counter(ch, peersRef, p.RefusedReplay, "replay")
+	counter(ch, peerOpens, p.Opens)
+	for _, o := range []struct {
+		name string
+		v    uint64
+	}{{"known", p.Known}, {"unregistered", p.Unregistered}, {"miss_remembered", p.MissRemembered},
+		{"rate_limited", p.RateLimited}, {"cookie_sent", p.CookiesSent}, {"passed_under_load", p.PassedLoaded},
+		{"open_failed", p.OpenFailed}, {"add_slow", p.AddSlow}} {
+		counter(ch, peerDoor, o.v, o.name)
+	}
 	counter(ch, messages, n.Bind.Stamped, "stamped")
 	counter(ch, messages, n.Bind.Unstamped, "unstamped")
 	counter(ch, mismatches, n.Bind.Mismatches)

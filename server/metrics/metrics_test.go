@@ -61,6 +61,9 @@ func fakes() Sources {
 	return Sources{
 		Node: func() server.Counters {
 			return server.Counters{Clients: 1000, Active: 400, PeersAdded: 1100, PeersRemoved: 100,
+				Peers: server.PeersStatus{Held: 500, Max: 65536, Removed: map[string]uint64{"deleted": 20, "idle": 21, "unfinished": 22, "full": 23},
+					RefusedFull: 24, RefusedReplay: 25, Opens: 26, Known: 27, Unregistered: 28, MissRemembered: 29,
+					RateLimited: 30, CookiesSent: 31, PassedLoaded: 32, OpenFailed: 33, AddSlow: 34},
 				Bind:    server.BindStatus{Stamped: 1, Unstamped: 2, Mismatches: 3, HandshakesStarted: 4, RecoveriesRefused: 5, SessionsInherited: 6, CookieReplies: 7, InitiationsSent: 13, ResponsesSent: 14},
 				Indexes: &server.IndexStatus{Opened: 8, OpenFailed: 9, OpenLimited: 10, NotRecorded: 11, Forwarded: 12},
 			}
@@ -158,6 +161,22 @@ func TestValues(t *testing.T) {
 		`wedge_peers_active`:                                                      400,
 		`wedge_peers_added_total`:                                                 1100,
 		`wedge_peers_removed_total`:                                               100,
+		`wedge_peers_held`:                                                        500,
+		`wedge_peers_max`:                                                         65536,
+		`wedge_peers_evicted_total{reason="idle"}`:                                21,
+		`wedge_peers_evicted_total{reason="unfinished"}`:                          22,
+		`wedge_peers_evicted_total{reason="full"}`:                                23,
+		`wedge_peers_refused_total{reason="full"}`:                                24,
+		`wedge_peers_refused_total{reason="replay"}`:                              25,
+		`wedge_peer_opens_total`:                                                  26,
+		`wedge_peer_door_total{outcome="known"}`:                                  27,
+		`wedge_peer_door_total{outcome="unregistered"}`:                           28,
+		`wedge_peer_door_total{outcome="miss_remembered"}`:                        29,
+		`wedge_peer_door_total{outcome="rate_limited"}`:                           30,
+		`wedge_peer_door_total{outcome="cookie_sent"}`:                            31,
+		`wedge_peer_door_total{outcome="passed_under_load"}`:                      32,
+		`wedge_peer_door_total{outcome="open_failed"}`:                            33,
+		`wedge_peer_door_total{outcome="add_slow"}`:                               34,
 		`wedge_messages_received_total{kind="stamped"}`:                           1,
 		`wedge_messages_received_total{kind="unstamped"}`:                         2,
 		`wedge_client_id_mismatches_total`:                                        3,
@@ -235,7 +254,9 @@ func TestValues(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, g, v)
 		}
 	}
-	if n := len(got); n != 4+2+1+4+1+3+2+1+6+2*(2+len(RefusalReasons)+2)+6+3*(1+5)+2+len(verdicts)+4+2+6+7+8 {
+	// The peers on demand: held, max, 3 evicted, 2 refused, opens, 8 door;
+	// the relay: 7 client series, 8 server series.
+	if n := len(got); n != 4+2+1+4+1+3+2+1+6+2*(2+len(RefusalReasons)+2)+6+3*(1+5)+2+len(verdicts)+4+2+6+2+3+2+1+8+7+8 {
 		t.Errorf("%d series; a metric was added or lost? (update this test and the README)", n)
 	}
 }

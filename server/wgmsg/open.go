@@ -98,22 +98,45 @@ func (o *Opener) Open(msg []byte) (initiatorStatic [32]byte, err error) {
 // handshake should keep the last timestamp per client and compare (After).
 // On error the key and timestamp are zero.
 func (o *Opener) OpenTimestamp(msg []byte) (initiatorStatic [32]byte, ts tai64n.Timestamp, err error) {
+	static, ts, _, err := o.OpenIf(msg, func([32]byte) bool { return true })
+	return static, ts, err
+}
+
+// OpenIf is Open, then, if more accepts the initiator's static key, the
+// rest of OpenTimestamp, without doing Open's X25519 again: a node
+// loading peers on demand learns who an initiation claims to be for one
+// X25519, and pays the second only for a client it may load. authenticated
+// reports whether the timestamp was decrypted (more accepted the key and
+// the timestamp opened). On error the key and timestamp are zero.
+func (o *Opener) OpenIf(msg []byte, more func(static [32]byte) bool) (initiatorStatic [32]byte, ts tai64n.Timestamp, authenticated bool, err error) {
 	var st openState
 	defer st.clear()
 	if err = o.open(&st, msg); err != nil {
-		return initiatorStatic, ts, err
+		return initiatorStatic, ts, false, err
 	}
+	if !more(st.static) {
+		return st.static, ts, false, nil
+	}
+	ts, err = o.timestamp(&st, msg)
+	if err != nil {
+		return initiatorStatic, ts, false, err
+	}
+	return st.static, ts, true, nil
+}
+
+// timestamp decrypts the initiation's timestamp, st being what open left.
+func (o *Opener) timestamp(st *openState, msg []byte) (ts tai64n.Timestamp, err error) {
 	// The timestamp's key: the chaining key mixed with DH(s_r, S_i), under
 	// the transcript hash that now includes the encrypted static.
 	hash2(&st.hash, st.hash[:], msg[OffsetInitiationStatic:OffsetInitiationTimestamp])
 	pub, err := ecdh.X25519().NewPublicKey(st.static[:])
 	if err != nil {
-		return initiatorStatic, ts, fmt.Errorf("%w: %w", ErrStatic, err)
+		return ts, fmt.Errorf("%w: %w", ErrStatic, err)
 	}
 	ss, err := o.priv.ECDH(pub)
 	if err != nil {
 		// A low-order static key: wireguard-go refuses such a peer too.
-		return initiatorStatic, ts, fmt.Errorf("%w: %w", ErrStatic, err)
+		return ts, fmt.Errorf("%w: %w", ErrStatic, err)
 	}
 	kdf2(&st.chainKey, &st.key, st.chainKey[:], ss)
 	clear(ss)
@@ -123,9 +146,9 @@ func (o *Opener) OpenTimestamp(msg []byte) (initiatorStatic [32]byte, ts tai64n.
 		ad [32]byte
 	}{ad: st.hash}
 	if _, err := aead.Open(buf.ts[:0], zeroNonce[:], msg[OffsetInitiationTimestamp:OffsetInitiationMAC1], buf.ad[:]); err != nil {
-		return initiatorStatic, ts, ErrTimestamp
+		return ts, ErrTimestamp
 	}
-	return st.static, buf.ts, nil
+	return buf.ts, nil
 }
 
 type openState struct {

@@ -50,6 +50,17 @@ func TestOpenRealInitiations(t *testing.T) {
 			t.Fatalf("initiation %d: timestamp %v not between %v and now", i, ts, start)
 		}
 		last = ts
+		// OpenIf: the key alone when more declines, key and the same
+		// timestamp when it accepts.
+		var asked [32]byte
+		static, ts2, auth, err := o.OpenIf(m, func(k [32]byte) bool { asked = k; return false })
+		if err != nil || static != client.pub || asked != client.pub || auth || ts2 != (tai64n.Timestamp{}) {
+			t.Fatalf("initiation %d: OpenIf declined: %x, %v, %v, %v", i, static, ts2, auth, err)
+		}
+		static, ts2, auth, err = o.OpenIf(m, func([32]byte) bool { return true })
+		if err != nil || static != client.pub || !auth || ts2 != ts {
+			t.Fatalf("initiation %d: OpenIf accepted: %x, %v, %v, %v; want timestamp %v", i, static, ts2, auth, err, ts)
+		}
 		if !bytes.Equal(m, orig) {
 			t.Fatalf("initiation %d: Open modified the message", i)
 		}
