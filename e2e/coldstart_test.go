@@ -149,7 +149,36 @@ func coldStart(t *testing.T) map[string]echoResult {
 		t.Logf("%s: %d sent, %d echoed, worst stall %d ms at %d ms", n.name, n.r.Sent, n.r.Echoed, n.r.MaxGapMS, n.r.GapAtMS)
 		res[n.name] = n.r
 	}
+	for _, r := range res {
+		if r.Broken || time.Duration(r.MaxGapMS)*time.Millisecond > coldStartBound {
+			// What each node did, for whoever reads a failed run: the
+			// front's verdicts, the tagged indexes, the peers it added.
+			for k, w := range nodes {
+				t.Logf("node%d: %s", k+1, statusDigest(w))
+			}
+			break
+		}
+	}
 	return res
+}
+
+// statusDigest is the parts of w's status that say where a client's
+// packets went: the XDP counters, the session indexes, the bind's and the
+// peers' counters, the cluster as w sees it.
+func statusDigest(w *lab.Wedged) string {
+	resp, err := w.HTTPClient().Get(w.API + "/v1/status")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	var v map[string]json.RawMessage
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return err.Error()
+	}
+	var secs map[string]json.RawMessage
+	json.Unmarshal(v["sections"], &secs)
+	return fmt.Sprintf("xdp %s indexes %s bind %s peers %s cluster %s",
+		secs["xdp"], v["indexes"], v["bind"], secs["peers"], v["cluster"])
 }
 
 // xrayConfig is the Xray client for the wg-quick configuration conf
