@@ -42,6 +42,7 @@ node's admin API on the node itself, which takes the admin token.
 	country := fs.String("country", "", "egress country `CC` (ISO 3166-1 alpha-2 such as NL; default: GeoIP of the client's address)")
 	fingerprint := fs.String("fingerprint", "", "pin the public API's TLS certificate by its `SHA256` (64 hex digits, as wedged prints it); needed for a self-signed certificate")
 	enroll := fs.String("enroll-token", "", "enrollment `TOKEN` the node's operator gave you (public API)")
+	plus := fs.Bool("plus", false, "the plus tier (WARP+: TCP flows relayed through the fastest data center; admin API only, or an enrollment token that grants it)")
 	tokenFile := adminTokenFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -67,6 +68,9 @@ node's admin API on the node itself, which takes the admin token.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	req := api.RegRequest{PublicKey: priv.PublicKey().String(), Pool: tags.Pool, Country: tags.Country, EnrollToken: *enroll}
+	if *plus {
+		req.Plus = plus
+	}
 	reg, err := postRegistration(ctx, a, req)
 	if err != nil {
 		return adminHint(err)

@@ -83,6 +83,29 @@ func TestRegisterTags(t *testing.T) {
 	}
 }
 
+// TestRegisterPlus: --plus asks the admin API for the plus tier; without
+// it the registration is free.
+func TestRegisterPlus(t *testing.T) {
+	api, st := apiNode(t)
+	dir := t.TempDir()
+	if err := register([]string{"--api", api, "--out", filepath.Join(dir, "a.conf"), "--no-qr", "--plus"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := register([]string{"--api", api, "--out", filepath.Join(dir, "b.conf"), "--no-qr"}); err != nil {
+		t.Fatal(err)
+	}
+	all, _ := st.List(context.Background())
+	plus := 0
+	for _, c := range all {
+		if c.Plus {
+			plus++
+		}
+	}
+	if len(all) != 2 || plus != 1 {
+		t.Fatalf("stored %d registrations, %d plus; want 2 and 1", len(all), plus)
+	}
+}
+
 func TestRegisterBadTags(t *testing.T) {
 	var hits atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
