@@ -54,6 +54,36 @@ func TestLabForwarding(t *testing.T) {
 		}
 		t.Logf("kernel forwarding: %.0f connections/s", r.Rate)
 	})
+
+	// The lab's delay hop (this kernel has no netem): packets from the
+	// client to the origin go through a TUN that holds each 40 ms, so a
+	// round trip takes 40 ms more, and TCP through it still works.
+	t.Run("delay-hop", func(t *testing.T) {
+		const delay = 40 * time.Millisecond
+		echo := netip.AddrPortFrom(lab.Origin4.Addr(), lab.EchoPort)
+		before, err := probe.Echo(echo, 512, 20*time.Millisecond, time.Second)
+		if err != nil || before.Echoed == 0 {
+			t.Fatalf("echo before the delay: %+v, %v", before, err)
+		}
+		if _, err := s.Node.StartDelay(probe.Bin, "dly0", delay); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Node.DelayRoute("dly0", lab.NodeClientIf, netip.PrefixFrom(lab.Origin4.Addr(), 32), 100); err != nil {
+			t.Fatal(err)
+		}
+		after, err := probe.Echo(echo, 512, 20*time.Millisecond, 2*time.Second)
+		if err != nil || after.Echoed == 0 || after.Broken {
+			t.Fatalf("echo through the delay: %+v, %v", after, err)
+		}
+		added := time.Duration(after.RTTP50US-before.RTTP50US) * time.Microsecond
+		t.Logf("echo RTT p50 %d µs → %d µs (+%v)", before.RTTP50US, after.RTTP50US, added)
+		if added < delay-5*time.Millisecond || added > delay+30*time.Millisecond {
+			t.Errorf("the delay hop added %v to the round trip, want about %v", added, delay)
+		}
+		if r, err := probe.Bytes(lab.Origin4.Addr(), 4<<20); err != nil || !r.OK {
+			t.Errorf("a 4 MiB download through the delay hop: %+v, %v", r, err)
+		}
+	})
 }
 
 func TestLabBaseline(t *testing.T) {

@@ -387,3 +387,52 @@ func (p Probe) Hold(url string, n int, hold time.Duration) (ok int, err error) {
 	}
 	return r.OK, nil
 }
+
+// StartDelay runs originsrv's delay hop in ns (bin is originsrv): a TUN
+// device dev that hands every packet routed into it back to the kernel
+// after d. DelayRoute sends traffic into it. The lab's cleanup stops it.
+func (ns *NS) StartDelay(bin, dev string, d time.Duration) (*Proc, error) {
+	p, err := ns.Start("delay-"+dev, nil, bin, "delay", "-tun", dev, "-ms", fmt.Sprint(d.Milliseconds()))
+	if err != nil {
+		return nil, err
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := ns.Run("ip", "link", "show", "dev", dev); err == nil {
+			break
+		}
+		if time.Now().After(deadline) || p.Exited() {
+			return nil, fmt.Errorf("lab: [%s] delay hop %s did not come up: %s", ns.Name, dev, p.Output())
+		}
+	}
+	for _, argv := range [][]string{
+		{"ip", "link", "set", dev, "up"},
+		// Packets come back out of dev with sources routed elsewhere.
+		{"sysctl", "-qw", "net.ipv4.conf." + dev + ".rp_filter=0"},
+		{"sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"},
+	} {
+		if _, err := ns.Run(argv...); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// DelayRoute sends the packets that arrive in ns on interface iif for dst
+// through the delay hop dev (policy routing table table); what comes back
+// out of dev takes the main table on.
+func (ns *NS) DelayRoute(dev, iif string, dst netip.Prefix, table int) error {
+	fam := "-4"
+	if dst.Addr().Is6() {
+		fam = "-6"
+	}
+	t := fmt.Sprint(table)
+	for _, argv := range [][]string{
+		{"ip", fam, "route", "replace", "default", "dev", dev, "table", t},
+		{"ip", fam, "rule", "add", "iif", iif, "to", dst.String(), "lookup", t, "pref", t},
+	} {
+		if _, err := ns.Run(argv...); err != nil {
+			return err
+		}
+	}
+	return nil
+}

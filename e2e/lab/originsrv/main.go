@@ -78,7 +78,7 @@ func main() {
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	log.SetPrefix("originsrv: ")
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood|hold|hostile|echo [flags]")
+		fmt.Fprintln(os.Stderr, "usage: originsrv serve|get|dns|cps|wgflood|hold|hostile|echo|delay [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -99,6 +99,8 @@ func main() {
 		err = hostile(args)
 	case "echo":
 		err = echoSession(args)
+	case "delay":
+		err = delayHop(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}
