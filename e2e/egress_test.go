@@ -74,7 +74,7 @@ type egressLab struct {
 	origins4 []netip.Addr
 }
 
-func newEgressLab(t *testing.T) *egressLab {
+func newEgressLab(t *testing.T, wedgedArgs ...string) *egressLab {
 	t.Helper()
 	needLab(t, append(append(append([]string{}, lab.ToolsOrigin...), lab.ToolsClient...), append(lab.ToolsTwoDC, "ss")...)...)
 	bins, err := lab.Build(binDir)
@@ -121,7 +121,7 @@ func newEgressLab(t *testing.T) *egressLab {
 		t.Fatal(err)
 	}
 	for n := 1; n <= len(td.Nodes); n++ {
-		w, err := td.StartWedged(n, bins.Wedged, "--egress-plan", e.plan, "--geoip", geo)
+		w, err := td.StartWedged(n, bins.Wedged, append([]string{"--egress-plan", e.plan, "--geoip", geo}, wedgedArgs...)...)
 		if err != nil {
 			t.Fatal(err)
 		}
