@@ -90,7 +90,10 @@ func testSYNAfterTimeWait(t *testing.T, fromAddr, toAddr netip.Addr) {
 			t.Fatal(err)
 		}
 	}
-	expect := func(what string, want header.TCPFlags, within time.Duration) header.TCP {
+	// expectAck waits for a segment with flags want and, if ack is not 0,
+	// that acknowledgment number (so that a window update or a duplicate
+	// is not taken for the ACK of our FIN).
+	expectAck := func(what string, want header.TCPFlags, ack uint32, within time.Duration) header.TCP {
 		t.Helper()
 		deadline := time.After(within)
 		for {
@@ -99,13 +102,17 @@ func testSYNAfterTimeWait(t *testing.T, fromAddr, toAddr netip.Addr) {
 				if !ok {
 					t.Fatalf("waiting for %s: stack closed", what)
 				}
-				if seg.Flags()&want == want {
+				if seg.Flags()&want == want && (ack == 0 || seg.AckNumber() == ack) {
 					return seg
 				}
 			case <-deadline:
 				t.Fatalf("no %s within %v", what, within)
 			}
 		}
+	}
+	expect := func(what string, want header.TCPFlags, within time.Duration) header.TCP {
+		t.Helper()
+		return expectAck(what, want, 0, within)
 	}
 
 	write(1000, 0, header.TCPFlagSyn)
@@ -117,10 +124,13 @@ func testSYNAfterTimeWait(t *testing.T, fromAddr, toAddr netip.Addr) {
 		t.Fatalf("FIN at %d, want %d", fin.SequenceNumber(), iss+1)
 	}
 	write(1001, iss+2, header.TCPFlagFin|header.TCPFlagAck)
-	expect("the ACK of our FIN", header.TCPFlagAck, 5*time.Second)
-	// The node's side is in TIME-WAIT now; reuse the 4-tuple at once.
+	expectAck("the ACK of our FIN", header.TCPFlagAck, 1002, 5*time.Second)
+	// The node's side is in TIME-WAIT now; reuse the 4-tuple at once. The
+	// test sends this SYN once (no retransmission), so any SYN-ACK is the
+	// answer to the first SYN; 5 s as above, for a loaded CI machine (3 s
+	// ran out twice while the e2e suite ran beside it).
 	write(900000, 0, header.TCPFlagSyn)
-	synAck = expect("SYN-ACK for the reused 4-tuple", header.TCPFlagSyn|header.TCPFlagAck, 3*time.Second)
+	synAck = expect("SYN-ACK for the reused 4-tuple", header.TCPFlagSyn|header.TCPFlagAck, 5*time.Second)
 	if synAck.AckNumber() != 900001 {
 		t.Fatalf("SYN-ACK acks %d, want 900001", synAck.AckNumber())
 	}
