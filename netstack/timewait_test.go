@@ -9,6 +9,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // rawTCP builds an IPv4 or IPv6 TCP segment without payload, checksums
@@ -125,6 +129,25 @@ func testSYNAfterTimeWait(t *testing.T, fromAddr, toAddr netip.Addr) {
 	}
 	write(1001, iss+2, header.TCPFlagFin|header.TCPFlagAck)
 	expectAck("the ACK of our FIN", header.TCPFlagAck, 1002, 5*time.Second)
+	// gVisor sends that ACK before its endpoint reports TIME-WAIT; a SYN
+	// in between finds FIN-WAIT-2 and is not a reopening (about 1 run in
+	// 20 here). A client reuses its 4-tuple milliseconds later at the
+	// soonest, so wait for the state the test is about.
+	proto := tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
+	if fromAddr.Is6() {
+		proto = ipv6.ProtocolNumber
+	}
+	id := stack.TransportEndpointID{LocalPort: to.Port(), LocalAddress: tcpip.AddrFromSlice(to.Addr().AsSlice()),
+		RemotePort: from.Port(), RemoteAddress: tcpip.AddrFromSlice(from.Addr().AsSlice())}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		ep, ok := s.stack.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID).(*tcp.Endpoint)
+		if ok && ep.EndpointState() == tcp.StateTimeWait {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node's side never reached TIME-WAIT")
+		}
+	}
 	// The node's side is in TIME-WAIT now; reuse the 4-tuple at once. The
 	// test sends this SYN once (no retransmission), so any SYN-ACK is the
 	// answer to the first SYN; 5 s as above, for a loaded CI machine (3 s
