@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -182,24 +181,14 @@ func timedDownload(t *testing.T, probe lab.Probe, origin string) float64 {
 	return float64(downloadBytes) / el.Seconds()
 }
 
-// rss returns wedged's resident set size.
+// rss returns wedged's resident set size (lab.RSS).
 func rss(t *testing.T, w *lab.Wedged) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", w.Proc.Pid()))
-	if err != nil {
-		t.Fatal(err)
+	n := lab.RSS(w.Proc.Pid())
+	if n == 0 {
+		t.Fatalf("no VmRSS for wedged (pid %d)", w.Proc.Pid())
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmRSS in /proc/%d/status", w.Proc.Pid())
-	return 0
+	return n
 }
 
 // netstackView is the netstack section of wedged's status.
